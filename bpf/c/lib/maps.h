@@ -1,0 +1,103 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/* Every map of the datapath. Names are the pin names under bpffs (see
+ * daemon/src/datapath/paths.rs); sizes are defaults the loader may raise. */
+#ifndef HF_MAPS_H
+#define HF_MAPS_H
+
+#include "common.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hf_global);
+} hf_global SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* ifindex */
+	__type(value, struct hf_link);
+} hf_links SEC(".maps");
+
+/* One entry per allowed (lower ifindex, VID): no cap below 4094 per link. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct hf_vlan_key);
+	__type(value, __u8);
+} hf_vlans SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct hf_addr_key);
+	__type(value, __u8);
+} hf_host_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct hf_failsafe_key);
+	__type(value, __u8);
+} hf_failsafe SEC(".maps");
+
+/* Policy generations: both sets live in the same maps, keyed by gen, and
+ * hf_global.policy_gen picks the one a packet sees (read once per packet). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct hf_policy_meta);
+} hf_policy_meta SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hf_ident_key);
+	__type(value, __u32);
+} hf_identities SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1048576);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hf_rule_key);
+	__type(value, struct hf_rule_val);
+} hf_rules SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct hf_ct_key);
+	__type(value, struct hf_ct_val);
+} hf_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct hf_frag_key);
+	__type(value, struct hf_frag_val);
+} hf_frags SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct hf_counter_key);
+	__type(value, __u64);
+} hf_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct hf_ratelimit);
+} hf_ratelimit SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1 << 20);
+} hf_events SEC(".maps");
+
+#endif

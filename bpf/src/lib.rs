@@ -1,0 +1,23 @@
+//! hostfwd's eBPF datapath as seen from Rust: the libbpf-rs skeletons built
+//! from `c/`, `#[repr(C)]` mirrors of every map key and value
+//! ([`layout`]), and the verdict-reason table generated from
+//! `c/lib/drop_reasons.h` ([`DropReason`]).
+
+pub mod layout;
+
+include!(concat!(env!("OUT_DIR"), "/reasons.rs"));
+
+/// The datapath skeleton (`c/hostfwd.bpf.c`).
+pub mod skel {
+    #![allow(clippy::all, missing_docs, non_camel_case_types, unused)]
+    include!(concat!(env!("OUT_DIR"), "/hostfwd.skel.rs"));
+}
+
+/// The benchmark baseline: an empty tc program (`c/empty.bpf.c`).
+pub mod empty_skel {
+    #![allow(clippy::all, missing_docs, non_camel_case_types, unused)]
+    include!(concat!(env!("OUT_DIR"), "/empty.skel.rs"));
+}
+
+/// The datapath object file, for BTF inspection.
+pub const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostfwd.bpf.o"));

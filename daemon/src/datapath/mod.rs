@@ -1,0 +1,294 @@
+//! The one module that touches the kernel: loads the eBPF object, pins and
+//! adopts its maps and links under bpffs, attaches to devices (tcx or legacy
+//! clsact/cls_bpf), writes the maps and reads counters and events.
+//!
+//! Everything above this module is pure: it decides *what* the kernel should
+//! hold; this module makes it so and reads back what is there.
+
+mod attach;
+mod events;
+mod maps;
+pub mod paths;
+
+use std::fs;
+use std::io;
+use std::mem::MaybeUninit;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use hostfwd_bpf::skel::{HostfwdSkel, HostfwdSkelBuilder, OpenHostfwdSkel};
+use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
+use libbpf_rs::{MapCore, OpenObject, ProgramAttachType};
+
+pub use crate::policy::model::Direction;
+pub use attach::{AttachMode, Attachment};
+pub use events::{Event, EventReader};
+pub use maps::{ConntrackEntry, CounterEntry, GlobalSettings};
+pub use paths::Paths;
+
+/// The user-visible name of a direction (`ingress`, `egress`).
+pub fn dir_name(d: Direction) -> &'static str {
+    match d {
+        Direction::Ingress => "ingress",
+        Direction::Egress => "egress",
+    }
+}
+
+pub fn dir_from_name(s: &str) -> Option<Direction> {
+    match s {
+        "ingress" => Some(Direction::Ingress),
+        "egress" => Some(Direction::Egress),
+        _ => None,
+    }
+}
+
+fn dir_code(d: Direction) -> u8 {
+    match d {
+        Direction::Ingress => hostfwd_bpf::layout::DIR_INGRESS,
+        Direction::Egress => hostfwd_bpf::layout::DIR_EGRESS,
+    }
+}
+
+/// Errors of the datapath, each naming the operation and the object.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path} is not on a bpf filesystem (mount one with `mount -t bpf bpf /sys/fs/bpf`)")]
+    NotBpffs { path: PathBuf },
+    #[error("creating bpffs directory {path}: {source}")]
+    BpffsDir { path: PathBuf, source: io::Error },
+    #[error("opening the eBPF object: {0}")]
+    Open(#[source] libbpf_rs::Error),
+    #[error("loading the eBPF programs into the kernel: {0}")]
+    Load(#[source] libbpf_rs::Error),
+    #[error("pinning map {map} at {path}: {source}")]
+    PinMap { map: String, path: PathBuf, source: libbpf_rs::Error },
+    #[error("opening pinned map {path}: {source}")]
+    OpenPinned { path: PathBuf, source: libbpf_rs::Error },
+    #[error("probing tcx support: {0}")]
+    Probe(#[source] io::Error),
+    #[error("attaching {dir} on ifindex {ifindex} ({mode}): {source}")]
+    Attach { ifindex: u32, dir: &'static str, mode: AttachMode, source: libbpf_rs::Error },
+    #[error("detaching {dir} from ifindex {ifindex} ({mode}): {source}")]
+    Detach { ifindex: u32, dir: &'static str, mode: AttachMode, source: libbpf_rs::Error },
+    #[error("pinning the tcx link for {dir} on ifindex {ifindex} at {path}: {source}")]
+    PinLink { ifindex: u32, dir: &'static str, path: PathBuf, source: libbpf_rs::Error },
+    #[error("querying attachments on ifindex {ifindex}: {source}")]
+    Query { ifindex: u32, source: io::Error },
+    #[error("listing network interfaces: {0}")]
+    Interfaces(#[source] nix::Error),
+    #[error("reading {path}: {source}")]
+    ReadDir { path: PathBuf, source: io::Error },
+    #[error("updating map {map}: {source}")]
+    MapUpdate { map: &'static str, source: libbpf_rs::Error },
+    #[error("reading map {map}: {source}")]
+    MapRead { map: &'static str, source: libbpf_rs::Error },
+    #[error("map {map} returned a {len}-byte value, expected {expected}")]
+    MapLayout { map: &'static str, len: usize, expected: usize },
+    #[error("test run of the {dir} program: {source}")]
+    TestRun { dir: &'static str, source: libbpf_rs::Error },
+    #[error("building the event ring buffer: {0}")]
+    RingBuf(#[source] libbpf_rs::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How to choose the attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachModeChoice {
+    /// tcx where the kernel has it (probed, not guessed from the version).
+    #[default]
+    Auto,
+    Tcx,
+    Tc { priority: u16, handle: u32 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bpffs_root: PathBuf,
+    pub attach_mode: AttachModeChoice,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config { bpffs_root: PathBuf::from(paths::DEFAULT_ROOT), attach_mode: AttachModeChoice::Auto }
+    }
+}
+
+/// The loaded datapath. Maps are pinned, so dropping this value (or the
+/// process dying) leaves filtering in place; a new `Datapath` adopts it.
+pub struct Datapath {
+    skel: HostfwdSkel<'static>,
+    paths: Paths,
+    mode: AttachMode,
+    last_policy_swap: Option<Instant>,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC).unwrap_or(false)
+}
+
+/// Creates `dir` (and parents) on bpffs, refusing any other filesystem so that
+/// pins never silently land on tmpfs and vanish.
+fn ensure_bpffs_dir(dir: &Path) -> Result<()> {
+    let mut probe = dir;
+    while !probe.exists() {
+        match probe.parent() {
+            Some(p) => probe = p,
+            None => break,
+        }
+    }
+    if !is_bpffs(probe) {
+        return Err(Error::NotBpffs { path: dir.to_path_buf() });
+    }
+    fs::create_dir_all(dir).map_err(|source| Error::BpffsDir { path: dir.to_path_buf(), source })
+}
+
+/// Names of the maps that are pinned (the object's `.rodata` is per load).
+fn pinned_map_names(open: &OpenHostfwdSkel<'_>) -> Vec<String> {
+    open.open_object()
+        .maps()
+        .map(|m| m.name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hf_"))
+        .collect()
+}
+
+impl Datapath {
+    /// Loads the programs, reusing every map already pinned under the root
+    /// (state such as conntrack and counters survives restarts), and pins the
+    /// rest. Nothing is attached yet.
+    pub fn load(cfg: &Config) -> Result<Self> {
+        route_libbpf_logs();
+        let paths = Paths::new(&cfg.bpffs_root);
+        ensure_bpffs_dir(&paths.maps_dir())?;
+        ensure_bpffs_dir(&paths.links_dir())?;
+        let mode = AttachMode::resolve(cfg.attach_mode)?;
+
+        // The skeleton borrows its object storage for its whole life; the
+        // datapath lives as long as the daemon, so leak one small allocation.
+        let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+        let mut open = HostfwdSkelBuilder::default().open(storage).map_err(Error::Open)?;
+
+        let names = pinned_map_names(&open);
+        for mut map in open.open_object_mut().maps_mut() {
+            let name = map.name().to_string_lossy().into_owned();
+            if !names.contains(&name) {
+                continue;
+            }
+            let pin = paths.map(&name);
+            if pin.exists() {
+                if let Err(e) = map.reuse_pinned_map(&pin) {
+                    // An incompatible map from another version: start afresh
+                    // (the old programs keep their copy until replaced).
+                    tracing::warn!(map = %name, path = %pin.display(), error = %e, "pinned map is incompatible; replacing it");
+                    let _ = fs::remove_file(&pin);
+                }
+            }
+        }
+        if let AttachMode::Tc { .. } = mode {
+            // Kernels without tcx know no tcx attach type: load as plain tc.
+            for mut prog in open.open_object_mut().progs_mut() {
+                prog.set_attach_type(ProgramAttachType::CgroupInetIngress);
+            }
+        }
+
+        let mut skel = open.load().map_err(Error::Load)?;
+        for mut map in skel.object_mut().maps_mut() {
+            let name = map.name().to_string_lossy().into_owned();
+            if !names.contains(&name) {
+                continue;
+            }
+            let pin = paths.map(&name);
+            if !pin.exists() {
+                map.pin(&pin).map_err(|source| Error::PinMap { map: name.clone(), path: pin.clone(), source })?;
+            }
+        }
+        let dp = Datapath { skel, paths, mode, last_policy_swap: None };
+        dp.init_global()?;
+        Ok(dp)
+    }
+
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    /// Removes every attachment (all devices, both directions) and every pin.
+    /// Collects all errors instead of stopping at the first.
+    pub fn teardown(self) -> Vec<Error> {
+        let mut errors = Vec::new();
+        match self.attachments() {
+            Ok(list) => {
+                for a in list {
+                    if let Err(e) = self.detach(a.ifindex, a.dir) {
+                        errors.push(e);
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+        let _ = fs::remove_dir_all(self.paths.root());
+        errors
+    }
+
+    /// Removes the pins under `root` without loading anything (used by tests
+    /// and `hostfwd --detach`); attachments go with their pinned links.
+    pub fn remove_pins(root: &Path) -> io::Result<()> {
+        match fs::remove_dir_all(root) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
+        }
+    }
+
+    fn prog(&self, dir: Direction) -> &libbpf_rs::ProgramMut<'static> {
+        match dir {
+            Direction::Ingress => &self.skel.progs.hf_ingress,
+            Direction::Egress => &self.skel.progs.hf_egress,
+        }
+    }
+}
+
+/// Result of one BPF_PROG_TEST_RUN.
+#[derive(Debug, Clone, Copy)]
+pub struct TestRun {
+    /// The program's return code (`-1` pass to the next program, `2` drop).
+    pub retval: i32,
+    /// Average time per run as measured by the kernel.
+    pub per_run: std::time::Duration,
+}
+
+impl Datapath {
+    /// Runs the entry program for `dir` on a crafted frame in the kernel
+    /// (BPF_PROG_TEST_RUN), against the live maps. The packet's device is
+    /// the caller's loopback (ifindex 1 of its network namespace).
+    pub fn test_run(&self, dir: Direction, frame: &[u8], repeat: u32) -> Result<TestRun> {
+        let mut input = libbpf_rs::ProgramInput::default();
+        input.data_in = Some(frame);
+        input.repeat = repeat;
+        let out = self.prog(dir).test_run(input).map_err(|source| Error::TestRun { dir: dir_name(dir), source })?;
+        Ok(TestRun { retval: out.return_value as i32, per_run: out.duration })
+    }
+}
+
+/// Routes libbpf's own messages through tracing (once per process), so that
+/// expected probe failures ("Exclusivity flag on", …) do not clutter stderr.
+fn route_libbpf_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        fn cb(level: libbpf_rs::PrintLevel, msg: String) {
+            let msg = msg.trim_end();
+            match level {
+                // Netlink notes from probing tc ("Exclusivity flag on", "Parent
+                // Qdisc doesn't exists") are expected; verifier logs are not.
+                libbpf_rs::PrintLevel::Warn if msg.contains("Kernel error message") => tracing::debug!(target: "libbpf", "{msg}"),
+                libbpf_rs::PrintLevel::Warn => tracing::warn!(target: "libbpf", "{msg}"),
+                _ => tracing::trace!(target: "libbpf", "{msg}"),
+            }
+        }
+        libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, cb)));
+    });
+}

@@ -1,0 +1,106 @@
+//! Test support for hostfwd's datapath tests: network namespaces, a veth
+//! topology, traffic helpers, crafted frames and AF_PACKET send/capture.
+//!
+//! Everything privileged needs root. Each test makes its own namespaces
+//! ([`NetNs`], [`Topology`]); guards remove them on drop, so tests can run in
+//! parallel and leave nothing behind even when they fail.
+//!
+//! Conventions:
+//! - Functions in [`traffic`] and [`afpacket`] act in the *calling thread's*
+//!   network namespace: call them inside [`NetNs::run`], or use the `NetNs`
+//!   convenience methods (`ns.tcp_connect(..)`, `ns.ping(..)`,
+//!   `ns.capture(..)`, `ns.send_frame(..)`) that do that for you. A socket
+//!   made inside `run` stays in that namespace after the thread is gone, so
+//!   it can be returned and used from any thread.
+//! - A firewall drop shows up as [`Error::Timeout`] (check with
+//!   [`Error::is_timeout`]), never as a hang.
+//! - [`packet::Frame`] builds frames without touching the system (no root).
+
+use std::time::Duration;
+
+pub mod afpacket;
+pub mod netns;
+pub mod packet;
+pub mod traffic;
+
+pub use afpacket::{Capture, Captured, VlanTag};
+pub use netns::{Endpoint, NetNs, Topology};
+pub use packet::{Ext6, Frame, IcmpError, Nd, TcpFlags};
+pub use traffic::{EchoServer, Session, DEFAULT_TIMEOUT};
+
+/// Errors of the test support library. Variants name the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An external command (`ip`, `nsenter`, ...) failed.
+    #[error("`{cmd}` failed ({status}): {stderr}")]
+    Command {
+        cmd: String,
+        status: String,
+        stderr: String,
+    },
+    /// A syscall or I/O operation failed.
+    #[error("{op}: {source}")]
+    Io {
+        op: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Nothing (or nothing matching) arrived in time: what a drop looks like.
+    #[error("{what}: timed out after {after:?}")]
+    Timeout { what: String, after: Duration },
+    /// Something arrived but was not what was expected, or kernel output
+    /// could not be parsed.
+    #[error("{what}: unexpected {got}")]
+    Unexpected { what: String, got: String },
+}
+
+impl Error {
+    /// True for [`Error::Timeout`] and for I/O errors of kind `TimedOut` or
+    /// `WouldBlock` (socket timeouts).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            Error::Timeout { .. } => true,
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+            ),
+            _ => false,
+        }
+    }
+
+    /// The `io::ErrorKind` of an [`Error::Io`] (e.g. `ConnectionRefused` when
+    /// a RST came back, `HostUnreachable` for an ICMP error).
+    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
+        match self {
+            Error::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `map_err` adapter: wrap an I/O (or nix) error with the operation.
+pub(crate) fn io_err<E: Into<std::io::Error>>(op: impl Into<String>) -> impl FnOnce(E) -> Error {
+    let op = op.into();
+    move |e| Error::Io {
+        op,
+        source: e.into(),
+    }
+}
+
+/// Last OS error wrapped with the operation.
+pub(crate) fn last_os_err(op: impl Into<String>) -> Error {
+    Error::Io {
+        op: op.into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn require_root() {
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "this test needs root (network namespaces, veth, AF_PACKET)"
+    );
+}

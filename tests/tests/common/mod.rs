@@ -1,0 +1,112 @@
+//! Shared fixtures of the integration tests: a loaded datapath with its own
+//! bpffs root (removed on drop), policies built from the typed model.
+#![allow(dead_code)]
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use hostfwd::datapath::{self, AttachModeChoice, Datapath, Direction, GlobalSettings};
+use hostfwd::policy::compiler::compile;
+use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch, Rule, RuleSet};
+use hostfwd_bpf::layout as l;
+
+pub const PASS: i32 = -1;
+pub const DROP: i32 = 2;
+
+/// Mounts bpffs on /sys/fs/bpf if nothing is mounted there (fresh CI VMs).
+pub fn ensure_bpffs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let st = nix::sys::statfs::statfs("/sys/fs/bpf").expect("statfs /sys/fs/bpf");
+        if st.filesystem_type().0 as i64 != 0xcafe4a11 {
+            let ok = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status().expect("mount");
+            assert!(ok.success(), "mounting bpffs on /sys/fs/bpf failed");
+        }
+    });
+}
+
+pub fn unique_root(tag: &str) -> PathBuf {
+    static N: AtomicU32 = AtomicU32::new(0);
+    PathBuf::from(format!("/sys/fs/bpf/hftest-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// A loaded datapath under a private bpffs root, removed on drop.
+pub struct TestDp {
+    pub dp: Datapath,
+    pub root: PathBuf,
+}
+
+impl std::ops::Deref for TestDp {
+    type Target = Datapath;
+    fn deref(&self) -> &Datapath {
+        &self.dp
+    }
+}
+
+impl std::ops::DerefMut for TestDp {
+    fn deref_mut(&mut self) -> &mut Datapath {
+        &mut self.dp
+    }
+}
+
+impl Drop for TestDp {
+    fn drop(&mut self) {
+        let _ = Datapath::remove_pins(&self.root);
+    }
+}
+
+impl TestDp {
+    pub fn load(tag: &str, mode: AttachModeChoice) -> TestDp {
+        ensure_bpffs();
+        let root = unique_root(tag);
+        let dp = Datapath::load(&datapath::Config { bpffs_root: root.clone(), attach_mode: mode })
+            .unwrap_or_else(|e| panic!("loading the datapath under {}: {e}", root.display()));
+        dp.set_global(GlobalSettings { audit: false, drop_non_ip: false, events_per_sec: 100_000, events_burst: 100_000 })
+            .expect("set global");
+        TestDp { dp, root }
+    }
+
+    /// Enforcing both directions on `ifindex`.
+    pub fn enforce(&self, ifindex: u32) {
+        self.dp.set_link(ifindex, l::L_ENFORCE_INGRESS | l::L_ENFORCE_EGRESS).expect("set link");
+    }
+
+    pub fn audit(&self, on: bool) {
+        let mut g = self.dp.global_settings().expect("global");
+        g.audit = on;
+        self.dp.set_global(g).expect("set global");
+    }
+
+    pub fn apply(&mut self, rules: Vec<Rule>) {
+        let image = compile(&RuleSet::new(rules)).expect("compile");
+        self.dp.apply_policy(&image).expect("apply policy");
+    }
+
+    pub fn drops(&self, reason: hostfwd_bpf::DropReason) -> u64 {
+        self.dp.drops(reason).expect("counters")
+    }
+}
+
+pub fn net(s: &str) -> ipnet::IpNet {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+pub fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// An allow rule for `cidrs` on TCP `port` (0 = all ports).
+pub fn allow_tcp(id: u32, dir: Direction, cidrs: &[&str], port: u16) -> Rule {
+    Rule {
+        id,
+        direction: dir,
+        action: Action::Allow,
+        peers: cidrs.iter().map(|c| CidrSet::cidr(net(c))).collect(),
+        ports: vec![PortMatch::l4(L4Proto::Tcp, port, None)],
+    }
+}
+
+pub fn rule(id: u32, dir: Direction, action: Action, peers: Vec<CidrSet>, ports: Vec<PortMatch>) -> Rule {
+    Rule { id, direction: dir, action, peers, ports }
+}
