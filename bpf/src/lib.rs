@@ -19,5 +19,9 @@ pub mod empty_skel {
     include!(concat!(env!("OUT_DIR"), "/empty.skel.rs"));
 }
 
+/// The benchmark baseline's object file (also a handy "someone else's
+/// program" in tests).
+pub const EMPTY_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/empty.bpf.o"));
+
 /// The datapath object file, for BTF inspection.
 pub const OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/hostfwd.bpf.o"));

@@ -1,6 +1,7 @@
 //! The daemon's configuration: the documented `hostfwd.toml` is compiled in
 //! as the default, a file given with `--config` overrides it key by key, and
-//! `HOSTFWD_<KEY>` environment variables override both.
+//! `HOSTFWD_<KEY>` environment variables override both (nested keys with a
+//! double underscore: `HOSTFWD_FAILSAFE__INGRESS=tcp/22,udp/68`).
 
 use std::path::{Path, PathBuf};
 
@@ -54,7 +55,7 @@ impl Config {
             }
             None => "built-in default".to_string(),
         };
-        b = b.add_source(config::Environment::with_prefix("HOSTFWD").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude"));
+        b = b.add_source(config::Environment::with_prefix("HOSTFWD").prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -162,6 +163,22 @@ mod tests {
         assert!(e.contains("devices[0]"), "{e}");
         let e = load_str("bogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn environment_overrides() {
+        // Only this test sets HOSTFWD_* variables in this process.
+        std::env::set_var("HOSTFWD_DEVICES", "eth0,bond0.*");
+        std::env::set_var("HOSTFWD_BPFFS_ROOT", "/sys/fs/bpf/x");
+        std::env::set_var("HOSTFWD_FAILSAFE__EGRESS", "udp/53");
+        let c = Config::load(None);
+        for k in ["HOSTFWD_DEVICES", "HOSTFWD_BPFFS_ROOT", "HOSTFWD_FAILSAFE__EGRESS"] {
+            std::env::remove_var(k);
+        }
+        let c = c.unwrap();
+        assert_eq!(c.devices, vec!["eth0", "bond0.*"]);
+        assert_eq!(c.bpffs_root, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(c.failsafe.egress, vec!["udp/53"]);
     }
 
     #[test]

@@ -305,10 +305,13 @@ done <"$md/load-order"
 ip link set lo up || setup_fail "ip link set lo up"
 [ -f "/payload/$HOSTFWD_VM_SCRIPT" ] || setup_fail "no /payload/$HOSTFWD_VM_SCRIPT"
 cd /payload
-echo "HOSTFWD-VM: running /payload/$HOSTFWD_VM_SCRIPT on $HOSTFWD_VM_KERNEL_RELEASE"
+read -r t0 _ </proc/uptime
+echo "HOSTFWD-VM: running /payload/$HOSTFWD_VM_SCRIPT on $HOSTFWD_VM_KERNEL_RELEASE (guest uptime ${t0}s)"
 sh "/payload/$HOSTFWD_VM_SCRIPT" </dev/null 2>&1
 rc=$?
 cd /
+read -r t1 _ </proc/uptime
+echo "HOSTFWD-VM: script exited with rc=$rc after $(awk "BEGIN { printf \"%.1f\", $t1 - $t0 }")s (guest uptime ${t1}s)"
 if [ "$rc" -eq 0 ]; then
     echo "HOSTFWD-VM-RESULT: PASS"
 else

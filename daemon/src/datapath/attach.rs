@@ -243,6 +243,23 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Ids of every program the kernel runs on the tcx hook of `ifindex`
+    /// (hostfwd's and anyone else's), in order: how duplicates are caught.
+    pub fn tcx_progs(ifindex: u32, dir: Direction) -> Result<Vec<u32>> {
+        let mut ids = [0u32; 64];
+        let mut opts = query_opts();
+        opts.prog_ids = ids.as_mut_ptr();
+        opts.__bindgen_anon_1.count = ids.len() as u32;
+        // SAFETY: prog_ids points at `count` writable u32s that outlive the call.
+        let rc = unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, tcx_attach_type(dir), &mut opts) };
+        if rc != 0 {
+            return Err(Error::Query { ifindex, source: io::Error::from_raw_os_error(-rc) });
+        }
+        // SAFETY: both union members are the same u32.
+        let n = unsafe { opts.__bindgen_anon_1.count } as usize;
+        Ok(ids[..n.min(ids.len())].to_vec())
+    }
+
     /// Whether a program id is one of hostfwd's entry programs (this load or
     /// an earlier one with the same names).
     fn is_own_prog(&self, prog_id: u32) -> bool {

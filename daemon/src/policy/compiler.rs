@@ -26,6 +26,7 @@
 //! entry whenever that would happen (see [`super::model`] for the semantics).
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv6Addr;
 
 use ipnet::{IpNet, Ipv4Net};
@@ -110,7 +111,10 @@ pub fn compile(rule_set: &RuleSet) -> Result<MapImage, ValidationError> {
             *slot = set_of_identity.len() as u32;
             set_of_identity.push(node.set);
         }
-        identities.push(IdentityEntry { prefix: node.net, identity: *slot });
+        identities.push(IdentityEntry {
+            prefix: node.net,
+            identity: *slot,
+        });
     }
 
     let mut rules = Vec::new();
@@ -138,7 +142,11 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u8)> {
     let mut cur = u32::from(first);
     while cur <= end {
         // The largest block aligned at `cur` that does not pass `end`.
-        let mut size: u32 = if cur == 0 { 1 << 16 } else { 1 << cur.trailing_zeros() };
+        let mut size: u32 = if cur == 0 {
+            1 << 16
+        } else {
+            1 << cur.trailing_zeros()
+        };
         while cur + size - 1 > end {
             size >>= 1;
         }
@@ -161,7 +169,8 @@ struct FlatRule {
 
 impl FlatRule {
     fn new(rule: &Rule) -> FlatRule {
-        let mut intervals: Vec<(u8, u16, u16)> = rule.ports.iter().flat_map(|m| m.intervals()).collect();
+        let mut intervals: Vec<(u8, u16, u16)> =
+            rule.ports.iter().flat_map(|m| m.intervals()).collect();
         intervals.sort_unstable();
         intervals.dedup();
         FlatRule {
@@ -203,7 +212,13 @@ impl Event {
             IpNet::V4(n) => (u128::from(u32::from(n.network())) << 96, n.prefix_len()),
             IpNet::V6(n) => (u128::from(n.network()), n.prefix_len()),
         };
-        Event { addr, len, kind, set, net: net.trunc() }
+        Event {
+            addr,
+            len,
+            kind,
+            set,
+            net: net.trunc(),
+        }
     }
 }
 
@@ -216,7 +231,10 @@ struct Node {
 }
 
 fn same_family(a: IpNet, b: IpNet) -> bool {
-    matches!((a, b), (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_)))
+    matches!(
+        (a, b),
+        (IpNet::V4(_), IpNet::V4(_)) | (IpNet::V6(_), IpNet::V6(_))
+    )
 }
 
 fn mask128(len: u8) -> u128 {
@@ -227,21 +245,61 @@ fn mask128(len: u8) -> u128 {
     }
 }
 
+/// The interner hashes millions of small integer vectors; SipHash was a sixth
+/// of the compile time. Keys are rule indices from the local configuration,
+/// so flooding resistance buys nothing here. (FxHash's mixing step.)
+#[derive(Default)]
+struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+type FastHash = BuildHasherDefault<FxHasher>;
+
 /// Interned rule sets (sorted rule indices). Index 0 is the empty set.
 struct Interner {
     sets: Vec<Vec<u32>>,
-    ids: HashMap<Vec<u32>, u32>,
+    ids: HashMap<Vec<u32>, u32, FastHash>,
     /// (parent set, added ++ [MAX] ++ removed) → set: the same change under
     /// the same parent (e.g. many blocklist prefixes under one `world` rule)
     /// costs one lookup instead of a set copy.
-    memo: HashMap<(u32, Vec<u32>), u32>,
+    memo: HashMap<(u32, Vec<u32>), u32, FastHash>,
 }
 
 impl Interner {
     fn new() -> Interner {
-        let mut ids = HashMap::new();
+        let mut ids = HashMap::default();
         ids.insert(Vec::new(), EMPTY);
-        Interner { sets: vec![Vec::new()], ids, memo: HashMap::new() }
+        Interner {
+            sets: vec![Vec::new()],
+            ids,
+            memo: HashMap::default(),
+        }
     }
 
     /// The set `parent - removed + added` (both sorted; `removed` ⊆ parent,
@@ -401,12 +459,23 @@ impl<'a> Walker<'a> {
                 self.interner.child(parent_set, &added, &removed)
             };
             let eff = if set != parent_eff {
-                out.push(Node { addr, len, net, set });
+                out.push(Node {
+                    addr,
+                    len,
+                    net,
+                    set,
+                });
                 set
             } else {
                 parent_eff
             };
-            stack.push(Frame { addr, len, set, eff, undo });
+            stack.push(Frame {
+                addr,
+                len,
+                set,
+                eff,
+                undo,
+            });
             i = j;
         }
         self.undo_to(0);
@@ -417,11 +486,22 @@ impl<'a> Walker<'a> {
 fn compile_identity(identity: u32, members: &[u32], flat: &[FlatRule], out: &mut Vec<RuleEntry>) {
     let mut intervals: Vec<(u8, u16, u16, Action, u32)> = Vec::new();
     for direction in Direction::ALL {
-        let entry = |proto, port, action, rule_id| RuleEntry { identity, direction, proto, port, action, rule_id };
+        let entry = |proto, port, action, rule_id| RuleEntry {
+            identity,
+            direction,
+            proto,
+            port,
+            action,
+            rule_id,
+        };
         let mut l3_deny = None;
         let mut l3_allow = None;
         intervals.clear();
-        for r in members.iter().map(|&m| &flat[m as usize]).filter(|r| r.direction == direction) {
+        for r in members
+            .iter()
+            .map(|&m| &flat[m as usize])
+            .filter(|r| r.direction == direction)
+        {
             match (r.l3, r.action) {
                 (true, Action::Deny) => {
                     l3_deny.get_or_insert(r.id);
@@ -462,7 +542,10 @@ fn compile_identity(identity: u32, members: &[u32], flat: &[FlatRule], out: &mut
 /// with the smallest covering allow id (counting the L3-only allow, which
 /// covers everything). Runs the L3-only allow entry already decides
 /// identically are left out. Sweep over interval ends, O(k log k).
-fn segments(group: &[(u8, u16, u16, Action, u32)], l3_allow: Option<u32>) -> Vec<(u16, u16, Action, u32)> {
+fn segments(
+    group: &[(u8, u16, u16, Action, u32)],
+    l3_allow: Option<u32>,
+) -> Vec<(u16, u16, Action, u32)> {
     // (position, is_end, action, id); position up to 65536.
     let mut points: Vec<(u32, bool, Action, u32)> = Vec::with_capacity(group.len() * 2);
     for &(_, first, last, action, id) in group {
@@ -490,18 +573,24 @@ fn segments(group: &[(u8, u16, u16, Action, u32)], l3_allow: Option<u32>) -> Vec
             }
             k += 1;
         }
-        let Some(&(next, ..)) = points.get(k) else { break };
+        let Some(&(next, ..)) = points.get(k) else {
+            break;
+        };
         let verdict = match (active[1].keys().next(), active[0].keys().next(), l3_allow) {
             (Some(&deny), _, _) => Some((Action::Deny, deny)),
             (None, Some(&allow), Some(l3)) if l3 <= allow => None,
             (None, Some(&allow), _) => Some((Action::Allow, allow)),
             (None, None, _) => None,
         };
-        let Some((action, id)) = verdict else { continue };
+        let Some((action, id)) = verdict else {
+            continue;
+        };
         // pos < next <= 65536, so both ends fit in u16.
         let (first, last) = (pos as u16, (next - 1) as u16);
         match runs.last_mut() {
-            Some(run) if u32::from(run.1) + 1 == pos && run.2 == action && run.3 == id => run.1 = last,
+            Some(run) if u32::from(run.1) + 1 == pos && run.2 == action && run.3 == id => {
+                run.1 = last
+            }
             _ => runs.push((first, last, action, id)),
         }
     }
@@ -516,8 +605,8 @@ mod tests {
     use super::*;
     use crate::policy::image::Verdict;
     use crate::policy::model::{
-        CidrSet, IcmpFamily, L4Proto, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP,
-        IPPROTO_UDP,
+        CidrSet, IcmpFamily, L4Proto, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
+        IPPROTO_TCP, IPPROTO_UDP,
     };
 
     use Action::{Allow, Deny};
@@ -535,12 +624,28 @@ mod tests {
         list.iter().map(|s| CidrSet::cidr(net(s))).collect()
     }
 
-    fn rule(id: u32, direction: Direction, action: Action, peers: Vec<CidrSet>, ports: Vec<PortMatch>) -> Rule {
-        Rule { id, direction, action, peers, ports }
+    fn rule(
+        id: u32,
+        direction: Direction,
+        action: Action,
+        peers: Vec<CidrSet>,
+        ports: Vec<PortMatch>,
+    ) -> Rule {
+        Rule {
+            id,
+            direction,
+            action,
+            peers,
+            ports,
+        }
     }
 
     fn tcp(first: u16, last: u16) -> PortMatch {
-        PortMatch::L4 { proto: L4Proto::Tcp, first, last }
+        PortMatch::L4 {
+            proto: L4Proto::Tcp,
+            first,
+            last,
+        }
     }
 
     fn compile_ok(rules: Vec<Rule>) -> (RuleSet, MapImage) {
@@ -551,7 +656,10 @@ mod tests {
     }
 
     fn ident(prefix: &str, identity: u32) -> IdentityEntry {
-        IdentityEntry { prefix: net(prefix), identity }
+        IdentityEntry {
+            prefix: net(prefix),
+            identity,
+        }
     }
 
     fn ent(
@@ -562,13 +670,31 @@ mod tests {
         action: Action,
         rule_id: u32,
     ) -> RuleEntry {
-        RuleEntry { identity, direction, proto, port, action, rule_id }
+        RuleEntry {
+            identity,
+            direction,
+            proto,
+            port,
+            action,
+            rule_id,
+        }
     }
 
     /// Structural promises of the image, independent of the rules.
     fn check_invariants(image: &MapImage) {
-        assert!(image.identities.windows(2).all(|w| w[0].prefix < w[1].prefix), "identities sorted, unique");
-        let max = image.identities.iter().map(|e| e.identity).max().unwrap_or(0);
+        assert!(
+            image
+                .identities
+                .windows(2)
+                .all(|w| w[0].prefix < w[1].prefix),
+            "identities sorted, unique"
+        );
+        let max = image
+            .identities
+            .iter()
+            .map(|e| e.identity)
+            .max()
+            .unwrap_or(0);
         let mut seen = vec![false; max as usize + 1];
         for e in &image.identities {
             assert_eq!(e.prefix, e.prefix.trunc(), "prefix truncated");
@@ -576,17 +702,30 @@ mod tests {
             seen[e.identity as usize] = true;
         }
         assert!(seen.iter().skip(1).all(|&s| s), "identities dense from 1");
-        assert!(image.rules.windows(2).all(|w| w[0].sort_key() < w[1].sort_key()), "rules sorted, unique");
+        assert!(
+            image
+                .rules
+                .windows(2)
+                .all(|w| w[0].sort_key() < w[1].sort_key()),
+            "rules sorted, unique"
+        );
         let mut keys: Vec<(u64, u8)> = image.rules.iter().map(|e| e.key_bits()).collect();
         keys.sort_unstable();
         keys.dedup();
         assert_eq!(keys.len(), image.rules.len(), "rule keys unique");
         for e in &image.rules {
-            assert!(e.identity >= 1 && e.identity <= max, "rule entry for a known identity");
+            assert!(
+                e.identity >= 1 && e.identity <= max,
+                "rule entry for a known identity"
+            );
             if let Some((value, plen)) = e.port {
                 assert!(e.proto.is_some());
                 assert!((1..=16).contains(&plen), "{e:?}");
-                assert_eq!(u32::from(value) & !(u32::MAX << (16 - plen)) & 0xffff, 0, "aligned {e:?}");
+                assert_eq!(
+                    u32::from(value) & !(u32::MAX << (16 - plen)) & 0xffff,
+                    0,
+                    "aligned {e:?}"
+                );
             }
         }
     }
@@ -594,7 +733,11 @@ mod tests {
     fn check_packets(rs: &RuleSet, image: &MapImage, packets: &[(IpAddr, Direction, u8, u16)]) {
         let lookup = image.lookup();
         for &(a, d, p, port) in packets {
-            assert_eq!(lookup.evaluate(a, d, p, port), rs.evaluate(a, d, p, port), "{a} {d:?} proto {p} port {port}");
+            assert_eq!(
+                lookup.evaluate(a, d, p, port),
+                rs.evaluate(a, d, p, port),
+                "{a} {d:?} proto {p} port {port}"
+            );
         }
     }
 
@@ -606,7 +749,14 @@ mod tests {
         assert_eq!(port_prefixes(22, 22), vec![(22, 16)]);
         assert_eq!(
             port_prefixes(1024, 65535),
-            vec![(1024, 6), (2048, 5), (4096, 4), (8192, 3), (16384, 2), (32768, 1)]
+            vec![
+                (1024, 6),
+                (2048, 5),
+                (4096, 4),
+                (8192, 3),
+                (16384, 2),
+                (32768, 1)
+            ]
         );
         assert_eq!(port_prefixes(0, 1023), vec![(0, 6)]);
         assert_eq!(port_prefixes(65535, 65535), vec![(65535, 16)]);
@@ -637,7 +787,10 @@ mod tests {
             // Minimal: no two neighbours are the halves of one block.
             for w in blocks.windows(2) {
                 let (v, l) = w[0];
-                assert!(!(w[1].1 == l && v % (1 << (17 - u32::from(l))) == 0 && l > 0), "{w:?} mergeable");
+                assert!(
+                    !(w[1].1 == l && v % (1 << (17 - u32::from(l))) == 0 && l > 0),
+                    "{w:?} mergeable"
+                );
             }
         }
     }
@@ -648,8 +801,14 @@ mod tests {
     fn empty_ruleset_enforces_nothing() {
         let (rs, image) = compile_ok(vec![]);
         assert_eq!(image, MapImage::default());
-        assert_eq!(image.evaluate(ip("10.0.0.1"), Ingress, IPPROTO_TCP, 22), Verdict::NotEnforced);
-        assert_eq!(rs.evaluate(ip("10.0.0.1"), Egress, IPPROTO_TCP, 22), Verdict::NotEnforced);
+        assert_eq!(
+            image.evaluate(ip("10.0.0.1"), Ingress, IPPROTO_TCP, 22),
+            Verdict::NotEnforced
+        );
+        assert_eq!(
+            rs.evaluate(ip("10.0.0.1"), Egress, IPPROTO_TCP, 22),
+            Verdict::NotEnforced
+        );
     }
 
     #[test]
@@ -657,7 +816,10 @@ mod tests {
         let (_, image) = compile_ok(vec![rule(1, Egress, Allow, vec![], vec![])]);
         assert!(!image.enforce_ingress && image.enforce_egress);
         assert!(image.identities.is_empty() && image.rules.is_empty());
-        assert_eq!(image.evaluate(ip("10.0.0.1"), Egress, IPPROTO_TCP, 22), Verdict::NoMatch);
+        assert_eq!(
+            image.evaluate(ip("10.0.0.1"), Egress, IPPROTO_TCP, 22),
+            Verdict::NoMatch
+        );
     }
 
     #[test]
@@ -669,12 +831,31 @@ mod tests {
             vec![CidrSet::new(net("10.0.0.0/8"), vec![net("10.1.0.0/16")])],
             vec![],
         )]);
-        assert_eq!(image.identities, vec![ident("10.0.0.0/8", 1), ident("10.1.0.0/16", 2)]);
+        assert_eq!(
+            image.identities,
+            vec![ident("10.0.0.0/8", 1), ident("10.1.0.0/16", 2)]
+        );
         assert_eq!(image.rules, vec![ent(1, Ingress, None, None, Allow, 1)]);
-        assert_eq!(image.evaluate(ip("10.2.3.4"), Ingress, IPPROTO_UDP, 53), Verdict::Allow(1));
-        assert_eq!(image.evaluate(ip("10.1.3.4"), Ingress, IPPROTO_UDP, 53), Verdict::NoMatch);
-        assert_eq!(image.evaluate(ip("11.0.0.1"), Ingress, IPPROTO_UDP, 53), Verdict::NoMatch);
-        check_packets(&rs, &image, &[(ip("10.1.255.255"), Ingress, 6, 1), (ip("10.2.0.0"), Ingress, 6, 1)]);
+        assert_eq!(
+            image.evaluate(ip("10.2.3.4"), Ingress, IPPROTO_UDP, 53),
+            Verdict::Allow(1)
+        );
+        assert_eq!(
+            image.evaluate(ip("10.1.3.4"), Ingress, IPPROTO_UDP, 53),
+            Verdict::NoMatch
+        );
+        assert_eq!(
+            image.evaluate(ip("11.0.0.1"), Ingress, IPPROTO_UDP, 53),
+            Verdict::NoMatch
+        );
+        check_packets(
+            &rs,
+            &image,
+            &[
+                (ip("10.1.255.255"), Ingress, 6, 1),
+                (ip("10.2.0.0"), Ingress, 6, 1),
+            ],
+        );
     }
 
     #[test]
@@ -685,7 +866,10 @@ mod tests {
                 1,
                 Ingress,
                 Allow,
-                vec![CidrSet::new(net("10.0.0.0/8"), vec![net("10.1.0.0/16"), net("10.1.1.0/24")])],
+                vec![CidrSet::new(
+                    net("10.0.0.0/8"),
+                    vec![net("10.1.0.0/16"), net("10.1.1.0/24")],
+                )],
                 vec![],
             ),
             // Another rule re-covers part of the hole, with its own hole.
@@ -697,7 +881,13 @@ mod tests {
                 vec![tcp(22, 22)],
             ),
             // And one more inside that hole.
-            rule(3, Ingress, Allow, cidrs(&["10.1.2.128/25"]), vec![tcp(0, 65535)]),
+            rule(
+                3,
+                Ingress,
+                Allow,
+                cidrs(&["10.1.2.128/25"]),
+                vec![tcp(0, 65535)],
+            ),
         ]);
         let cases = [
             ("10.9.0.1", 22, Verdict::Allow(1)),
@@ -709,11 +899,22 @@ mod tests {
             ("10.1.2.129", 23, Verdict::Allow(3)),
         ];
         for (a, port, want) in cases {
-            assert_eq!(image.evaluate(ip(a), Ingress, IPPROTO_TCP, port), want, "{a}:{port}");
-            assert_eq!(rs.evaluate(ip(a), Ingress, IPPROTO_TCP, port), want, "reference {a}:{port}");
+            assert_eq!(
+                image.evaluate(ip(a), Ingress, IPPROTO_TCP, port),
+                want,
+                "{a}:{port}"
+            );
+            assert_eq!(
+                rs.evaluate(ip(a), Ingress, IPPROTO_TCP, port),
+                want,
+                "reference {a}:{port}"
+            );
         }
         // 10.1.1.0/24 has the same set as 10.1.0.0/16 (only rule 2): no entry.
-        assert!(!image.identities.iter().any(|e| e.prefix == net("10.1.1.0/24")));
+        assert!(!image
+            .identities
+            .iter()
+            .any(|e| e.prefix == net("10.1.1.0/24")));
     }
 
     #[test]
@@ -722,17 +923,27 @@ mod tests {
             5,
             Egress,
             Allow,
-            vec![CidrSet::new(net("10.0.0.0/8"), vec![net("10.1.0.0/16")]), CidrSet::cidr(net("10.1.1.0/24"))],
+            vec![
+                CidrSet::new(net("10.0.0.0/8"), vec![net("10.1.0.0/16")]),
+                CidrSet::cidr(net("10.1.1.0/24")),
+            ],
             vec![],
         )]);
-        for (a, want) in [("10.1.1.1", Verdict::Allow(5)), ("10.1.2.1", Verdict::NoMatch), ("10.3.0.0", Verdict::Allow(5))]
-        {
+        for (a, want) in [
+            ("10.1.1.1", Verdict::Allow(5)),
+            ("10.1.2.1", Verdict::NoMatch),
+            ("10.3.0.0", Verdict::Allow(5)),
+        ] {
             assert_eq!(image.evaluate(ip(a), Egress, IPPROTO_TCP, 1), want, "{a}");
             assert_eq!(rs.evaluate(ip(a), Egress, IPPROTO_TCP, 1), want, "{a}");
         }
         assert_eq!(
             image.identities,
-            vec![ident("10.0.0.0/8", 1), ident("10.1.0.0/16", 2), ident("10.1.1.0/24", 1)]
+            vec![
+                ident("10.0.0.0/8", 1),
+                ident("10.1.0.0/16", 2),
+                ident("10.1.1.0/24", 1)
+            ]
         );
     }
 
@@ -740,17 +951,38 @@ mod tests {
     fn except_equal_to_cidr_covers_nothing() {
         let (_, image) = compile_ok(vec![
             rule(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![]),
-            rule(2, Ingress, Deny, vec![CidrSet::new(net("10.0.0.0/8"), vec![net("10.0.0.0/8")])], vec![]),
+            rule(
+                2,
+                Ingress,
+                Deny,
+                vec![CidrSet::new(net("10.0.0.0/8"), vec![net("10.0.0.0/8")])],
+                vec![],
+            ),
         ]);
         assert_eq!(image.identities, vec![ident("0.0.0.0/0", 1)]);
-        assert_eq!(image.evaluate(ip("10.0.0.1"), Ingress, 6, 1), Verdict::Allow(1));
+        assert_eq!(
+            image.evaluate(ip("10.0.0.1"), Ingress, 6, 1),
+            Verdict::Allow(1)
+        );
     }
 
     #[test]
     fn deny_inside_allow_range() {
         let (rs, image) = compile_ok(vec![
-            rule(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![tcp(1000, 2000)]),
-            rule(2, Ingress, Deny, cidrs(&["0.0.0.0/0"]), vec![tcp(1500, 1500)]),
+            rule(
+                1,
+                Ingress,
+                Allow,
+                cidrs(&["0.0.0.0/0"]),
+                vec![tcp(1000, 2000)],
+            ),
+            rule(
+                2,
+                Ingress,
+                Deny,
+                cidrs(&["0.0.0.0/0"]),
+                vec![tcp(1500, 1500)],
+            ),
         ]);
         for (port, want) in [
             (999, Verdict::NoMatch),
@@ -761,13 +993,27 @@ mod tests {
             (2000, Verdict::Allow(1)),
             (2001, Verdict::NoMatch),
         ] {
-            assert_eq!(image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_TCP, port), want, "{port}");
+            assert_eq!(
+                image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_TCP, port),
+                want,
+                "{port}"
+            );
         }
-        assert_eq!(image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_UDP, 1500), Verdict::NoMatch);
+        assert_eq!(
+            image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_UDP, 1500),
+            Verdict::NoMatch
+        );
         let denies: Vec<_> = image.rules.iter().filter(|e| e.action == Deny).collect();
-        assert_eq!(denies, vec![&ent(1, Ingress, Some(6), Some((1500, 16)), Deny, 2)]);
-        let allowed: u32 =
-            image.rules.iter().filter_map(|e| e.port.filter(|_| e.action == Allow)).map(|(_, l)| 1 << (16 - l)).sum();
+        assert_eq!(
+            denies,
+            vec![&ent(1, Ingress, Some(6), Some((1500, 16)), Deny, 2)]
+        );
+        let allowed: u32 = image
+            .rules
+            .iter()
+            .filter_map(|e| e.port.filter(|_| e.action == Allow))
+            .map(|(_, l)| 1 << (16 - l))
+            .sum();
         assert_eq!(allowed, 1000);
         check_packets(&rs, &image, &[(ip("1.2.3.4"), Ingress, 6, 1750)]);
     }
@@ -775,12 +1021,33 @@ mod tests {
     #[test]
     fn allow_inside_deny_range() {
         let (_, image) = compile_ok(vec![
-            rule(1, Ingress, Deny, cidrs(&["0.0.0.0/0"]), vec![tcp(1000, 2000)]),
-            rule(2, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![tcp(1500, 1500), tcp(3000, 3000)]),
+            rule(
+                1,
+                Ingress,
+                Deny,
+                cidrs(&["0.0.0.0/0"]),
+                vec![tcp(1000, 2000)],
+            ),
+            rule(
+                2,
+                Ingress,
+                Allow,
+                cidrs(&["0.0.0.0/0"]),
+                vec![tcp(1500, 1500), tcp(3000, 3000)],
+            ),
         ]);
-        assert_eq!(image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_TCP, 1500), Verdict::Deny(1));
-        assert_eq!(image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_TCP, 3000), Verdict::Allow(2));
-        assert!(image.rules.iter().all(|e| e.action == Deny || e.port == Some((3000, 16))));
+        assert_eq!(
+            image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_TCP, 1500),
+            Verdict::Deny(1)
+        );
+        assert_eq!(
+            image.evaluate(ip("1.2.3.4"), Ingress, IPPROTO_TCP, 3000),
+            Verdict::Allow(2)
+        );
+        assert!(image
+            .rules
+            .iter()
+            .all(|e| e.action == Deny || e.port == Some((3000, 16))));
     }
 
     #[test]
@@ -792,8 +1059,14 @@ mod tests {
             rule(3, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![]),
         ]);
         assert_eq!(image.rules, vec![ent(1, Ingress, None, None, Deny, 9)]);
-        assert_eq!(image.evaluate(ip("10.0.0.1"), Ingress, IPPROTO_TCP, 80), Verdict::Deny(9));
-        assert_eq!(rs.evaluate(ip("10.0.0.1"), Ingress, IPPROTO_TCP, 22), Verdict::Deny(9));
+        assert_eq!(
+            image.evaluate(ip("10.0.0.1"), Ingress, IPPROTO_TCP, 80),
+            Verdict::Deny(9)
+        );
+        assert_eq!(
+            rs.evaluate(ip("10.0.0.1"), Ingress, IPPROTO_TCP, 22),
+            Verdict::Deny(9)
+        );
     }
 
     #[test]
@@ -803,7 +1076,13 @@ mod tests {
             // Redundant with the L3 allow (larger id): no entry.
             rule(7, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(80, 80)]),
             // Smaller id: reported, so it needs its entry.
-            rule(2, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(443, 443)]),
+            rule(
+                2,
+                Ingress,
+                Allow,
+                cidrs(&["10.0.0.0/8"]),
+                vec![tcp(443, 443)],
+            ),
             rule(6, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(22, 22)]),
         ]);
         assert_eq!(
@@ -815,7 +1094,12 @@ mod tests {
             ]
         );
         let a = ip("10.0.0.1");
-        let pk = [(a, Ingress, 6, 80), (a, Ingress, 6, 443), (a, Ingress, 6, 22), (a, Ingress, 17, 22)];
+        let pk = [
+            (a, Ingress, 6, 80),
+            (a, Ingress, 6, 443),
+            (a, Ingress, 6, 22),
+            (a, Ingress, 17, 22),
+        ];
         check_packets(&rs, &image, &pk);
     }
 
@@ -826,9 +1110,16 @@ mod tests {
             Ingress,
             Allow,
             cidrs(&["::/0"]),
-            vec![PortMatch::l4(L4Proto::Any, 53, None), PortMatch::all_ports(L4Proto::Udp)],
+            vec![
+                PortMatch::l4(L4Proto::Any, 53, None),
+                PortMatch::all_ports(L4Proto::Udp),
+            ],
         )]);
-        let id = image.identities.iter().find(|e| e.prefix == net("::/0")).map(|e| e.identity);
+        let id = image
+            .identities
+            .iter()
+            .find(|e| e.prefix == net("::/0"))
+            .map(|e| e.identity);
         assert_eq!(id, Some(2));
         assert_eq!(
             image.rules,
@@ -838,8 +1129,14 @@ mod tests {
                 ent(2, Ingress, Some(IPPROTO_SCTP), Some((53, 16)), Allow, 1),
             ]
         );
-        assert_eq!(image.evaluate(ip("2001:db8::1"), Ingress, IPPROTO_ICMPV6, 53), Verdict::NoMatch);
-        assert_eq!(image.evaluate(ip("2001:db8::1"), Ingress, IPPROTO_SCTP, 53), Verdict::Allow(1));
+        assert_eq!(
+            image.evaluate(ip("2001:db8::1"), Ingress, IPPROTO_ICMPV6, 53),
+            Verdict::NoMatch
+        );
+        assert_eq!(
+            image.evaluate(ip("2001:db8::1"), Ingress, IPPROTO_SCTP, 53),
+            Verdict::Allow(1)
+        );
     }
 
     #[test]
@@ -849,12 +1146,19 @@ mod tests {
             Egress,
             Allow,
             cidrs(&["192.168.0.0/16"]),
-            vec![tcp(0, 65535), PortMatch::l4(L4Proto::Udp, 80, Some(89)), PortMatch::l4(L4Proto::Udp, 90, Some(95))],
+            vec![
+                tcp(0, 65535),
+                PortMatch::l4(L4Proto::Udp, 80, Some(89)),
+                PortMatch::l4(L4Proto::Udp, 90, Some(95)),
+            ],
         )]);
         // 80..=89 and 90..=95 merge into one aligned block 80/12.
         assert_eq!(
             image.rules,
-            vec![ent(1, Egress, Some(6), None, Allow, 1), ent(1, Egress, Some(17), Some((80, 12)), Allow, 1)]
+            vec![
+                ent(1, Egress, Some(6), None, Allow, 1),
+                ent(1, Egress, Some(17), Some((80, 12)), Allow, 1)
+            ]
         );
     }
 
@@ -866,34 +1170,80 @@ mod tests {
             Allow,
             cidrs(&["0.0.0.0/0", "::/0"]),
             vec![
-                PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 8 },
-                PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: 128 },
+                PortMatch::Icmp {
+                    family: IcmpFamily::V4,
+                    icmp_type: 8,
+                },
+                PortMatch::Icmp {
+                    family: IcmpFamily::V6,
+                    icmp_type: 128,
+                },
             ],
         )]);
-        assert_eq!(image.identities, vec![ident("0.0.0.0/0", 1), ident("::/0", 1)]);
+        assert_eq!(
+            image.identities,
+            vec![ident("0.0.0.0/0", 1), ident("::/0", 1)]
+        );
         assert_eq!(
             image.rules,
             vec![
                 ent(1, Ingress, Some(IPPROTO_ICMP), Some((8 << 8, 8)), Allow, 4),
-                ent(1, Ingress, Some(IPPROTO_ICMPV6), Some((128 << 8, 8)), Allow, 4),
+                ent(
+                    1,
+                    Ingress,
+                    Some(IPPROTO_ICMPV6),
+                    Some((128 << 8, 8)),
+                    Allow,
+                    4
+                ),
             ]
         );
-        assert_eq!(image.evaluate(ip("1.1.1.1"), Ingress, IPPROTO_ICMP, 8 << 8 | 3), Verdict::Allow(4));
-        assert_eq!(image.evaluate(ip("1.1.1.1"), Ingress, IPPROTO_ICMP, 0), Verdict::NoMatch);
-        assert_eq!(image.evaluate(ip("fe80::1"), Ingress, IPPROTO_ICMPV6, 128 << 8), Verdict::Allow(4));
-        check_packets(&rs, &image, &[(ip("fe80::1"), Ingress, IPPROTO_ICMP, 8 << 8)]);
+        assert_eq!(
+            image.evaluate(ip("1.1.1.1"), Ingress, IPPROTO_ICMP, 8 << 8 | 3),
+            Verdict::Allow(4)
+        );
+        assert_eq!(
+            image.evaluate(ip("1.1.1.1"), Ingress, IPPROTO_ICMP, 0),
+            Verdict::NoMatch
+        );
+        assert_eq!(
+            image.evaluate(ip("fe80::1"), Ingress, IPPROTO_ICMPV6, 128 << 8),
+            Verdict::Allow(4)
+        );
+        check_packets(
+            &rs,
+            &image,
+            &[(ip("fe80::1"), Ingress, IPPROTO_ICMP, 8 << 8)],
+        );
     }
 
     #[test]
     fn identity_sharing() {
         let (_, image) = compile_ok(vec![
-            rule(1, Ingress, Allow, cidrs(&["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]), vec![tcp(22, 22)]),
-            rule(2, Egress, Allow, cidrs(&["192.168.0.0/16", "10.0.0.0/8", "fd00::/8"]), vec![]),
+            rule(
+                1,
+                Ingress,
+                Allow,
+                cidrs(&["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]),
+                vec![tcp(22, 22)],
+            ),
+            rule(
+                2,
+                Egress,
+                Allow,
+                cidrs(&["192.168.0.0/16", "10.0.0.0/8", "fd00::/8"]),
+                vec![],
+            ),
             rule(3, Ingress, Allow, cidrs(&["172.16.0.0/12"]), vec![]),
         ]);
         assert_eq!(
             image.identities,
-            vec![ident("10.0.0.0/8", 1), ident("172.16.0.0/12", 2), ident("192.168.0.0/16", 1), ident("fd00::/8", 1)]
+            vec![
+                ident("10.0.0.0/8", 1),
+                ident("172.16.0.0/12", 2),
+                ident("192.168.0.0/16", 1),
+                ident("fd00::/8", 1)
+            ]
         );
         assert_eq!(
             image.rules,
@@ -908,35 +1258,90 @@ mod tests {
     #[test]
     fn smallest_rule_id_wins_among_equal_actions() {
         let (rs, image) = compile_ok(vec![
-            rule(30, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(0, 100)]),
-            rule(10, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(50, 150)]),
+            rule(
+                30,
+                Ingress,
+                Allow,
+                cidrs(&["10.0.0.0/8"]),
+                vec![tcp(0, 100)],
+            ),
+            rule(
+                10,
+                Ingress,
+                Allow,
+                cidrs(&["10.0.0.0/8"]),
+                vec![tcp(50, 150)],
+            ),
             rule(20, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(60, 70)]),
-            rule(15, Ingress, Deny, cidrs(&["10.1.0.0/16"]), vec![tcp(65, 200)]),
+            rule(
+                15,
+                Ingress,
+                Deny,
+                cidrs(&["10.1.0.0/16"]),
+                vec![tcp(65, 200)],
+            ),
         ]);
         let mut packets = Vec::new();
         for a in ["10.0.0.1", "10.1.0.1"] {
-            for port in [0, 49, 50, 59, 60, 64, 65, 70, 71, 100, 101, 150, 151, 200, 201] {
+            for port in [
+                0, 49, 50, 59, 60, 64, 65, 70, 71, 100, 101, 150, 151, 200, 201,
+            ] {
                 packets.push((ip(a), Ingress, IPPROTO_TCP, port));
             }
         }
         check_packets(&rs, &image, &packets);
-        assert_eq!(image.evaluate(ip("10.1.0.1"), Ingress, 6, 66), Verdict::Deny(15));
-        assert_eq!(image.evaluate(ip("10.0.0.1"), Ingress, 6, 66), Verdict::Deny(20));
-        assert_eq!(image.evaluate(ip("10.0.0.1"), Ingress, 6, 55), Verdict::Allow(10));
+        assert_eq!(
+            image.evaluate(ip("10.1.0.1"), Ingress, 6, 66),
+            Verdict::Deny(15)
+        );
+        assert_eq!(
+            image.evaluate(ip("10.0.0.1"), Ingress, 6, 66),
+            Verdict::Deny(20)
+        );
+        assert_eq!(
+            image.evaluate(ip("10.0.0.1"), Ingress, 6, 55),
+            Verdict::Allow(10)
+        );
     }
 
     #[test]
     fn direction_isolation() {
         let (rs, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![])]);
-        assert_eq!(image.evaluate(ip("1.1.1.1"), Ingress, 6, 1), Verdict::Allow(1));
-        assert_eq!(image.evaluate(ip("1.1.1.1"), Egress, 6, 1), Verdict::NotEnforced);
-        let (rs2, image2) = compile_ok(
-            rs.rules.iter().cloned().chain([rule(2, Egress, Deny, cidrs(&["10.0.0.0/8"]), vec![])]).collect(),
+        assert_eq!(
+            image.evaluate(ip("1.1.1.1"), Ingress, 6, 1),
+            Verdict::Allow(1)
         );
-        assert_eq!(image2.evaluate(ip("1.1.1.1"), Egress, 6, 1), Verdict::NoMatch);
-        assert_eq!(image2.evaluate(ip("10.1.1.1"), Egress, 6, 1), Verdict::Deny(2));
-        assert_eq!(image2.evaluate(ip("10.1.1.1"), Ingress, 6, 1), Verdict::Allow(1));
-        check_packets(&rs2, &image2, &[(ip("10.1.1.1"), Ingress, 6, 1), (ip("10.1.1.1"), Egress, 6, 1)]);
+        assert_eq!(
+            image.evaluate(ip("1.1.1.1"), Egress, 6, 1),
+            Verdict::NotEnforced
+        );
+        let (rs2, image2) = compile_ok(
+            rs.rules
+                .iter()
+                .cloned()
+                .chain([rule(2, Egress, Deny, cidrs(&["10.0.0.0/8"]), vec![])])
+                .collect(),
+        );
+        assert_eq!(
+            image2.evaluate(ip("1.1.1.1"), Egress, 6, 1),
+            Verdict::NoMatch
+        );
+        assert_eq!(
+            image2.evaluate(ip("10.1.1.1"), Egress, 6, 1),
+            Verdict::Deny(2)
+        );
+        assert_eq!(
+            image2.evaluate(ip("10.1.1.1"), Ingress, 6, 1),
+            Verdict::Allow(1)
+        );
+        check_packets(
+            &rs2,
+            &image2,
+            &[
+                (ip("10.1.1.1"), Ingress, 6, 1),
+                (ip("10.1.1.1"), Egress, 6, 1),
+            ],
+        );
     }
 
     #[test]
@@ -947,41 +1352,92 @@ mod tests {
                 let want = rs.evaluate(ip(a), Ingress, 6, 80);
                 assert_eq!(image.evaluate(ip(a), Ingress, 6, 80), want, "{six} {a}");
             }
-            assert_eq!(image.evaluate(ip("10.0.0.1"), Ingress, 6, 80), Verdict::NoMatch, "{six}");
+            assert_eq!(
+                image.evaluate(ip("10.0.0.1"), Ingress, 6, 80),
+                Verdict::NoMatch,
+                "{six}"
+            );
         }
         // `::ffff:0:0/96` is IPv4 0.0.0.0/0.
-        let (_, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&["::ffff:0:0/96"]), vec![])]);
+        let (_, image) = compile_ok(vec![rule(
+            1,
+            Ingress,
+            Allow,
+            cidrs(&["::ffff:0:0/96"]),
+            vec![],
+        )]);
         assert_eq!(image.identities, vec![ident("0.0.0.0/0", 1)]);
         // `::/0` alone: 0.0.0.0/0 gets the empty identity.
         let (_, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&["::/0"]), vec![])]);
-        assert_eq!(image.identities, vec![ident("0.0.0.0/0", 1), ident("::/0", 2)]);
+        assert_eq!(
+            image.identities,
+            vec![ident("0.0.0.0/0", 1), ident("::/0", 2)]
+        );
         assert_eq!(image.rules, vec![ent(2, Ingress, None, None, Allow, 1)]);
         // Both families present: no extra entry needed beyond their own.
-        let (_, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&["::/0", "0.0.0.0/0"]), vec![])]);
-        assert_eq!(image.identities, vec![ident("0.0.0.0/0", 1), ident("::/0", 1)]);
+        let (_, image) = compile_ok(vec![rule(
+            1,
+            Ingress,
+            Allow,
+            cidrs(&["::/0", "0.0.0.0/0"]),
+            vec![],
+        )]);
+        assert_eq!(
+            image.identities,
+            vec![ident("0.0.0.0/0", 1), ident("::/0", 1)]
+        );
     }
 
     #[test]
     fn v4_mapped_cidr_and_except_are_v4() {
         let (rs, image) = compile_ok(vec![
-            rule(1, Ingress, Allow, vec![CidrSet::new(net("::ffff:10.0.0.0/104"), vec![net("::ffff:10.1.0.0/112")])], vec![]),
-            rule(2, Ingress, Deny, vec![CidrSet::new(net("::/0"), vec![net("::ffff:10.0.0.0/104")])], vec![]),
+            rule(
+                1,
+                Ingress,
+                Allow,
+                vec![CidrSet::new(
+                    net("::ffff:10.0.0.0/104"),
+                    vec![net("::ffff:10.1.0.0/112")],
+                )],
+                vec![],
+            ),
+            rule(
+                2,
+                Ingress,
+                Deny,
+                vec![CidrSet::new(net("::/0"), vec![net("::ffff:10.0.0.0/104")])],
+                vec![],
+            ),
         ]);
         // ::/0 (rule 2) would also catch IPv4: 0.0.0.0/0 shadows it with the
         // empty identity, which the hole in rule 1 shares. Rule 2's except is
         // IPv4 space, which an IPv6 CIDR never matches anyway.
         assert_eq!(
             image.identities,
-            vec![ident("0.0.0.0/0", 1), ident("10.0.0.0/8", 2), ident("10.1.0.0/16", 1), ident("::/0", 3)]
+            vec![
+                ident("0.0.0.0/0", 1),
+                ident("10.0.0.0/8", 2),
+                ident("10.1.0.0/16", 1),
+                ident("::/0", 3)
+            ]
         );
         assert_eq!(
             image.rules,
-            vec![ent(2, Ingress, None, None, Allow, 1), ent(3, Ingress, None, None, Deny, 2)]
+            vec![
+                ent(2, Ingress, None, None, Allow, 1),
+                ent(3, Ingress, None, None, Deny, 2)
+            ]
         );
-        let pk: Vec<_> = ["10.0.0.1", "10.1.0.1", "::ffff:10.0.0.1", "11.0.0.1", "2001::1"]
-            .iter()
-            .map(|a| (ip(a), Ingress, 6, 1))
-            .collect();
+        let pk: Vec<_> = [
+            "10.0.0.1",
+            "10.1.0.1",
+            "::ffff:10.0.0.1",
+            "11.0.0.1",
+            "2001::1",
+        ]
+        .iter()
+        .map(|a| (ip(a), Ingress, 6, 1))
+        .collect();
         check_packets(&rs, &image, &pk);
     }
 
@@ -991,7 +1447,10 @@ mod tests {
             1,
             Ingress,
             Allow,
-            vec![CidrSet { cidr: net("10.9.9.9/8"), except: vec![net("10.1.2.3/16")] }],
+            vec![CidrSet {
+                cidr: net("10.9.9.9/8"),
+                except: vec![net("10.1.2.3/16")],
+            }],
             vec![],
         )]);
         let (_, b) = compile_ok(vec![rule(
@@ -1007,7 +1466,10 @@ mod tests {
     #[test]
     fn invalid_rule_set_is_an_error() {
         let rs = RuleSet::new(vec![rule(3, Ingress, Allow, vec![], vec![tcp(2, 1)])]);
-        assert!(matches!(compile(&rs), Err(ValidationError::PortRange { rule: 3, .. })));
+        assert!(matches!(
+            compile(&rs),
+            Err(ValidationError::PortRange { rule: 3, .. })
+        ));
     }
 
     #[test]
@@ -1059,7 +1521,13 @@ mod tests {
         }
     }
 
-    const V4_BASES: [u32; 5] = [0x0a00_0000, 0x0a01_0000, 0x0a01_0100, 0xc0a8_0100, 0x0100_0000];
+    const V4_BASES: [u32; 5] = [
+        0x0a00_0000,
+        0x0a01_0000,
+        0x0a01_0100,
+        0xc0a8_0100,
+        0x0100_0000,
+    ];
     const V6_BASES: [u128; 5] = [
         0x2001_0db8_0000_0000_0000_0000_0000_0000,
         0x2001_0db8_0001_0000_0000_0000_0000_0000,
@@ -1076,7 +1544,8 @@ mod tests {
             IpAddr::V4((base ^ noise).into())
         } else {
             let base = rng.pick(&V6_BASES);
-            let noise = (u128::from(rng.next()) << 64 | u128::from(rng.next())) >> rng.pick(&[0u32, 16, 64, 100, 120]);
+            let noise = (u128::from(rng.next()) << 64 | u128::from(rng.next()))
+                >> rng.pick(&[0u32, 16, 64, 100, 120]);
             IpAddr::V6((base ^ noise).into())
         }
     }
@@ -1106,7 +1575,8 @@ mod tests {
                 IpAddr::V4((u32::from(n.network()) | host).into())
             }
             IpNet::V6(n) => {
-                let host = (u128::from(rng.next()) << 64 | u128::from(rng.next())) & !u128::from(n.netmask());
+                let host = (u128::from(rng.next()) << 64 | u128::from(rng.next()))
+                    & !u128::from(n.netmask());
                 IpAddr::V6((u128::from(n.network()) | host).into())
             }
         };
@@ -1117,22 +1587,45 @@ mod tests {
         if rng.chance(30) {
             return Vec::new();
         }
-        let interesting = [0u16, 1, 21, 22, 23, 53, 79, 80, 81, 443, 1023, 1024, 8080, 32768, 65534, 65535];
+        let interesting = [
+            0u16, 1, 21, 22, 23, 53, 79, 80, 81, 443, 1023, 1024, 8080, 32768, 65534, 65535,
+        ];
         (0..1 + rng.below(3))
             .map(|_| {
                 if rng.chance(15) {
-                    let family = if rng.chance(50) { IcmpFamily::V4 } else { IcmpFamily::V6 };
-                    PortMatch::Icmp { family, icmp_type: rng.pick(&[0u8, 3, 8, 128, 129, 135]) }
+                    let family = if rng.chance(50) {
+                        IcmpFamily::V4
+                    } else {
+                        IcmpFamily::V6
+                    };
+                    PortMatch::Icmp {
+                        family,
+                        icmp_type: rng.pick(&[0u8, 3, 8, 128, 129, 135]),
+                    }
                 } else {
-                    let proto = rng.pick(&[L4Proto::Tcp, L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp, L4Proto::Any]);
-                    let a = if rng.chance(70) { rng.pick(&interesting) } else { rng.next() as u16 };
+                    let proto = rng.pick(&[
+                        L4Proto::Tcp,
+                        L4Proto::Tcp,
+                        L4Proto::Udp,
+                        L4Proto::Sctp,
+                        L4Proto::Any,
+                    ]);
+                    let a = if rng.chance(70) {
+                        rng.pick(&interesting)
+                    } else {
+                        rng.next() as u16
+                    };
                     let b = match rng.below(4) {
                         0 => a,
                         1 => rng.pick(&interesting),
                         2 => u16::MAX,
                         _ => a.saturating_add(rng.below(200) as u16),
                     };
-                    PortMatch::L4 { proto, first: a.min(b), last: a.max(b) }
+                    PortMatch::L4 {
+                        proto,
+                        first: a.min(b),
+                        last: a.max(b),
+                    }
                 }
             })
             .collect()
@@ -1148,7 +1641,9 @@ mod tests {
                     .map(|_| {
                         let cidr = random_net(rng);
                         let except = if rng.chance(35) {
-                            (0..1 + rng.below(3)).map(|_| random_inside(rng, cidr)).collect()
+                            (0..1 + rng.below(3))
+                                .map(|_| random_inside(rng, cidr))
+                                .collect()
                         } else {
                             Vec::new()
                         };
@@ -1169,8 +1664,12 @@ mod tests {
 
     /// Packets aimed at the rules' prefixes and ports, plus random ones.
     fn random_packet(rng: &mut Rng, rs: &RuleSet) -> (IpAddr, Direction, u8, u16) {
-        let prefixes: Vec<IpNet> =
-            rs.rules.iter().flat_map(|r| r.peers.iter()).flat_map(|p| std::iter::once(p.cidr).chain(p.except.iter().copied())).collect();
+        let prefixes: Vec<IpNet> = rs
+            .rules
+            .iter()
+            .flat_map(|r| r.peers.iter())
+            .flat_map(|p| std::iter::once(p.cidr).chain(p.except.iter().copied()))
+            .collect();
         let addr = if !prefixes.is_empty() && rng.chance(80) {
             let p = prefixes[rng.below(prefixes.len() as u64) as usize];
             let inner = random_inside(rng, p);
@@ -1183,7 +1682,15 @@ mod tests {
             random_addr(rng)
         };
         let direction = if rng.chance(50) { Ingress } else { Egress };
-        let proto = rng.pick(&[IPPROTO_TCP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_SCTP, IPPROTO_ICMP, IPPROTO_ICMPV6, 47]);
+        let proto = rng.pick(&[
+            IPPROTO_TCP,
+            IPPROTO_TCP,
+            IPPROTO_UDP,
+            IPPROTO_SCTP,
+            IPPROTO_ICMP,
+            IPPROTO_ICMPV6,
+            47,
+        ]);
         let ports: Vec<(u16, u16)> = rs
             .rules
             .iter()
@@ -1230,7 +1737,10 @@ mod tests {
             }
         }
         // The generator must exercise every outcome, or the test proves little.
-        assert!(decided.iter().all(|&n| n > checked / 50), "outcomes allow/deny/nomatch/notenforced: {decided:?}");
+        assert!(
+            decided.iter().all(|&n| n > checked / 50),
+            "outcomes allow/deny/nomatch/notenforced: {decided:?}"
+        );
     }
 
     #[test]
@@ -1240,13 +1750,28 @@ mod tests {
         for id in 1..=100_000u32 {
             let cidr = if rng.chance(70) {
                 let a = 0x0a00_0000 | (rng.next() as u32 & 0x00ff_ffff);
-                IpNet::new(IpAddr::V4(a.into()), rng.pick(&[16u8, 20, 24, 24, 28, 32, 32])).expect("len").trunc()
+                IpNet::new(
+                    IpAddr::V4(a.into()),
+                    rng.pick(&[16u8, 20, 24, 24, 28, 32, 32]),
+                )
+                .expect("len")
+                .trunc()
             } else {
                 let a = 0x2001_0db8_u128 << 96 | (u128::from(rng.next()) << 32);
-                IpNet::new(IpAddr::V6(a.into()), rng.pick(&[48u8, 56, 64, 64, 96, 128])).expect("len").trunc()
+                IpNet::new(IpAddr::V6(a.into()), rng.pick(&[48u8, 56, 64, 64, 96, 128]))
+                    .expect("len")
+                    .trunc()
             };
-            let except = if rng.chance(10) { vec![random_inside(&mut rng, cidr)] } else { Vec::new() };
-            let ports = if rng.chance(20) { vec![tcp(rng.pick(&[22u16, 80, 443]), rng.pick(&[443u16, 8080]))] } else { vec![] };
+            let except = if rng.chance(10) {
+                vec![random_inside(&mut rng, cidr)]
+            } else {
+                Vec::new()
+            };
+            let ports = if rng.chance(20) {
+                vec![tcp(rng.pick(&[22u16, 80, 443]), rng.pick(&[443u16, 8080]))]
+            } else {
+                vec![]
+            };
             rules.push(Rule {
                 id,
                 direction: if rng.chance(70) { Ingress } else { Egress },
@@ -1255,7 +1780,13 @@ mod tests {
                 ports,
             });
         }
-        let broad = ["0.0.0.0/0", "10.0.0.0/8", "10.128.0.0/9", "::/0", "2001:db8::/32"];
+        let broad = [
+            "0.0.0.0/0",
+            "10.0.0.0/8",
+            "10.128.0.0/9",
+            "::/0",
+            "2001:db8::/32",
+        ];
         for id in 100_001..=100_100u32 {
             let a = rng.next() as u16;
             let b = a.saturating_add(rng.below(5000) as u16);
@@ -1265,7 +1796,11 @@ mod tests {
                 direction: if rng.chance(50) { Ingress } else { Egress },
                 action: if rng.chance(70) { Allow } else { Deny },
                 peers: cidrs(&[rng.pick(&broad)]),
-                ports: vec![PortMatch::L4 { proto, first: a, last: b }],
+                ports: vec![PortMatch::L4 {
+                    proto,
+                    first: a,
+                    last: b,
+                }],
             });
         }
         let rs = RuleSet::new(rules);
@@ -1287,7 +1822,11 @@ mod tests {
             let r = &rs.rules[rng.below(100_000) as usize];
             let addr = random_inside(&mut rng, r.peers[0].cidr).addr();
             let local = RuleSet::new(
-                rs.rules.iter().filter(|r| r.peers.iter().any(|p| p.contains(addr))).cloned().collect(),
+                rs.rules
+                    .iter()
+                    .filter(|r| r.peers.iter().any(|p| p.contains(addr)))
+                    .cloned()
+                    .collect(),
             );
             for _ in 0..10 {
                 let d = if rng.chance(50) { Ingress } else { Egress };
@@ -1298,7 +1837,11 @@ mod tests {
                     Verdict::NotEnforced if rs.enforces(d) => Verdict::NoMatch,
                     v => v,
                 };
-                assert_eq!(lookup.evaluate(addr, d, p, port), want, "{addr} {d:?} {p} {port}");
+                assert_eq!(
+                    lookup.evaluate(addr, d, p, port),
+                    want,
+                    "{addr} {d:?} {p} {port}"
+                );
             }
         }
     }

@@ -229,14 +229,33 @@ impl ImageLookup {
 mod tests {
     use super::*;
 
-    fn entry(identity: u32, proto: Option<u8>, port: Option<(u16, u8)>, action: Action, rule_id: u32) -> RuleEntry {
-        RuleEntry { identity, direction: Direction::Ingress, proto, port, action, rule_id }
+    fn entry(
+        identity: u32,
+        proto: Option<u8>,
+        port: Option<(u16, u8)>,
+        action: Action,
+        rule_id: u32,
+    ) -> RuleEntry {
+        RuleEntry {
+            identity,
+            direction: Direction::Ingress,
+            proto,
+            port,
+            action,
+            rule_id,
+        }
     }
 
     #[test]
     fn key_bits_layout() {
-        assert_eq!(entry(1, None, None, Action::Allow, 1).key_bits(), (1 << 32, 40));
-        assert_eq!(entry(2, Some(6), None, Action::Allow, 1).key_bits(), (2 << 32 | 6 << 16, 48));
+        assert_eq!(
+            entry(1, None, None, Action::Allow, 1).key_bits(),
+            (1 << 32, 40)
+        );
+        assert_eq!(
+            entry(2, Some(6), None, Action::Allow, 1).key_bits(),
+            (2 << 32 | 6 << 16, 48)
+        );
         assert_eq!(
             entry(2, Some(17), Some((0x0400, 6)), Action::Allow, 1).key_bits(),
             (2 << 32 | 17 << 16 | 0x0400, 54)
@@ -248,7 +267,10 @@ mod tests {
 
     #[test]
     fn identity_mapped_key() {
-        let e = IdentityEntry { prefix: "10.0.0.0/8".parse().expect("net"), identity: 1 };
+        let e = IdentityEntry {
+            prefix: "10.0.0.0/8".parse().expect("net"),
+            identity: 1,
+        };
         assert_eq!(e.mapped(), ("::ffff:10.0.0.0".parse().expect("ip"), 104));
     }
 
@@ -258,9 +280,18 @@ mod tests {
             enforce_ingress: true,
             enforce_egress: false,
             identities: vec![
-                IdentityEntry { prefix: "10.0.0.0/8".parse().expect("net"), identity: 1 },
-                IdentityEntry { prefix: "10.1.0.0/16".parse().expect("net"), identity: 2 },
-                IdentityEntry { prefix: "::/0".parse().expect("net"), identity: 3 },
+                IdentityEntry {
+                    prefix: "10.0.0.0/8".parse().expect("net"),
+                    identity: 1,
+                },
+                IdentityEntry {
+                    prefix: "10.1.0.0/16".parse().expect("net"),
+                    identity: 2,
+                },
+                IdentityEntry {
+                    prefix: "::/0".parse().expect("net"),
+                    identity: 3,
+                },
             ],
             rules: vec![
                 entry(1, None, None, Action::Allow, 10),
@@ -277,11 +308,29 @@ mod tests {
         // Like the kernel: IPv4 falls back to an IPv6 prefix covering
         // ::ffff:0:0/96 — the compiler must shadow that (see compiler tests).
         assert_eq!(l.identity(ip("11.0.0.1")), 3);
-        assert_eq!(l.evaluate(ip("10.2.0.1"), Direction::Ingress, 6, 22), Verdict::Deny(11));
-        assert_eq!(l.evaluate(ip("10.2.0.1"), Direction::Ingress, 6, 23), Verdict::Allow(10));
-        assert_eq!(l.evaluate(ip("10.1.0.1"), Direction::Ingress, 6, 22), Verdict::Allow(12));
-        assert_eq!(l.evaluate(ip("10.1.0.1"), Direction::Ingress, 17, 22), Verdict::NoMatch);
-        assert_eq!(l.evaluate(ip("10.1.0.1"), Direction::Egress, 6, 22), Verdict::NotEnforced);
-        assert_eq!(image.evaluate(ip("2001:db8::1"), Direction::Ingress, 58, 0x8000), Verdict::Deny(13));
+        assert_eq!(
+            l.evaluate(ip("10.2.0.1"), Direction::Ingress, 6, 22),
+            Verdict::Deny(11)
+        );
+        assert_eq!(
+            l.evaluate(ip("10.2.0.1"), Direction::Ingress, 6, 23),
+            Verdict::Allow(10)
+        );
+        assert_eq!(
+            l.evaluate(ip("10.1.0.1"), Direction::Ingress, 6, 22),
+            Verdict::Allow(12)
+        );
+        assert_eq!(
+            l.evaluate(ip("10.1.0.1"), Direction::Ingress, 17, 22),
+            Verdict::NoMatch
+        );
+        assert_eq!(
+            l.evaluate(ip("10.1.0.1"), Direction::Egress, 6, 22),
+            Verdict::NotEnforced
+        );
+        assert_eq!(
+            image.evaluate(ip("2001:db8::1"), Direction::Ingress, 58, 0x8000),
+            Verdict::Deny(13)
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! Policy: the typed rule set and its compiler to the datapath's map image.
 
 pub mod compiler;
-pub mod model;
 pub mod image;
+pub mod model;
 
 pub use compiler::{compile, port_prefixes};
 pub use image::{IdentityEntry, ImageLookup, MapImage, RuleEntry, Verdict};
-pub use model::{Action, CidrSet, Direction, IcmpFamily, L4Proto, PortMatch, Rule, RuleSet, ValidationError};
+pub use model::{
+    Action, CidrSet, Direction, IcmpFamily, L4Proto, PortMatch, Rule, RuleSet, ValidationError,
+};

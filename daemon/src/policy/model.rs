@@ -89,7 +89,11 @@ impl IcmpFamily {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PortMatch {
     /// Destination ports `first..=last` of `proto` (0..=65535 = every port).
-    L4 { proto: L4Proto, first: u16, last: u16 },
+    L4 {
+        proto: L4Proto,
+        first: u16,
+        last: u16,
+    },
     /// One ICMP/ICMPv6 type, any code.
     Icmp { family: IcmpFamily, icmp_type: u8 },
 }
@@ -102,12 +106,20 @@ impl PortMatch {
         if port == 0 {
             return PortMatch::all_ports(proto);
         }
-        PortMatch::L4 { proto, first: port, last: end_port.unwrap_or(port) }
+        PortMatch::L4 {
+            proto,
+            first: port,
+            last: end_port.unwrap_or(port),
+        }
     }
 
     /// Every port of `proto`.
     pub fn all_ports(proto: L4Proto) -> PortMatch {
-        PortMatch::L4 { proto, first: 0, last: u16::MAX }
+        PortMatch::L4 {
+            proto,
+            first: 0,
+            last: u16::MAX,
+        }
     }
 
     /// The match as `(protocol, first, last)` intervals of the datapath's
@@ -131,7 +143,8 @@ impl PortMatch {
     /// Whether a packet of IP protocol `proto` with datapath port `port`
     /// matches (reference semantics).
     pub fn matches(&self, proto: u8, port: u16) -> bool {
-        self.intervals().any(|(p, first, last)| p == proto && first <= port && port <= last)
+        self.intervals()
+            .any(|(p, first, last)| p == proto && first <= port && port <= last)
     }
 }
 
@@ -146,7 +159,10 @@ impl CidrSet {
     /// A set with every prefix truncated to its network address, so that
     /// `10.1.2.3/8` and `10.0.0.0/8` are the same peer.
     pub fn new(cidr: IpNet, except: Vec<IpNet>) -> CidrSet {
-        CidrSet { cidr: cidr.trunc(), except: except.into_iter().map(|e| e.trunc()).collect() }
+        CidrSet {
+            cidr: cidr.trunc(),
+            except: except.into_iter().map(|e| e.trunc()).collect(),
+        }
     }
 
     /// A plain CIDR without holes.
@@ -158,7 +174,10 @@ impl CidrSet {
     pub fn contains(&self, addr: IpAddr) -> bool {
         let addr = addr.to_canonical();
         canonical_net(self.cidr).contains(&addr)
-            && !self.except.iter().any(|e| canonical_net(*e).contains(&addr))
+            && !self
+                .except
+                .iter()
+                .any(|e| canonical_net(*e).contains(&addr))
     }
 }
 
@@ -204,15 +223,36 @@ impl Rule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     #[error("rule {rule}: ports[{index}]: first port {first} is greater than last port {last}")]
-    PortRange { rule: u32, index: usize, first: u16, last: u16 },
+    PortRange {
+        rule: u32,
+        index: usize,
+        first: u16,
+        last: u16,
+    },
     #[error("rule {rule}: peers[{peer}].except[{index}]: {except} is not inside {cidr}")]
-    ExceptOutside { rule: u32, peer: usize, index: usize, cidr: IpNet, except: IpNet },
+    ExceptOutside {
+        rule: u32,
+        peer: usize,
+        index: usize,
+        cidr: IpNet,
+        except: IpNet,
+    },
     #[error(
         "rule {rule}: peers[{peer}].except[{index}]: {except} is not of the same address family as {cidr}"
     )]
-    FamilyMismatch { rule: u32, peer: usize, index: usize, cidr: IpNet, except: IpNet },
+    FamilyMismatch {
+        rule: u32,
+        peer: usize,
+        index: usize,
+        cidr: IpNet,
+        except: IpNet,
+    },
     #[error("rule {rule}: id: duplicate rule id (rules[{first}] and rules[{second}])")]
-    DuplicateRuleId { rule: u32, first: usize, second: usize },
+    DuplicateRuleId {
+        rule: u32,
+        first: usize,
+        second: usize,
+    },
 }
 
 /// All rules of the active policy.
@@ -233,13 +273,22 @@ impl RuleSet {
         let mut seen: HashMap<u32, usize> = HashMap::with_capacity(self.rules.len());
         for (ri, rule) in self.rules.iter().enumerate() {
             if let Some(&first) = seen.get(&rule.id) {
-                return Err(ValidationError::DuplicateRuleId { rule: rule.id, first, second: ri });
+                return Err(ValidationError::DuplicateRuleId {
+                    rule: rule.id,
+                    first,
+                    second: ri,
+                });
             }
             seen.insert(rule.id, ri);
             for (index, m) in rule.ports.iter().enumerate() {
                 if let PortMatch::L4 { first, last, .. } = *m {
                     if first > last {
-                        return Err(ValidationError::PortRange { rule: rule.id, index, first, last });
+                        return Err(ValidationError::PortRange {
+                            rule: rule.id,
+                            index,
+                            first,
+                            last,
+                        });
                     }
                 }
             }
@@ -295,7 +344,11 @@ impl RuleSet {
         let mut l3_deny: Option<u32> = None;
         let mut deny: Option<u32> = None;
         let mut allow: Option<u32> = None;
-        for r in self.rules.iter().filter(|r| r.matches(remote, direction, proto, port)) {
+        for r in self
+            .rules
+            .iter()
+            .filter(|r| r.matches(remote, direction, proto, port))
+        {
             let slot = match (r.action, r.ports.is_empty()) {
                 (Action::Deny, true) => &mut l3_deny,
                 (Action::Deny, false) => &mut deny,
@@ -321,7 +374,13 @@ mod tests {
     }
 
     fn rule(id: u32, peers: Vec<CidrSet>, ports: Vec<PortMatch>) -> Rule {
-        Rule { id, direction: Direction::Ingress, action: Action::Allow, peers, ports }
+        Rule {
+            id,
+            direction: Direction::Ingress,
+            action: Action::Allow,
+            peers,
+            ports,
+        }
     }
 
     #[test]
@@ -351,21 +410,38 @@ mod tests {
 
     #[test]
     fn port_match_l4_cilium_semantics() {
-        assert_eq!(PortMatch::l4(L4Proto::Tcp, 0, None), PortMatch::all_ports(L4Proto::Tcp));
+        assert_eq!(
+            PortMatch::l4(L4Proto::Tcp, 0, None),
+            PortMatch::all_ports(L4Proto::Tcp)
+        );
         assert_eq!(
             PortMatch::l4(L4Proto::Tcp, 22, None),
-            PortMatch::L4 { proto: L4Proto::Tcp, first: 22, last: 22 }
+            PortMatch::L4 {
+                proto: L4Proto::Tcp,
+                first: 22,
+                last: 22
+            }
         );
         assert_eq!(
             PortMatch::l4(L4Proto::Udp, 1000, Some(2000)),
-            PortMatch::L4 { proto: L4Proto::Udp, first: 1000, last: 2000 }
+            PortMatch::L4 {
+                proto: L4Proto::Udp,
+                first: 1000,
+                last: 2000
+            }
         );
     }
 
     #[test]
     fn icmp_match_is_type_interval() {
-        let m = PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: 128 };
-        assert_eq!(m.intervals().collect::<Vec<_>>(), vec![(58, 0x8000, 0x80ff)]);
+        let m = PortMatch::Icmp {
+            family: IcmpFamily::V6,
+            icmp_type: 128,
+        };
+        assert_eq!(
+            m.intervals().collect::<Vec<_>>(),
+            vec![(58, 0x8000, 0x80ff)]
+        );
         assert!(m.matches(58, 128 << 8 | 3));
         assert!(!m.matches(1, 128 << 8));
         assert!(!m.matches(58, 129 << 8));
@@ -376,42 +452,89 @@ mod tests {
         let rs = RuleSet::new(vec![rule(
             7,
             vec![],
-            vec![PortMatch::all_ports(L4Proto::Tcp), PortMatch::l4(L4Proto::Tcp, 80, Some(79))],
+            vec![
+                PortMatch::all_ports(L4Proto::Tcp),
+                PortMatch::l4(L4Proto::Tcp, 80, Some(79)),
+            ],
         )]);
         let err = rs.validate().expect_err("invalid");
-        assert_eq!(err, ValidationError::PortRange { rule: 7, index: 1, first: 80, last: 79 });
-        assert_eq!(err.to_string(), "rule 7: ports[1]: first port 80 is greater than last port 79");
+        assert_eq!(
+            err,
+            ValidationError::PortRange {
+                rule: 7,
+                index: 1,
+                first: 80,
+                last: 79
+            }
+        );
+        assert_eq!(
+            err.to_string(),
+            "rule 7: ports[1]: first port 80 is greater than last port 79"
+        );
     }
 
     #[test]
     fn validate_rejects_except_outside() {
         let rs = RuleSet::new(vec![rule(
             3,
-            vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::new(net("10.0.0.0/8"), vec![net("11.0.0.0/16")])],
+            vec![
+                CidrSet::cidr(net("0.0.0.0/0")),
+                CidrSet::new(net("10.0.0.0/8"), vec![net("11.0.0.0/16")]),
+            ],
             vec![],
         )]);
         let err = rs.validate().expect_err("invalid");
-        assert!(matches!(err, ValidationError::ExceptOutside { rule: 3, peer: 1, index: 0, .. }));
-        assert!(err.to_string().starts_with("rule 3: peers[1].except[0]:"), "{err}");
+        assert!(matches!(
+            err,
+            ValidationError::ExceptOutside {
+                rule: 3,
+                peer: 1,
+                index: 0,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().starts_with("rule 3: peers[1].except[0]:"),
+            "{err}"
+        );
     }
 
     #[test]
     fn validate_rejects_family_mismatch() {
         let rs = RuleSet::new(vec![rule(
             4,
-            vec![CidrSet::new(net("::/0"), vec![net("2001:db8::/32"), net("10.0.0.0/8")])],
+            vec![CidrSet::new(
+                net("::/0"),
+                vec![net("2001:db8::/32"), net("10.0.0.0/8")],
+            )],
             vec![],
         )]);
         let err = rs.validate().expect_err("invalid");
-        assert!(matches!(err, ValidationError::FamilyMismatch { rule: 4, peer: 0, index: 1, .. }));
+        assert!(matches!(
+            err,
+            ValidationError::FamilyMismatch {
+                rule: 4,
+                peer: 0,
+                index: 1,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn validate_rejects_duplicate_id() {
-        let rs = RuleSet::new(vec![rule(1, vec![], vec![]), rule(2, vec![], vec![]), rule(1, vec![], vec![])]);
+        let rs = RuleSet::new(vec![
+            rule(1, vec![], vec![]),
+            rule(2, vec![], vec![]),
+            rule(1, vec![], vec![]),
+        ]);
         assert_eq!(
             rs.validate(),
-            Err(ValidationError::DuplicateRuleId { rule: 1, first: 0, second: 2 })
+            Err(ValidationError::DuplicateRuleId {
+                rule: 1,
+                first: 0,
+                second: 2
+            })
         );
     }
 
@@ -419,7 +542,10 @@ mod tests {
     fn validate_accepts_except_equal_to_cidr_and_untruncated() {
         let rs = RuleSet::new(vec![rule(
             1,
-            vec![CidrSet { cidr: net("10.1.2.3/8"), except: vec![net("10.0.0.0/8"), net("10.9.9.9/16")] }],
+            vec![CidrSet {
+                cidr: net("10.1.2.3/8"),
+                except: vec![net("10.0.0.0/8"), net("10.9.9.9/16")],
+            }],
             vec![],
         )]);
         assert_eq!(rs.validate(), Ok(()));
@@ -434,7 +560,13 @@ mod tests {
         deny_l3.action = Action::Deny;
         let rs = RuleSet::new(vec![deny_port, deny_l3, rule(0, all, vec![])]);
         let a: IpAddr = "1.2.3.4".parse().expect("ip");
-        assert_eq!(rs.evaluate(a, Direction::Ingress, IPPROTO_TCP, 22), Verdict::Deny(5));
-        assert_eq!(rs.evaluate(a, Direction::Egress, IPPROTO_TCP, 22), Verdict::NotEnforced);
+        assert_eq!(
+            rs.evaluate(a, Direction::Ingress, IPPROTO_TCP, 22),
+            Verdict::Deny(5)
+        );
+        assert_eq!(
+            rs.evaluate(a, Direction::Egress, IPPROTO_TCP, 22),
+            Verdict::NotEnforced
+        );
     }
 }

@@ -110,3 +110,24 @@ pub fn allow_tcp(id: u32, dir: Direction, cidrs: &[&str], port: u16) -> Rule {
 pub fn rule(id: u32, dir: Direction, action: Action, peers: Vec<CidrSet>, ports: Vec<PortMatch>) -> Rule {
     Rule { id, direction: dir, action, peers, ports }
 }
+
+/// The `hostfwd` daemon binary of this build (built on demand: cargo builds
+/// another package's binaries for its own tests only).
+pub fn hostfwd_bin() -> PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/hostfwd
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    let bin = profile_dir.join("hostfwd");
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "hostfwd", "--bin", "hostfwd"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let ok = cmd.status().expect("running cargo build");
+        assert!(ok.success(), "building the hostfwd binary failed");
+    });
+    bin
+}
