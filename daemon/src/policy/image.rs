@@ -4,6 +4,7 @@
 //! and lets [`MapImage::evaluate`] state the datapath's lookups precisely.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
@@ -59,6 +60,49 @@ pub enum Verdict {
     /// No rule has this direction: the policy step passes everything.
     NotEnforced,
 }
+
+/// A fast non-cryptographic hasher (FxHash's mixing step) for the compiler's
+/// interner and the lookup tables: they hash millions of small integer keys
+/// derived from the local configuration, where SipHash's flooding resistance
+/// buys nothing and costs a large share of the time.
+#[derive(Default)]
+pub(crate) struct FxHasher(u64);
+
+impl Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.add(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.add(n);
+    }
+    fn write_u128(&mut self, n: u128) {
+        self.add(n as u64);
+        self.add((n >> 64) as u64);
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.add(n as u64);
+    }
+    fn finish(&self) -> u64 {
+        // The multiply leaves the low bits depending only on low input bits;
+        // hashbrown indexes buckets by the low bits (rustc-hash 2 does the same).
+        self.0.rotate_left(26)
+    }
+}
+
+impl FxHasher {
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+}
+
+pub(crate) type FastHash = BuildHasherDefault<FxHasher>;
 
 /// Bit width of the rule trie key data this module simulates: identity (32),
 /// direction (8), proto (8), port (16). The C key also carries the policy
@@ -149,14 +193,15 @@ impl MapImage {
     /// Hash tables per prefix length that answer longest-prefix-match queries
     /// exactly like the kernel's LPM tries, for evaluating many packets.
     pub fn lookup(&self) -> ImageLookup {
-        let mut idents = HashMap::with_capacity(self.identities.len());
+        let mut idents =
+            HashMap::with_capacity_and_hasher(self.identities.len(), FastHash::default());
         let mut ident_lens = Vec::new();
         for e in &self.identities {
             let (addr, len) = e.mapped();
             idents.insert((u128::from(addr) & mask128(len), len), e.identity);
             ident_lens.push(len);
         }
-        let mut rules = HashMap::with_capacity(self.rules.len());
+        let mut rules = HashMap::with_capacity_and_hasher(self.rules.len(), FastHash::default());
         let mut rule_lens = Vec::new();
         for e in &self.rules {
             let key = e.key_bits();
@@ -181,9 +226,9 @@ impl MapImage {
 #[derive(Debug, Clone)]
 pub struct ImageLookup {
     enforce: [bool; 2],
-    idents: HashMap<(u128, u8), u32>,
+    idents: HashMap<(u128, u8), u32, FastHash>,
     ident_lens: Vec<u8>,
-    rules: HashMap<(u64, u8), (Action, u32)>,
+    rules: HashMap<(u64, u8), (Action, u32), FastHash>,
     rule_lens: Vec<u8>,
 }
 
