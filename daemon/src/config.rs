@@ -47,6 +47,11 @@ pub struct Config {
 impl Config {
     /// Built-in default, then `file` (if any), then the environment.
     pub fn load(file: Option<&Path>) -> Result<Self, Error> {
+        Self::load_with_env(file, std::env::vars())
+    }
+
+    /// As [`Config::load`], with the environment given explicitly.
+    pub fn load_with_env(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Self, Error> {
         let mut b = config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         let name = match file {
             Some(f) => {
@@ -55,7 +60,7 @@ impl Config {
             }
             None => "built-in default".to_string(),
         };
-        b = b.add_source(config::Environment::with_prefix("HOSTFWD").prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
+        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -121,6 +126,38 @@ impl Config {
     }
 }
 
+/// The `HOSTFWD_*` variables that name a configuration key. Other
+/// `HOSTFWD_*` variables (test harnesses, wrappers) are not configuration:
+/// they are ignored with a warning instead of failing the start.
+fn known_env_vars(env: impl IntoIterator<Item = (String, String)>) -> std::collections::HashMap<String, String> {
+    let keys: Vec<String> = toml_keys();
+    env.into_iter()
+        .filter(|(k, _)| k.starts_with("HOSTFWD_"))
+        .filter(|(k, _)| {
+            let key = k["HOSTFWD_".len()..].to_ascii_lowercase().replace("__", ".");
+            let known = keys.contains(&key);
+            if !known {
+                tracing::warn!(variable = %k, "ignoring environment variable: not a configuration key");
+            }
+            known
+        })
+        .collect()
+}
+
+/// Every key of the built-in default, nested ones as `table.key`.
+fn toml_keys() -> Vec<String> {
+    let mut out = Vec::new();
+    let mut table = String::new();
+    for line in DEFAULT_TOML.lines().map(str::trim) {
+        if let Some(t) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            table = format!("{t}.");
+        } else if let Some((k, _)) = line.split_once('=').filter(|_| !line.starts_with('#')) {
+            out.push(format!("{table}{}", k.trim()));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -167,18 +204,18 @@ mod tests {
 
     #[test]
     fn environment_overrides() {
-        // Only this test sets HOSTFWD_* variables in this process.
-        std::env::set_var("HOSTFWD_DEVICES", "eth0,bond0.*");
-        std::env::set_var("HOSTFWD_BPFFS_ROOT", "/sys/fs/bpf/x");
-        std::env::set_var("HOSTFWD_FAILSAFE__EGRESS", "udp/53");
-        let c = Config::load(None);
-        for k in ["HOSTFWD_DEVICES", "HOSTFWD_BPFFS_ROOT", "HOSTFWD_FAILSAFE__EGRESS"] {
-            std::env::remove_var(k);
-        }
-        let c = c.unwrap();
+        let env = [
+            ("HOSTFWD_DEVICES", "eth0,bond0.*"),
+            ("HOSTFWD_BPFFS_ROOT", "/sys/fs/bpf/x"),
+            ("HOSTFWD_FAILSAFE__EGRESS", "udp/53"),
+            ("HOSTFWD_NOT_A_KEY", "1"),
+            ("PATH", "/bin"),
+        ];
+        let c = Config::load_with_env(None, env.map(|(k, v)| (k.to_string(), v.to_string()))).unwrap();
         assert_eq!(c.devices, vec!["eth0", "bond0.*"]);
         assert_eq!(c.bpffs_root, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(c.failsafe.egress, vec!["udp/53"]);
+        assert!(toml_keys().contains(&"failsafe.ingress".to_string()));
     }
 
     #[test]

@@ -35,6 +35,11 @@ use super::model::{canonical_net, Action, Direction, Rule, RuleSet, ValidationEr
 
 /// Compiles a rule set into the map image. Fails only on an invalid rule set
 /// ([`RuleSet::validate`]).
+///
+/// Size: rule entries are per identity (the rule key starts with it), so a
+/// port rule on a wide prefix such as `world` is repeated in every identity
+/// below it — identities × entries of the wide rules. L3-only denies collapse
+/// to one entry and allows already decided by an L3-only allow are left out.
 pub fn compile(rule_set: &RuleSet) -> Result<MapImage, ValidationError> {
     rule_set.validate()?;
 
