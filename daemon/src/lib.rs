@@ -4,6 +4,8 @@
 
 pub mod config;
 pub mod datapath;
+pub mod inspect;
+pub mod links;
 pub mod policy;
 pub mod select;
 pub mod system;

@@ -38,6 +38,16 @@ enum Cmd {
         #[arg(long)]
         keep: bool,
     },
+    /// Print what the kernel holds for hostfwd (attachments, link
+    /// configuration, VLAN sets, host addresses, counters) as JSON.
+    Inspect {
+        /// One fact per line instead of JSON (for shell scripts).
+        #[arg(long)]
+        lines: bool,
+    },
+    /// Low-level: compile a typed rule set (JSON, the policy compiler's
+    /// model) and install it atomically into the pinned maps.
+    ApplyRules { file: PathBuf },
     /// Print the built-in default configuration.
     DefaultConfig,
 }
@@ -77,6 +87,27 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             }
         }
         Cmd::Probe { attach, keep } => probe(&cfg, &attach, keep),
+        Cmd::Inspect { lines } => {
+            let dp = Datapath::load(&cfg.datapath()?)?;
+            let snap = hostfwd::inspect::snapshot(&dp)?;
+            if lines {
+                print!("{}", snap.lines());
+            } else {
+                println!("{}", serde_json::to_string_pretty(&snap)?);
+            }
+            Ok(())
+        }
+        Cmd::ApplyRules { file } => {
+            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let rules: Vec<hostfwd::policy::model::Rule> =
+                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let image = hostfwd::policy::compiler::compile(&hostfwd::policy::model::RuleSet::new(rules))
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut dp = Datapath::load(&cfg.datapath()?)?;
+            let gen = dp.apply_policy(&image)?;
+            println!("applied: generation {gen}, {} identities, {} rule entries", image.identities.len(), image.rules.len());
+            Ok(())
+        }
         Cmd::DefaultConfig => Ok(()),
     }
 }

@@ -27,8 +27,9 @@ pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_SCTP: u8 = 132;
 
 /// Traffic direction as seen from the host. Values are the C `HF_DIR_*`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
+#[serde(rename_all = "kebab-case")]
 pub enum Direction {
     Ingress = 0,
     Egress = 1,
@@ -40,8 +41,9 @@ impl Direction {
 
 /// What a rule does with matching traffic. Values are the C `HF_ACTION_*`, so
 /// the map writer can store them as they are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
 #[repr(u8)]
+#[serde(rename_all = "kebab-case")]
 pub enum Action {
     Allow = 1,
     Deny = 2,
@@ -49,7 +51,8 @@ pub enum Action {
 
 /// Layer-4 protocol of a `toPorts` entry. `Any` is Cilium's `ANY`: TCP, UDP
 /// and SCTP (not ICMP, which has its own `icmps` match).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum L4Proto {
     Tcp,
     Udp,
@@ -70,7 +73,8 @@ impl L4Proto {
 }
 
 /// Family of an `icmps` match: ICMP for IPv4, ICMPv6 for IPv6.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum IcmpFamily {
     V4,
     V6,
@@ -86,7 +90,8 @@ impl IcmpFamily {
 }
 
 /// One protocol/port match of a rule.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "match")]
 pub enum PortMatch {
     /// Destination ports `first..=last` of `proto` (0..=65535 = every port).
     L4 {
@@ -149,9 +154,11 @@ impl PortMatch {
 }
 
 /// A peer CIDR with holes (Cilium's `fromCIDRSet`/`toCIDRSet`).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CidrSet {
     pub cidr: IpNet,
+    #[serde(default)]
     pub except: Vec<IpNet>,
 }
 
@@ -200,7 +207,8 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 /// One rule: traffic in `direction` from/to any of `peers`, on any of `ports`.
 /// Empty `ports` means every protocol and port (an "L3-only" rule); empty
 /// `peers` matches nothing (but still makes its direction default-deny).
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Rule {
     /// Reported in drop events and verdicts; unique within a rule set.
     pub id: u32,
@@ -256,7 +264,8 @@ pub enum ValidationError {
 }
 
 /// All rules of the active policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSet {
     pub rules: Vec<Rule>,
 }
