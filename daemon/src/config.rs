@@ -33,6 +33,7 @@ pub struct Config {
     pub audit: bool,
     pub devices: Vec<String>,
     pub exclude: Vec<String>,
+    pub vlan_bypass: Vec<u16>,
     pub bpffs_root: PathBuf,
     pub attach_mode: String,
     pub tc_priority: u16,
@@ -60,7 +61,7 @@ impl Config {
             }
             None => "built-in default".to_string(),
         };
-        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
+        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("vlan_bypass").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -71,6 +72,11 @@ impl Config {
 
     fn validate(&self) -> Result<(), Error> {
         self.attach_choice()?;
+        for (i, v) in self.vlan_bypass.iter().enumerate() {
+            if *v > 4094 {
+                return Err(Error::Invalid { field: format!("vlan_bypass[{i}]"), problem: format!("{v} is not a VLAN id (0 = all, 1..4094)") });
+            }
+        }
         self.failsafe_entries()?;
         for (field, list) in [("devices", &self.devices), ("exclude", &self.exclude)] {
             for (i, pat) in list.iter().enumerate() {
@@ -198,6 +204,8 @@ mod tests {
         assert!(e.contains("icmp"), "{e}");
         let e = load_str("devices = [\"eth[\"]\n").unwrap_err().to_string();
         assert!(e.contains("devices[0]"), "{e}");
+        let e = load_str("vlan_bypass = [5000]\n").unwrap_err().to_string();
+        assert!(e.contains("vlan_bypass[0]"), "{e}");
         let e = load_str("bogus = 1\n").unwrap_err().to_string();
         assert!(e.contains("bogus"), "{e}");
     }

@@ -20,6 +20,17 @@ pub struct Snapshot {
     pub counters: Vec<CounterView>,
     pub policy_generation: u32,
     pub audit: bool,
+    /// tcx only: how many programs the kernel runs on each hook hostfwd is
+    /// attached to (anything above one of ours would be a duplicate).
+    pub hooks: Vec<HookView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HookView {
+    pub ifindex: u32,
+    pub name: String,
+    pub direction: &'static str,
+    pub programs: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -76,10 +87,22 @@ pub fn link_flag_names(flags: u32) -> Vec<&'static str> {
 pub fn snapshot(dp: &Datapath) -> datapath::Result<Snapshot> {
     let names = names();
     let name = |i: u32| names.get(&i).cloned().unwrap_or_else(|| format!("#{i}"));
+    let attachments = dp.attachments()?;
+    let hooks = if dp.mode() == datapath::AttachMode::Tcx {
+        attachments
+            .iter()
+            .filter_map(|a| {
+                let progs = Datapath::tcx_progs(a.ifindex, a.dir).ok()?;
+                Some(HookView { ifindex: a.ifindex, name: name(a.ifindex), direction: datapath::dir_name(a.dir), programs: progs.len() })
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     Ok(Snapshot {
+        hooks,
         mode: dp.mode().name(),
-        attachments: dp
-            .attachments()?
+        attachments: attachments
             .into_iter()
             .map(|a| AttachmentView { ifindex: a.ifindex, name: name(a.ifindex), direction: datapath::dir_name(a.dir), prog_id: a.prog_id })
             .collect(),
@@ -110,6 +133,9 @@ impl Snapshot {
         let mut out = format!("mode {}\n", self.mode);
         for a in &self.attachments {
             out += &format!("attach {} {}\n", a.name, a.direction);
+        }
+        for h in &self.hooks {
+            out += &format!("hook {} {} {}\n", h.name, h.direction, h.programs);
         }
         for l in &self.links {
             out += &format!("link {} {}\n", l.name, l.flags.join(","));

@@ -3,9 +3,12 @@
 //! kernel (`datapath`).
 
 pub mod config;
+pub mod daemon;
 pub mod datapath;
 pub mod inspect;
 pub mod links;
+pub mod netlink;
 pub mod policy;
+pub mod reconcile;
 pub mod select;
-pub mod system;
+pub mod vlan;

@@ -1,17 +1,11 @@
 //! The `hostfwd` daemon.
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use hostfwd::config::Config;
-use hostfwd::datapath::{self, Datapath, Direction, EventReader};
-use hostfwd::{select, system};
+use hostfwd::datapath::{self, Datapath, Direction};
 use hostfwd_bpf::layout as l;
 
 #[derive(Parser)]
@@ -56,6 +50,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
+        // Colours only for a person at a terminal, not for journald or files.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match run(cli) {
@@ -76,7 +72,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     }
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd.unwrap_or(Cmd::Run) {
-        Cmd::Run => daemon(&cfg),
+        Cmd::Run => daemon(cfg),
         Cmd::Detach => {
             let dp = Datapath::load(&cfg.datapath()?)?;
             let errors = dp.teardown();
@@ -134,79 +130,7 @@ fn probe(cfg: &Config, ifname: &str, keep: bool) -> Result<(), AnyError> {
     Ok(())
 }
 
-/// Brings the kernel in line with the configuration and the current
-/// interfaces: host addresses, link entries, attachments.
-fn sync(dp: &Datapath, cfg: &Config) -> Result<(), AnyError> {
-    let ifaces = system::interfaces()?;
-    let want_addrs: BTreeSet<IpAddr> = ifaces.iter().flat_map(|i| i.addrs.iter().copied()).collect();
-    let have_addrs: BTreeSet<IpAddr> = dp.host_addrs().into_iter().collect();
-    for a in want_addrs.difference(&have_addrs) {
-        dp.add_host_addr(*a)?;
-    }
-    for a in have_addrs.difference(&want_addrs) {
-        dp.remove_host_addr(*a)?;
-    }
-
-    let selected = select::select(&ifaces, &cfg.devices, &cfg.exclude);
-    let want: BTreeSet<u32> = selected.iter().map(|i| i.ifindex).collect();
-    for i in &selected {
-        dp.set_link(i.ifindex, l::L_ENFORCE_INGRESS | l::L_ENFORCE_EGRESS)?;
-        for dir in Direction::ALL {
-            dp.attach(i.ifindex, dir)?;
-        }
-    }
-    let attached: BTreeSet<u32> = dp.attachments()?.iter().map(|a| a.ifindex).collect();
-    for gone in attached.difference(&want) {
-        for dir in Direction::ALL {
-            dp.detach(*gone, dir)?;
-        }
-    }
-    for ifindex in dp.links()?.keys() {
-        if !want.contains(ifindex) {
-            dp.remove_link(*ifindex)?;
-        }
-    }
-    Ok(())
-}
-
-fn daemon(cfg: &Config) -> Result<(), AnyError> {
-    let dp = Datapath::load(&cfg.datapath()?)?;
-    dp.set_global(cfg.settings())?;
-    dp.set_failsafe(&cfg.failsafe_entries()?)?;
-    sync(&dp, cfg)?;
-    let attached = dp.attachments()?;
-    tracing::info!(
-        mode = dp.mode().name(),
-        audit = cfg.audit,
-        devices = ?attached.iter().map(|a| a.ifindex).collect::<BTreeSet<_>>(),
-        "hostfwd running"
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, Arc::clone(&stop))?;
-    }
-    let events = EventReader::open(dp.paths())?;
-    let mut last_sync = std::time::Instant::now();
-    while !stop.load(Ordering::Relaxed) {
-        for e in events.poll(Duration::from_millis(200))? {
-            tracing::info!(target: "hostfwd::event", event = %serde_json::to_string(&e).unwrap_or_default(), "drop");
-        }
-        // Until link tracking follows netlink events, re-read interfaces.
-        if last_sync.elapsed() >= Duration::from_secs(2) {
-            if let Err(e) = sync(&dp, cfg) {
-                tracing::warn!(error = %e, "resync failed");
-            }
-            last_sync = std::time::Instant::now();
-        }
-    }
-    if cfg.detach_on_exit {
-        for e in dp.teardown() {
-            tracing::warn!(error = %e, "teardown");
-        }
-        tracing::info!("detached everything; exiting");
-    } else {
-        tracing::info!("exiting; programs stay attached (pinned)");
-    }
-    Ok(())
+fn daemon(cfg: Config) -> Result<(), AnyError> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(hostfwd::daemon::run(cfg)).map_err(|e| -> AnyError { e.to_string().into() })
 }

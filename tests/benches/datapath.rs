@@ -121,7 +121,10 @@ fn main() {
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     let mut first_new = None;
     let mut results = Vec::new();
-    for n in [10usize, 1_000, 10_000, 100_000] {
+    let counts: Vec<usize> = std::env::var("HOSTFWD_BENCH_RULES")
+        .map(|v| v.split(',').map(|n| n.trim().parse().expect("HOSTFWD_BENCH_RULES: comma-separated counts")).collect())
+        .unwrap_or_else(|_| vec![10, 1_000, 10_000, 100_000]);
+    for n in counts {
         let set = RuleSet::new(rules(n));
         let t = Instant::now();
         let image = compile(&set).expect("compile");

@@ -292,3 +292,38 @@ fn route_libbpf_logs() {
         libbpf_rs::set_print(Some((libbpf_rs::PrintLevel::Debug, cb)));
     });
 }
+
+impl Datapath {
+    /// This load's (ingress, egress) program ids: an attachment running
+    /// anything else is adopted (updated in place) by the reconciler.
+    pub fn prog_ids(&self) -> (u32, u32) {
+        (self.prog_id(Direction::Ingress), self.prog_id(Direction::Egress))
+    }
+
+    /// The state the reconciler compares against, read back from the kernel
+    /// (attachments from the hooks and pins, the rest from the maps).
+    /// Legacy tc attachments are found in the caller's network namespace.
+    pub fn actual(&self) -> Result<crate::reconcile::Actual> {
+        Ok(crate::reconcile::Actual {
+            attachments: self.attachments()?.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
+            links: self.links()?,
+            vlans: self.vlans().into_iter().collect(),
+            host_addrs: self.host_addrs().into_iter().collect(),
+        })
+    }
+
+    /// Carries out one reconcile action.
+    pub fn execute(&self, action: &crate::reconcile::Action) -> Result<()> {
+        use crate::reconcile::Action as A;
+        match *action {
+            A::AddHostAddr(ip) => self.add_host_addr(ip),
+            A::RemoveHostAddr(ip) => self.remove_host_addr(ip),
+            A::SetLink(i, flags) => self.set_link(i, flags),
+            A::RemoveLink(i) => self.remove_link(i),
+            A::AllowVlan(i, vid) => self.allow_vlan(i, vid),
+            A::DisallowVlan(i, vid) => self.disallow_vlan(i, vid),
+            A::Attach(i, d) => self.attach(i, d),
+            A::Detach(i, d) => self.detach(i, d),
+        }
+    }
+}

@@ -1,0 +1,1229 @@
+//! rtnetlink: the only module that reads links, addresses, routes and tc
+//! changes from the kernel. It turns kernel messages into
+//! [`crate::links::Change`]s; the pure [`Table`] applies them.
+//!
+//! Two objects:
+//!
+//! - [`Netlink`]: a request connection for dumps. [`Netlink::dump`] reads
+//!   links, IPv4/IPv6 addresses and IPv4/IPv6 default routes into a fresh
+//!   [`Table`].
+//! - [`Monitor`]: a multicast socket joined to the link, IPv4/IPv6 ifaddr,
+//!   IPv4/IPv6 route and tc groups, plus its own [`Netlink`].
+//!   [`Monitor::next`] yields [`Event`]s.
+//!
+//! # Use
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), hostfwd::netlink::Error> {
+//! use hostfwd::netlink::{Event, Monitor};
+//! let mut mon = Monitor::open().await?;     // subscribe first ...
+//! let mut table = mon.dump().await?;        // ... then dump
+//! loop {
+//!     match mon.next().await? {
+//!         Event::Change(c) => { table.apply(c); }
+//!         Event::Resync => { table.replace(mon.dump().await?); }
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! Subscribing before dumping means no change falls between the two: events
+//! queued meanwhile are applied after the dump. They may be older than the
+//! dump, but every message is full state for its object (a link, one
+//! address, a whole default-route set) and each later change brings its own
+//! message, so the table converges to the kernel's.
+//!
+//! # Namespaces
+//!
+//! A netlink socket belongs to the network namespace of the thread that
+//! created it, for its whole life. [`Netlink::connect`] and
+//! [`Monitor::open`] create their sockets on the calling thread: call them
+//! on a thread inside the namespace to watch (the daemon: the host
+//! namespace; tests: a thread that did `setns(CLONE_NEWNET)` and built its
+//! tokio runtime there). They need a tokio runtime ([`Error::NoRuntime`]
+//! otherwise) and nothing else.
+//!
+//! # Overruns
+//!
+//! The kernel does not wait for a multicast listener: when the socket's
+//! receive buffer is full, messages are dropped and the next `recv` fails
+//! with ENOBUFS. The monitor reads its socket itself (not through
+//! netlink-proto, whose connection task copies every message into an
+//! unbounded channel and so would grow memory instead of reporting the
+//! loss): the kernel buffer is the only queue, so a consumer that falls
+//! behind gets an overrun, not an ever-growing backlog. The buffer is 4 MiB
+//! ([`DEFAULT_RX_BUFFER`], `SO_RCVBUFFORCE`, falling back to `SO_RCVBUF`
+//! capped by `net.core.rmem_max`).
+//!
+//! On ENOBUFS the monitor discards what is still queued (it was sent before
+//! the loss, and applying it after a fresh dump would bring back stale
+//! state), drops its own pending events and returns [`Event::Resync`]: the
+//! consumer then dumps again and `Table::replace`s. Events after that are
+//! complete again.
+//!
+//! # What maps to what
+//!
+//! Links (RTM_NEWLINK / RTM_DELLINK of family AF_UNSPEC; the bridge's own
+//! AF_BRIDGE port messages are ignored: they lack IFLA_LINKINFO and a
+//! bridge-port DELLINK does not mean the device is gone):
+//!
+//! | kernel                                   | [`Link`]                         |
+//! |------------------------------------------|----------------------------------|
+//! | ifi_index                                | `ifindex` (0: message ignored)   |
+//! | IFLA_IFNAME                              | `name` (missing: ignored)        |
+//! | ifi_flags & IFF_UP                       | `up`                             |
+//! | IFLA_OPERSTATE                           | `oper` (unknown values: Unknown) |
+//! | IFLA_MASTER                              | `controller`                     |
+//! | IFLA_LINKINFO/IFLA_INFO_KIND (+ DATA)    | `kind`, see [`link_kind`]        |
+//! | IFLA_LINK_NETNSID on a veth              | `peer_in_other_netns`            |
+//!
+//! Addresses (RTM_NEWADDR / RTM_DELADDR): `ifa_index`, IFA_LOCAL (or
+//! IFA_ADDRESS when there is no IFA_LOCAL: IPv6 without a peer) and
+//! `ifa_prefixlen` → `AddrAdded` / `AddrRemoved`.
+//!
+//! Default routes: a route of family AF_INET/AF_INET6 with destination
+//! prefix length 0 in the **main table** (RTA_TABLE, else `rtm_table`) —
+//! what `ip route` shows and what the host's own traffic uses without
+//! policy routing — of type unicast. Its output interfaces are RTA_OIF and
+//! the RTA_MULTIPATH nexthops, less those flagged dead (RTNH_F_DEAD).
+//! Routes using nexthop objects (RTA_NH_ID) are seen through the
+//! `nexthop_compat_mode` expansion the kernel adds by default. A
+//! source-specific IPv6 default (`from P`) counts too.
+//!
+//! Route messages are not turned into changes one by one: `ip route
+//! replace`, `append`, `prepend` and multipath nexthop deletions make an
+//! incremental model fragile, and the kernel flushes IPv4 routes of a link
+//! that goes down or away *without* RTM_DELROUTE. Instead, the monitor keeps
+//! the per-family default-route set and re-reads it (a route dump of that
+//! family) after any main-table default-route message, after a link is
+//! deleted or changes IFF_UP, and after an overrun; every re-read yields
+//! `DefaultRoutes { v6, via }` with the full set. Messages already waiting
+//! on the socket are read first, so a burst costs one dump.
+//!
+//! tc (RTNLGRP_TC): RTM_NEWQDISC/DELQDISC, NEWTFILTER/DELTFILTER,
+//! NEWTCLASS/DELTCLASS and NEWCHAIN/DELCHAIN → `Tc(ifindex)` (a foreign
+//! `tc qdisc del dev X clsact` is noticed); messages about shared blocks
+//! (`TCM_IFINDEX_MAGIC_BLOCK`) carry no ifindex and are ignored. tcx
+//! attachments are bpf links, not tc objects: the kernel announces nothing
+//! about them over rtnetlink.
+//!
+//! Anything else (neighbours, other tables, unknown messages) is ignored;
+//! messages that do not decode are logged and skipped.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::net::IpAddr;
+use std::pin::pin;
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::route::{
+    RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteType,
+};
+use netlink_packet_route::tc::TcMessage;
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
+use rtnetlink::packet_core::{
+    NetlinkBuffer, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use rtnetlink::sys::protocols::NETLINK_ROUTE;
+use rtnetlink::sys::{AsyncSocket, AsyncSocketExt, Socket, SocketAddr, TokioSocket};
+use rtnetlink::Handle;
+use tracing::{debug, info, warn};
+
+use crate::links::{Change, Ifindex, Link, LinkKind, OperState, Table, Vid};
+
+/// Receive buffer the monitor asks for (the kernel doubles it for
+/// bookkeeping and reports the doubled value).
+pub const DEFAULT_RX_BUFFER: usize = 4 << 20;
+
+/// How often a dump interrupted by concurrent changes (NLM_F_DUMP_INTR) is
+/// repeated before giving up.
+const DUMP_ATTEMPTS: u32 = 5;
+
+/// Datagrams read without waiting before a default-route re-read, so that a
+/// burst of route messages costs one dump.
+const COALESCE_DATAGRAMS: usize = 256;
+
+/// Upper bound of datagrams discarded after an overrun.
+const DISCARD_LIMIT: usize = 1 << 20;
+
+/// The main routing table (`RT_TABLE_MAIN`).
+const RT_TABLE_MAIN: u32 = 254;
+
+/// The rtnetlink multicast groups the monitor joins.
+const GROUPS: [(u32, &str); 6] = [
+    (libc::RTNLGRP_LINK, "link"),
+    (libc::RTNLGRP_IPV4_IFADDR, "ipv4-ifaddr"),
+    (libc::RTNLGRP_IPV6_IFADDR, "ipv6-ifaddr"),
+    (libc::RTNLGRP_IPV4_ROUTE, "ipv4-route"),
+    (libc::RTNLGRP_IPV6_ROUTE, "ipv6-route"),
+    (libc::RTNLGRP_TC, "tc"),
+];
+
+/// Errors of the netlink module, each naming the operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening a netlink connection needs a tokio runtime: call it from inside one")]
+    NoRuntime,
+    #[error("opening a netlink socket: {source}")]
+    Socket { source: io::Error },
+    #[error("binding the netlink event socket: {source}")]
+    Bind { source: io::Error },
+    #[error("joining rtnetlink multicast group {group}: {source}")]
+    Subscribe { group: &'static str, source: io::Error },
+    #[error("setting the netlink receive buffer to {bytes} bytes: {source}")]
+    RxBuffer { bytes: usize, source: io::Error },
+    #[error("dumping {what}: {source}")]
+    Dump { what: &'static str, source: io::Error },
+    #[error("dumping {what}: the netlink connection closed before the dump was complete")]
+    DumpClosed { what: &'static str },
+    #[error("dumping {what}: interrupted by concurrent changes {attempts} times in a row")]
+    DumpInterrupted { what: &'static str, attempts: u32 },
+    #[error("receiving rtnetlink events: {source}")]
+    Receive { source: io::Error },
+}
+
+// ---------------------------------------------------------------------------
+// Dumps
+
+/// A request connection to rtnetlink, for dumps. Its sockets live in the
+/// network namespace of the thread that called [`Netlink::connect`]; its
+/// connection task runs on the current tokio runtime and is stopped on drop.
+#[derive(Debug)]
+pub struct Netlink {
+    handle: Handle,
+    conn: tokio::task::JoinHandle<()>,
+}
+
+impl Netlink {
+    /// Opens the connection (in the calling thread's network namespace) and
+    /// spawns its driver on the current tokio runtime.
+    pub fn connect() -> Result<Netlink, Error> {
+        let rt = tokio::runtime::Handle::try_current().map_err(|_| Error::NoRuntime)?;
+        let (mut conn, handle, _unsolicited) =
+            rtnetlink::new_connection().map_err(|source| Error::Socket { source })?;
+        // NLMSG_DONE is forwarded so that a dump cut short by a closed
+        // connection (the response stream just ends) is told apart from a
+        // complete one.
+        conn.set_forward_done(true);
+        let conn = rt.spawn(conn);
+        Ok(Netlink { handle, conn })
+    }
+
+    /// The rtnetlink handle, for requests this module does not wrap. Its
+    /// connection forwards NLMSG_DONE to the response streams.
+    pub fn handle(&self) -> &Handle {
+        &self.handle
+    }
+
+    /// Links, addresses (IPv4, IPv6) and default routes (IPv4, IPv6) as a
+    /// fresh table.
+    pub async fn dump(&self) -> Result<Table, Error> {
+        let mut table = Table::new();
+        for link in self.links().await? {
+            table.apply(Change::Link(link));
+        }
+        for (ifindex, addr) in self.addresses().await? {
+            table.apply(Change::AddrAdded(ifindex, addr));
+        }
+        for v6 in [false, true] {
+            let via = self.default_routes(v6).await?;
+            table.apply(Change::DefaultRoutes { v6, via });
+        }
+        Ok(table)
+    }
+
+    /// Every link (RTM_GETLINK dump), without addresses and routes.
+    pub async fn links(&self) -> Result<Vec<Link>, Error> {
+        let msgs = self.dump_raw("links", RouteNetlinkMessage::GetLink(LinkMessage::default())).await?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewLink(l) if l.header.interface_family == AddressFamily::Unspec => {
+                    parse_link(l)
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Every IPv4 and IPv6 address with its prefix length.
+    pub async fn addresses(&self) -> Result<Vec<(Ifindex, IpNet)>, Error> {
+        let mut out = Vec::new();
+        for (family, what) in [(AddressFamily::Inet, "IPv4 addresses"), (AddressFamily::Inet6, "IPv6 addresses")] {
+            let mut req = AddressMessage::default();
+            req.header.family = family;
+            let msgs = self.dump_raw(what, RouteNetlinkMessage::GetAddress(req)).await?;
+            out.extend(msgs.iter().filter_map(|m| match m {
+                RouteNetlinkMessage::NewAddress(a) => parse_addr(a),
+                _ => None,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// The links a default route of the main table leaves through, for one
+    /// family (see the module docs for what counts).
+    pub async fn default_routes(&self, v6: bool) -> Result<BTreeSet<Ifindex>, Error> {
+        let mut req = RouteMessage::default();
+        req.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        let what = if v6 { "IPv6 routes" } else { "IPv4 routes" };
+        let msgs = self.dump_raw(what, RouteNetlinkMessage::GetRoute(req)).await?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| match m {
+                RouteNetlinkMessage::NewRoute(r) if main_default_family(r) == Some(v6) => Some(default_route_oifs(r)),
+                _ => None,
+            })
+            .flatten()
+            .collect())
+    }
+
+    /// One dump request; repeated when the kernel flags it inconsistent
+    /// (NLM_F_DUMP_INTR: the object list changed while it was being read).
+    async fn dump_raw(&self, what: &'static str, request: RouteNetlinkMessage) -> Result<Vec<RouteNetlinkMessage>, Error> {
+        for attempt in 1..=DUMP_ATTEMPTS {
+            let mut req = NetlinkMessage::from(request.clone());
+            req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+            let mut handle = self.handle.clone();
+            let responses = handle.request(req).map_err(|_| Error::DumpClosed { what })?;
+            let mut responses = pin!(responses);
+            let mut out = Vec::new();
+            let mut interrupted = false;
+            let mut done = false;
+            while let Some(msg) = responses.next().await {
+                interrupted |= msg.header.flags & NLM_F_DUMP_INTR != 0;
+                match msg.payload {
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    NetlinkPayload::Done(d) => {
+                        if d.code < 0 {
+                            return Err(Error::Dump { what, source: io::Error::from_raw_os_error(-d.code) });
+                        }
+                        done = true;
+                        break;
+                    }
+                    NetlinkPayload::Error(e) if e.code.is_some() => {
+                        return Err(Error::Dump { what, source: e.to_io() });
+                    }
+                    _ => {}
+                }
+            }
+            if !done {
+                return Err(Error::DumpClosed { what });
+            }
+            if !interrupted {
+                return Ok(out);
+            }
+            debug!(what, attempt, "dump interrupted by a concurrent change; repeating it");
+        }
+        Err(Error::DumpInterrupted { what, attempts: DUMP_ATTEMPTS })
+    }
+}
+
+impl Drop for Netlink {
+    fn drop(&mut self) {
+        self.conn.abort();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Events
+
+/// What the monitor reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A change to apply to the table.
+    Change(Change),
+    /// Events were lost (the socket overran): dump again and
+    /// `Table::replace`. Dump *after* receiving this.
+    Resync,
+}
+
+/// The rtnetlink event stream (see the module docs). Its sockets live in
+/// the network namespace of the thread that called [`Monitor::open`].
+pub struct Monitor {
+    netlink: Netlink,
+    socket: TokioSocket,
+    /// The receive buffer as the kernel reports it (doubled).
+    rx_buffer: usize,
+    /// Events decoded but not yet returned.
+    pending: VecDeque<Event>,
+    /// IFF_UP of every link: a change triggers a default-route re-read.
+    up: HashMap<Ifindex, bool>,
+    /// The last default-route set read, per family (index: v6 as usize).
+    routes: [BTreeSet<Ifindex>; 2],
+    /// The default-route set of that family must be re-read.
+    dirty: [bool; 2],
+    /// `up` must be re-learnt with a link dump (after an overrun).
+    relearn_links: bool,
+}
+
+impl std::fmt::Debug for Monitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Monitor")
+            .field("rx_buffer", &self.rx_buffer)
+            .field("pending", &self.pending.len())
+            .field("routes", &self.routes)
+            .field("dirty", &self.dirty)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Monitor {
+    /// Subscribes with a [`DEFAULT_RX_BUFFER`] receive buffer, then reads
+    /// the current default routes and link states (its own bookkeeping; no
+    /// events come of it). Call [`Monitor::dump`] afterwards for the table.
+    pub async fn open() -> Result<Monitor, Error> {
+        Monitor::open_with_rx_buffer(DEFAULT_RX_BUFFER).await
+    }
+
+    /// [`Monitor::open`] with a given receive buffer size (bytes, before
+    /// the kernel doubles it; at least the kernel's minimum).
+    pub async fn open_with_rx_buffer(bytes: usize) -> Result<Monitor, Error> {
+        let netlink = Netlink::connect()?;
+        let (socket, rx_buffer) = subscribe(bytes)?;
+        let mut mon = Monitor {
+            netlink,
+            socket,
+            rx_buffer,
+            pending: VecDeque::new(),
+            up: HashMap::new(),
+            routes: [BTreeSet::new(), BTreeSet::new()],
+            dirty: [true, true],
+            relearn_links: true,
+        };
+        mon.refresh(false).await?;
+        info!(rx_buffer, "watching rtnetlink: links, addresses, routes, tc");
+        Ok(mon)
+    }
+
+    /// The request connection (for dumps in the same namespace).
+    pub fn netlink(&self) -> &Netlink {
+        &self.netlink
+    }
+
+    /// A fresh table: [`Netlink::dump`] on this monitor's connection.
+    pub async fn dump(&self) -> Result<Table, Error> {
+        self.netlink.dump().await
+    }
+
+    /// The receive buffer in bytes, as the kernel reports it.
+    pub fn rx_buffer(&self) -> usize {
+        self.rx_buffer
+    }
+
+    /// The default-route set last read for a family.
+    pub fn default_routes(&self, v6: bool) -> &BTreeSet<Ifindex> {
+        &self.routes[usize::from(v6)]
+    }
+
+    /// The next event. Cancel-safe (usable in `tokio::select!`): a received
+    /// datagram is decoded before the next await, and a default-route
+    /// re-read that was interrupted is repeated.
+    ///
+    /// An error means the event socket failed (or a dump of the request
+    /// connection did): the stream cannot be trusted any more; open a new
+    /// monitor and dump.
+    pub async fn next(&mut self) -> Result<Event, Error> {
+        let mut refresh_failed = false;
+        loop {
+            if let Some(ev) = self.pending.pop_front() {
+                return Ok(ev);
+            }
+            if self.needs_refresh() && !refresh_failed {
+                self.read_waiting();
+                if self.pending.front() == Some(&Event::Resync) {
+                    continue;
+                }
+                match self.refresh(true).await {
+                    Ok(()) => continue,
+                    // Only under a storm of changes, which brings messages
+                    // and so another try.
+                    Err(e @ Error::DumpInterrupted { .. }) => {
+                        warn!("re-reading default routes: {e}; trying again at the next event");
+                        refresh_failed = true;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            match self.socket.recv_from_full().await {
+                Ok((buf, from)) => self.handle_datagram(&buf, from),
+                Err(e) => match classify_recv_error(&e) {
+                    RecvFailure::Overrun => self.overrun(),
+                    RecvFailure::Retry => {}
+                    RecvFailure::Fatal => return Err(Error::Receive { source: e }),
+                },
+            }
+        }
+    }
+
+    fn needs_refresh(&self) -> bool {
+        self.relearn_links || self.dirty[0] || self.dirty[1]
+    }
+
+    /// Re-reads what is marked stale: link states after an overrun, and
+    /// the default-route sets (yielding `DefaultRoutes` when `emit`).
+    /// State is updated only after a successful read, so a cancelled or
+    /// failed call leaves the marks for the next one.
+    async fn refresh(&mut self, emit: bool) -> Result<(), Error> {
+        if self.relearn_links {
+            let links = self.netlink.links().await?;
+            self.up = links.iter().map(|l| (l.ifindex, l.up)).collect();
+            self.relearn_links = false;
+        }
+        for v6 in [false, true] {
+            let f = usize::from(v6);
+            if !self.dirty[f] {
+                continue;
+            }
+            let via = self.netlink.default_routes(v6).await?;
+            self.dirty[f] = false;
+            if via != self.routes[f] {
+                debug!(v6, ?via, "default routes changed");
+            }
+            self.routes[f] = via.clone();
+            if emit {
+                self.pending.push_back(Event::Change(Change::DefaultRoutes { v6, via }));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles datagrams already waiting on the socket, without waiting.
+    fn read_waiting(&mut self) {
+        for _ in 0..COALESCE_DATAGRAMS {
+            match self.socket.socket_ref().recv_from_full() {
+                Ok((buf, from)) => self.handle_datagram(&buf, from),
+                Err(e) => {
+                    // Would block: nothing waiting. Other errors are left
+                    // for the awaited receive to report.
+                    if classify_recv_error(&e) == RecvFailure::Overrun {
+                        self.overrun();
+                    }
+                    return;
+                }
+            }
+            if self.pending.front() == Some(&Event::Resync) {
+                return;
+            }
+        }
+    }
+
+    fn handle_datagram(&mut self, buf: &[u8], from: SocketAddr) {
+        if from.port_number() != 0 {
+            debug!(port = from.port_number(), "ignoring a netlink datagram not sent by the kernel");
+            return;
+        }
+        for msg in parse_datagram(buf) {
+            match msg {
+                Ok(NetlinkMessage { payload: NetlinkPayload::InnerMessage(m), .. }) => self.handle_message(m),
+                Ok(NetlinkMessage { payload: NetlinkPayload::Overrun(_), .. }) => {
+                    self.overrun();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => warn!("skipping an rtnetlink message that does not decode: {e}"),
+            }
+        }
+    }
+
+    fn handle_message(&mut self, msg: RouteNetlinkMessage) {
+        match interpret(&msg) {
+            Note::Change(Change::Link(link)) => {
+                let before = self.up.insert(link.ifindex, link.up);
+                if before.is_some_and(|b| b != link.up) {
+                    // Going down flushes the link's IPv4 routes silently;
+                    // coming up may revive dead nexthops silently.
+                    self.dirty = [true, true];
+                }
+                self.pending.push_back(Event::Change(Change::Link(link)));
+            }
+            Note::Change(Change::LinkGone(ifindex)) => {
+                self.up.remove(&ifindex);
+                for f in 0..2 {
+                    if self.routes[f].contains(&ifindex) {
+                        self.dirty[f] = true;
+                    }
+                }
+                self.pending.push_back(Event::Change(Change::LinkGone(ifindex)));
+            }
+            Note::Change(c) => self.pending.push_back(Event::Change(c)),
+            Note::DefaultRoute { v6 } => self.dirty[usize::from(v6)] = true,
+            Note::Ignored => {}
+        }
+    }
+
+    /// The socket overran: what is still queued predates the loss and is
+    /// discarded, pending events too; the consumer re-dumps.
+    fn overrun(&mut self) {
+        let discarded = self.discard_queued();
+        warn!(
+            discarded,
+            rx_buffer = self.rx_buffer,
+            "rtnetlink event socket overran (ENOBUFS): events were lost, asking for a full re-dump"
+        );
+        self.pending.clear();
+        self.pending.push_back(Event::Resync);
+        self.relearn_links = true;
+        self.dirty = [true, true];
+    }
+
+    /// Reads and drops every queued datagram. Until the queue has been
+    /// emptied once the kernel keeps the socket marked congested and
+    /// reports no further ENOBUFS, so stopping early could hide a later
+    /// loss. (Reading is far faster than the kernel makes messages; the
+    /// bound only guards against a bug.)
+    fn discard_queued(&mut self) -> usize {
+        let mut n = 0usize;
+        for _ in 0..DISCARD_LIMIT {
+            match self.socket.socket_ref().recv_from_full() {
+                Ok(_) => n += 1,
+                Err(e) if classify_recv_error(&e) == RecvFailure::Overrun => {}
+                Err(_) => break,
+            }
+        }
+        n
+    }
+}
+
+/// Opens the multicast socket: receive buffer first (so the groups never
+/// see the default one), then bind and join.
+fn subscribe(rx_buffer: usize) -> Result<(TokioSocket, usize), Error> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::NoRuntime);
+    }
+    let mut socket = TokioSocket::new(NETLINK_ROUTE).map_err(|source| Error::Socket { source })?;
+    let actual = set_rx_buffer(socket.socket_ref(), rx_buffer)?;
+    socket.socket_mut().bind_auto().map_err(|source| Error::Bind { source })?;
+    for (group, name) in GROUPS {
+        socket
+            .socket_ref()
+            .add_membership(group)
+            .map_err(|source| Error::Subscribe { group: name, source })?;
+    }
+    Ok((socket, actual))
+}
+
+/// SO_RCVBUFFORCE (needs CAP_NET_ADMIN, ignores rmem_max), else SO_RCVBUF.
+/// Returns the size the kernel reports.
+fn set_rx_buffer(socket: &Socket, bytes: usize) -> Result<usize, Error> {
+    use nix::sys::socket::{getsockopt, setsockopt, sockopt};
+    let err = |e: nix::Error| Error::RxBuffer { bytes, source: e.into() };
+    if let Err(e) = setsockopt(socket, sockopt::RcvBufForce, &bytes) {
+        debug!("SO_RCVBUFFORCE: {e}; using SO_RCVBUF (capped by net.core.rmem_max)");
+        setsockopt(socket, sockopt::RcvBuf, &bytes).map_err(err)?;
+    }
+    let actual = getsockopt(socket, sockopt::RcvBuf).map_err(err)?;
+    if actual < bytes {
+        warn!(asked = bytes, got = actual, "netlink receive buffer smaller than asked");
+    }
+    Ok(actual)
+}
+
+/// What a failed receive means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RecvFailure {
+    /// ENOBUFS: the kernel dropped messages.
+    Overrun,
+    /// Nothing lost, try again (EINTR, EAGAIN).
+    Retry,
+    /// The socket is unusable.
+    Fatal,
+}
+
+fn classify_recv_error(e: &io::Error) -> RecvFailure {
+    match e.raw_os_error() {
+        Some(libc::ENOBUFS) => RecvFailure::Overrun,
+        _ if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => RecvFailure::Retry,
+        _ => RecvFailure::Fatal,
+    }
+}
+
+/// The netlink messages of one datagram. A truncated or malformed header
+/// ends the datagram; a message that does not decode is an `Err` and the
+/// next one is tried.
+fn parse_datagram(buf: &[u8]) -> Vec<Result<NetlinkMessage<RouteNetlinkMessage>, String>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off < buf.len() {
+        let rest = &buf[off..];
+        let len = match NetlinkBuffer::new_checked(rest) {
+            Ok(b) => b.length() as usize,
+            Err(e) => {
+                out.push(Err(format!("malformed netlink header at offset {off}: {e}")));
+                break;
+            }
+        };
+        if len == 0 || len > rest.len() {
+            out.push(Err(format!("netlink message length {len} at offset {off} of {}", buf.len())));
+            break;
+        }
+        out.push(NetlinkMessage::<RouteNetlinkMessage>::deserialize(&rest[..len]).map_err(|e| {
+            let kind = NetlinkBuffer::new_checked(rest).map(|b| b.message_type()).unwrap_or_default();
+            format!("message type {kind}: {e}")
+        }));
+        // NLMSG_ALIGN
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Messages → changes (pure)
+
+/// What one rtnetlink message means for the table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Note {
+    Change(Change),
+    /// A main-table default route of this family was added, changed or
+    /// removed: re-read the set.
+    DefaultRoute { v6: bool },
+    Ignored,
+}
+
+fn interpret(msg: &RouteNetlinkMessage) -> Note {
+    use RouteNetlinkMessage as M;
+    let change = |c: Option<Change>| c.map_or(Note::Ignored, Note::Change);
+    match msg {
+        M::NewLink(m) if m.header.interface_family == AddressFamily::Unspec => {
+            change(parse_link(m).map(Change::Link))
+        }
+        M::DelLink(m) if m.header.interface_family == AddressFamily::Unspec => {
+            change(Ifindex::new(m.header.index).map(Change::LinkGone))
+        }
+        M::NewAddress(m) => change(parse_addr(m).map(|(i, a)| Change::AddrAdded(i, a))),
+        M::DelAddress(m) => change(parse_addr(m).map(|(i, a)| Change::AddrRemoved(i, a))),
+        M::NewRoute(m) | M::DelRoute(m) => main_default_family(m).map_or(Note::Ignored, |v6| Note::DefaultRoute { v6 }),
+        M::NewQueueDiscipline(m)
+        | M::DelQueueDiscipline(m)
+        | M::NewTrafficFilter(m)
+        | M::DelTrafficFilter(m)
+        | M::NewTrafficClass(m)
+        | M::DelTrafficClass(m)
+        | M::NewTrafficChain(m)
+        | M::DelTrafficChain(m) => change(tc_ifindex(m).map(Change::Tc)),
+        _ => Note::Ignored,
+    }
+}
+
+/// A link as an RTM_NEWLINK describes it; `None` (with a warning) without an
+/// ifindex or a name. See the module docs for the attribute mapping.
+pub fn parse_link(msg: &LinkMessage) -> Option<Link> {
+    let Some(ifindex) = Ifindex::new(msg.header.index) else {
+        warn!("ignoring an RTM_NEWLINK with ifindex 0");
+        return None;
+    };
+    let attrs = LinkAttrs::gather(msg);
+    let Some(name) = attrs.name else {
+        warn!(%ifindex, "ignoring an RTM_NEWLINK without IFLA_IFNAME");
+        return None;
+    };
+    let kind = link_kind(name, msg.header.flags, &attrs);
+    let mut link = Link::new(ifindex, name, kind);
+    link.controller = attrs.controller.and_then(Ifindex::new);
+    link.up = msg.header.flags.contains(LinkFlags::Up);
+    link.oper = attrs.oper.map_or(OperState::Unknown, oper_state);
+    link.peer_in_other_netns = link.kind == LinkKind::Veth && attrs.netnsid.is_some();
+    Some(link)
+}
+
+/// The IFLA_* attributes link parsing uses, gathered in passes: top-level
+/// attributes, then inside IFLA_LINKINFO the kind and the kind's data
+/// (nispor's habit; the kind functions below read only this).
+#[derive(Debug, Default)]
+struct LinkAttrs<'a> {
+    name: Option<&'a str>,
+    controller: Option<u32>,
+    oper: Option<State>,
+    /// IFLA_LINK: a VLAN's lower device, a veth's peer.
+    lower: Option<u32>,
+    /// IFLA_LINK_NETNSID: IFLA_LINK is in another namespace.
+    netnsid: Option<i32>,
+    kind: Option<&'a InfoKind>,
+    data: Option<&'a InfoData>,
+}
+
+impl<'a> LinkAttrs<'a> {
+    fn gather(msg: &'a LinkMessage) -> LinkAttrs<'a> {
+        let mut a = LinkAttrs::default();
+        let mut info: &[LinkInfo] = &[];
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => a.name = Some(n),
+                LinkAttribute::Controller(c) => a.controller = Some(*c),
+                LinkAttribute::OperState(s) => a.oper = Some(*s),
+                LinkAttribute::Link(l) => a.lower = Some(*l),
+                LinkAttribute::LinkNetNsId(n) => a.netnsid = Some(*n),
+                LinkAttribute::LinkInfo(i) => info = i,
+                _ => {}
+            }
+        }
+        for i in info {
+            if let LinkInfo::Kind(k) = i {
+                a.kind = Some(k);
+            }
+        }
+        for i in info {
+            if let LinkInfo::Data(d) = i {
+                a.data = Some(d);
+            }
+        }
+        a
+    }
+}
+
+/// The kind of a link from IFLA_INFO_KIND (and its data). Unknown kinds
+/// are `Other`, logged at debug, never an error.
+fn link_kind(name: &str, flags: LinkFlags, a: &LinkAttrs<'_>) -> LinkKind {
+    let Some(kind) = a.kind else {
+        return physical(flags);
+    };
+    match kind {
+        InfoKind::Bond => LinkKind::Bond,
+        InfoKind::Vlan => vlan(name, a),
+        InfoKind::Veth => LinkKind::Veth,
+        InfoKind::Bridge => LinkKind::Bridge,
+        InfoKind::MacVlan | InfoKind::MacVtap => LinkKind::Macvlan,
+        k if is_tunnel(k) => LinkKind::Tunnel { name: k.to_string() },
+        other => {
+            debug!(link = name, kind = %other, "link kind kept as other");
+            LinkKind::Other { name: other.to_string() }
+        }
+    }
+}
+
+/// No IFLA_INFO_KIND: a real device (or one whose driver has no
+/// rtnl_link_ops), loopback by IFF_LOOPBACK.
+fn physical(flags: LinkFlags) -> LinkKind {
+    if flags.contains(LinkFlags::Loopback) {
+        LinkKind::Loopback
+    } else {
+        LinkKind::Physical
+    }
+}
+
+/// Encapsulating devices. ipvlan/ipvtap are not among them (L2/L3
+/// sub-devices of a lower NIC, like macvlan; `LinkKind` has no variant for
+/// them, so they are `Other`).
+fn is_tunnel(k: &InfoKind) -> bool {
+    use InfoKind as K;
+    matches!(
+        k,
+        K::IpIp
+            | K::GreTun
+            | K::GreTap
+            | K::GreTun6
+            | K::GreTap6
+            | K::Ip6Tnl
+            | K::SitTun
+            | K::Vti
+            | K::Vti6
+            | K::Vxlan
+            | K::Geneve
+            | K::Wireguard
+            | K::ErSpan
+            | K::Ip6ErSpan
+            | K::BareUdp
+            | K::Gtp
+            | K::Xfrm
+            | K::Amt
+            | K::Pfcp
+    )
+}
+
+/// `Vlan { vid: IFLA_VLAN_ID, lower: IFLA_LINK }`; a VLAN without a valid
+/// VID (1..=4094) or a lower device in this namespace is `Other("vlan")`,
+/// with a warning.
+fn vlan(name: &str, a: &LinkAttrs<'_>) -> LinkKind {
+    let other = || LinkKind::Other { name: "vlan".into() };
+    let id = match a.data {
+        Some(InfoData::Vlan(v)) => v.iter().find_map(|x| match x {
+            InfoVlan::Id(id) => Some(*id),
+            _ => None,
+        }),
+        _ => None,
+    };
+    let Some(id) = id else {
+        warn!(link = name, "VLAN without IFLA_VLAN_ID; kept as kind other");
+        return other();
+    };
+    let Some(vid) = Vid::new(id) else {
+        warn!(link = name, vid = id, "VLAN id outside 1..=4094; kept as kind other");
+        return other();
+    };
+    if let Some(nsid) = a.netnsid {
+        warn!(link = name, nsid, "VLAN whose lower device is in another network namespace; kept as kind other");
+        return other();
+    }
+    let Some(lower) = a.lower.and_then(Ifindex::new) else {
+        warn!(link = name, "VLAN without a lower device (IFLA_LINK); kept as kind other");
+        return other();
+    };
+    LinkKind::Vlan { vid, lower }
+}
+
+fn oper_state(s: State) -> OperState {
+    match s {
+        State::Unknown => OperState::Unknown,
+        State::NotPresent => OperState::NotPresent,
+        State::Down => OperState::Down,
+        State::LowerLayerDown => OperState::LowerLayerDown,
+        State::Testing => OperState::Testing,
+        State::Dormant => OperState::Dormant,
+        State::Up => OperState::Up,
+        _ => OperState::Unknown,
+    }
+}
+
+/// An address of RTM_NEWADDR/RTM_DELADDR: IFA_LOCAL (the address itself on
+/// point-to-point links, where IFA_ADDRESS is the peer), else IFA_ADDRESS,
+/// with `ifa_prefixlen`.
+pub fn parse_addr(msg: &AddressMessage) -> Option<(Ifindex, IpNet)> {
+    let ifindex = Ifindex::new(msg.header.index)?;
+    let (mut local, mut address): (Option<IpAddr>, Option<IpAddr>) = (None, None);
+    for a in &msg.attributes {
+        match a {
+            AddressAttribute::Local(ip) => local = Some(*ip),
+            AddressAttribute::Address(ip) => address = Some(*ip),
+            _ => {}
+        }
+    }
+    let ip = local.or(address)?;
+    match IpNet::new(ip, msg.header.prefix_len) {
+        Ok(net) => Some((ifindex, net)),
+        Err(_) => {
+            warn!(%ifindex, %ip, prefix = msg.header.prefix_len, "ignoring an address with an invalid prefix length");
+            None
+        }
+    }
+}
+
+/// `Some(v6)` for a route of the main table with destination prefix length
+/// 0 (any type), `None` for any other route.
+fn main_default_family(msg: &RouteMessage) -> Option<bool> {
+    let v6 = match msg.header.address_family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
+    let table = msg
+        .attributes
+        .iter()
+        .find_map(|a| match a {
+            RouteAttribute::Table(t) => Some(*t),
+            _ => None,
+        })
+        .unwrap_or(u32::from(msg.header.table));
+    (msg.header.destination_prefix_length == 0 && table == RT_TABLE_MAIN).then_some(v6)
+}
+
+/// The output interfaces of a unicast route: RTA_OIF and the RTA_MULTIPATH
+/// nexthops, without dead ones.
+fn default_route_oifs(msg: &RouteMessage) -> BTreeSet<Ifindex> {
+    let mut out = BTreeSet::new();
+    if msg.header.kind != RouteType::Unicast {
+        return out;
+    }
+    for a in &msg.attributes {
+        match a {
+            RouteAttribute::Oif(i) if !msg.header.flags.contains(RouteFlags::Dead) => out.extend(Ifindex::new(*i)),
+            RouteAttribute::MultiPath(hops) => out.extend(
+                hops.iter()
+                    .filter(|h| !h.flags.contains(RouteNextHopFlags::Dead))
+                    .filter_map(|h| Ifindex::new(h.interface_index)),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The device of a tc message; `None` for shared blocks
+/// (`TCM_IFINDEX_MAGIC_BLOCK`) and index 0.
+fn tc_ifindex(msg: &TcMessage) -> Option<Ifindex> {
+    u32::try_from(msg.header.index).ok().and_then(Ifindex::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_route::route::RouteNextHop;
+
+    fn ifx(i: u32) -> Ifindex {
+        Ifindex::new(i).unwrap()
+    }
+
+    fn link_msg(index: u32, name: &str, attrs: Vec<LinkAttribute>) -> LinkMessage {
+        let mut m = LinkMessage::default();
+        m.header.index = index;
+        m.header.flags = LinkFlags::Up | LinkFlags::Broadcast;
+        m.attributes.push(LinkAttribute::IfName(name.into()));
+        m.attributes.extend(attrs);
+        m
+    }
+
+    fn info(kind: InfoKind, data: Option<InfoData>) -> LinkAttribute {
+        let mut v = vec![LinkInfo::Kind(kind)];
+        v.extend(data.map(LinkInfo::Data));
+        LinkAttribute::LinkInfo(v)
+    }
+
+    fn kind_of(attrs: Vec<LinkAttribute>) -> LinkKind {
+        parse_link(&link_msg(7, "x", attrs)).unwrap().kind
+    }
+
+    #[test]
+    fn vlan_takes_vid_and_lower() {
+        let l = parse_link(&link_msg(
+            7,
+            "eth0.1000",
+            vec![info(InfoKind::Vlan, Some(InfoData::Vlan(vec![InfoVlan::Id(1000)]))), LinkAttribute::Link(5)],
+        ))
+        .unwrap();
+        assert_eq!(l.kind, LinkKind::Vlan { vid: Vid::new(1000).unwrap(), lower: ifx(5) });
+        assert_eq!(l.name, "eth0.1000");
+        assert!(l.up);
+    }
+
+    #[test]
+    fn broken_vlans_are_other() {
+        let other = LinkKind::Other { name: "vlan".into() };
+        let vlan = |id: u16| info(InfoKind::Vlan, Some(InfoData::Vlan(vec![InfoVlan::Id(id)])));
+        assert_eq!(kind_of(vec![vlan(0), LinkAttribute::Link(5)]), other, "VID 0");
+        assert_eq!(kind_of(vec![vlan(4095), LinkAttribute::Link(5)]), other, "VID 4095");
+        assert_eq!(kind_of(vec![vlan(10)]), other, "no lower");
+        assert_eq!(kind_of(vec![vlan(10), LinkAttribute::Link(0)]), other, "lower 0");
+        assert_eq!(kind_of(vec![info(InfoKind::Vlan, None), LinkAttribute::Link(5)]), other, "no data");
+        assert_eq!(
+            kind_of(vec![vlan(10), LinkAttribute::Link(5), LinkAttribute::LinkNetNsId(1)]),
+            other,
+            "lower in another namespace"
+        );
+    }
+
+    #[test]
+    fn kinds_by_info_kind() {
+        assert_eq!(kind_of(vec![]), LinkKind::Physical);
+        assert_eq!(kind_of(vec![info(InfoKind::Bond, None)]), LinkKind::Bond);
+        assert_eq!(kind_of(vec![info(InfoKind::Bridge, None)]), LinkKind::Bridge);
+        assert_eq!(kind_of(vec![info(InfoKind::MacVlan, None)]), LinkKind::Macvlan);
+        assert_eq!(kind_of(vec![info(InfoKind::MacVtap, None)]), LinkKind::Macvlan);
+        for (k, n) in [
+            (InfoKind::Vxlan, "vxlan"),
+            (InfoKind::Wireguard, "wireguard"),
+            (InfoKind::GreTun, "gre"),
+            (InfoKind::GreTap, "gretap"),
+            (InfoKind::GreTun6, "ip6gre"),
+            (InfoKind::Ip6Tnl, "ip6tnl"),
+            (InfoKind::SitTun, "sit"),
+            (InfoKind::IpIp, "ipip"),
+            (InfoKind::Geneve, "geneve"),
+        ] {
+            assert_eq!(kind_of(vec![info(k, None)]), LinkKind::Tunnel { name: n.into() });
+        }
+        assert_eq!(kind_of(vec![info(InfoKind::Dummy, None)]), LinkKind::Other { name: "dummy".into() });
+        assert_eq!(kind_of(vec![info(InfoKind::IpVlan, None)]), LinkKind::Other { name: "ipvlan".into() });
+        assert_eq!(
+            kind_of(vec![info(InfoKind::Other("ovpn".into()), None)]),
+            LinkKind::Other { name: "ovpn".into() }
+        );
+        // Loopback has no kind, only IFF_LOOPBACK.
+        let mut lo = link_msg(1, "lo", vec![]);
+        lo.header.flags |= LinkFlags::Loopback;
+        assert_eq!(parse_link(&lo).unwrap().kind, LinkKind::Loopback);
+    }
+
+    #[test]
+    fn veth_peer_namespace_controller_and_state() {
+        let same = parse_link(&link_msg(8, "v0", vec![info(InfoKind::Veth, None), LinkAttribute::Link(9)])).unwrap();
+        assert_eq!(same.kind, LinkKind::Veth);
+        assert!(!same.peer_in_other_netns);
+        let other = parse_link(&link_msg(
+            8,
+            "v0",
+            vec![
+                info(InfoKind::Veth, None),
+                LinkAttribute::Link(2),
+                LinkAttribute::LinkNetNsId(0),
+                LinkAttribute::Controller(3),
+                LinkAttribute::OperState(State::LowerLayerDown),
+            ],
+        ))
+        .unwrap();
+        assert!(other.peer_in_other_netns);
+        assert_eq!(other.controller, Some(ifx(3)));
+        assert_eq!(other.oper, OperState::LowerLayerDown);
+        // Only veths have a peer: a netnsid elsewhere means nothing here.
+        let mv = parse_link(&link_msg(8, "mv0", vec![info(InfoKind::MacVlan, None), LinkAttribute::LinkNetNsId(0)]))
+            .unwrap();
+        assert!(!mv.peer_in_other_netns);
+        let mut down = link_msg(8, "v0", vec![LinkAttribute::OperState(State::Other(42))]);
+        down.header.flags = LinkFlags::Broadcast;
+        let down = parse_link(&down).unwrap();
+        assert!(!down.up);
+        assert_eq!(down.oper, OperState::Unknown);
+        assert_eq!(down.controller, None);
+    }
+
+    #[test]
+    fn links_without_index_or_name_are_ignored() {
+        assert!(parse_link(&link_msg(0, "x", vec![])).is_none());
+        let mut nameless = LinkMessage::default();
+        nameless.header.index = 4;
+        assert!(parse_link(&nameless).is_none());
+    }
+
+    #[test]
+    fn bridge_port_messages_are_not_links() {
+        let mut m = link_msg(8, "v0", vec![LinkAttribute::Controller(3)]);
+        m.header.interface_family = AddressFamily::Bridge;
+        assert_eq!(interpret(&RouteNetlinkMessage::NewLink(m.clone())), Note::Ignored);
+        assert_eq!(interpret(&RouteNetlinkMessage::DelLink(m.clone())), Note::Ignored);
+        m.header.interface_family = AddressFamily::Unspec;
+        assert_eq!(interpret(&RouteNetlinkMessage::DelLink(m)), Note::Change(Change::LinkGone(ifx(8))));
+    }
+
+    fn addr_msg(index: u32, prefix: u8, attrs: Vec<AddressAttribute>) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.index = index;
+        m.header.prefix_len = prefix;
+        m.attributes = attrs;
+        m
+    }
+
+    #[test]
+    fn addresses_prefer_local_and_keep_the_prefix() {
+        let local: IpAddr = "10.0.0.1".parse().unwrap();
+        let peer: IpAddr = "10.0.0.2".parse().unwrap();
+        let m = addr_msg(3, 24, vec![AddressAttribute::Address(peer), AddressAttribute::Local(local)]);
+        assert_eq!(parse_addr(&m), Some((ifx(3), "10.0.0.1/24".parse().unwrap())));
+        let v6 = addr_msg(3, 64, vec![AddressAttribute::Address("2001:db8::1".parse().unwrap())]);
+        assert_eq!(
+            interpret(&RouteNetlinkMessage::DelAddress(v6)),
+            Note::Change(Change::AddrRemoved(ifx(3), "2001:db8::1/64".parse().unwrap()))
+        );
+        assert_eq!(parse_addr(&addr_msg(3, 33, vec![AddressAttribute::Local(local)])), None, "bad prefix");
+        assert_eq!(parse_addr(&addr_msg(0, 24, vec![AddressAttribute::Local(local)])), None, "no ifindex");
+        assert_eq!(parse_addr(&addr_msg(3, 24, vec![])), None, "no address");
+    }
+
+    fn route(v6: bool, dst_len: u8, table: u8, attrs: Vec<RouteAttribute>) -> RouteMessage {
+        let mut m = RouteMessage::default();
+        m.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
+        m.header.destination_prefix_length = dst_len;
+        m.header.table = table;
+        m.header.kind = RouteType::Unicast;
+        m.attributes = attrs;
+        m
+    }
+
+    fn hop(ifindex: u32, flags: RouteNextHopFlags) -> RouteNextHop {
+        let mut h = RouteNextHop::default();
+        h.interface_index = ifindex;
+        h.flags = flags;
+        h
+    }
+
+    #[test]
+    fn default_routes_of_the_main_table() {
+        let r = route(false, 0, 254, vec![RouteAttribute::Oif(4)]);
+        assert_eq!(main_default_family(&r), Some(false));
+        assert_eq!(default_route_oifs(&r), [ifx(4)].into());
+        assert_eq!(interpret(&RouteNetlinkMessage::DelRoute(r)), Note::DefaultRoute { v6: false });
+        // Not default, other table, table by attribute.
+        assert_eq!(main_default_family(&route(false, 24, 254, vec![])), None);
+        assert_eq!(main_default_family(&route(true, 0, 100, vec![])), None);
+        assert_eq!(main_default_family(&route(true, 0, 252, vec![RouteAttribute::Table(1000)])), None);
+        assert_eq!(main_default_family(&route(true, 0, 0, vec![RouteAttribute::Table(254)])), Some(true));
+        // Multipath without dead nexthops.
+        let mp = route(
+            true,
+            0,
+            254,
+            vec![RouteAttribute::MultiPath(vec![
+                hop(4, RouteNextHopFlags::empty()),
+                hop(6, RouteNextHopFlags::Dead | RouteNextHopFlags::Linkdown),
+                hop(7, RouteNextHopFlags::Linkdown),
+            ])],
+        );
+        assert_eq!(default_route_oifs(&mp), [ifx(4), ifx(7)].into());
+        // Dead single path, unreachable default.
+        let mut dead = route(false, 0, 254, vec![RouteAttribute::Oif(4)]);
+        dead.header.flags = RouteFlags::Dead;
+        assert!(default_route_oifs(&dead).is_empty());
+        let mut unreachable = route(false, 0, 254, vec![RouteAttribute::Oif(1)]);
+        unreachable.header.kind = RouteType::Unreachable;
+        assert!(default_route_oifs(&unreachable).is_empty());
+    }
+
+    #[test]
+    fn tc_messages_name_their_device() {
+        let mut m = TcMessage::default();
+        m.header.index = 5;
+        for msg in [
+            RouteNetlinkMessage::NewQueueDiscipline(m.clone()),
+            RouteNetlinkMessage::DelQueueDiscipline(m.clone()),
+            RouteNetlinkMessage::NewTrafficFilter(m.clone()),
+            RouteNetlinkMessage::DelTrafficFilter(m.clone()),
+        ] {
+            assert_eq!(interpret(&msg), Note::Change(Change::Tc(ifx(5))));
+        }
+        m.header.index = -1; // TCM_IFINDEX_MAGIC_BLOCK
+        assert_eq!(interpret(&RouteNetlinkMessage::NewTrafficFilter(m)), Note::Ignored);
+    }
+
+    #[test]
+    fn enobufs_is_an_overrun() {
+        assert_eq!(classify_recv_error(&io::Error::from_raw_os_error(libc::ENOBUFS)), RecvFailure::Overrun);
+        assert_eq!(classify_recv_error(&io::Error::from_raw_os_error(libc::EAGAIN)), RecvFailure::Retry);
+        assert_eq!(classify_recv_error(&io::Error::from_raw_os_error(libc::EINTR)), RecvFailure::Retry);
+        assert_eq!(classify_recv_error(&io::Error::from_raw_os_error(libc::EBADF)), RecvFailure::Fatal);
+    }
+
+    fn serialized(msg: RouteNetlinkMessage) -> Vec<u8> {
+        let mut m = NetlinkMessage::from(msg);
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
+    }
+
+    #[test]
+    fn datagrams_with_several_messages_and_garbage() {
+        let mut buf = serialized(RouteNetlinkMessage::NewLink(link_msg(3, "eth0", vec![])));
+        while buf.len() & 3 != 0 {
+            buf.push(0);
+        }
+        buf.extend(serialized(RouteNetlinkMessage::DelLink(link_msg(3, "eth0", vec![]))));
+        let msgs = parse_datagram(&buf);
+        assert_eq!(msgs.len(), 2);
+        assert!(msgs.iter().all(|m| m.is_ok()));
+        // Truncated: the first message decodes, the rest is reported.
+        let cut = parse_datagram(&buf[..buf.len() - 3]);
+        assert_eq!(cut.len(), 2);
+        assert!(cut[0].is_ok() && cut[1].is_err());
+        assert!(parse_datagram(&[1, 2, 3]).iter().all(|m| m.is_err()));
+        assert!(parse_datagram(&[]).is_empty());
+    }
+
+    /// The daemon may drive the monitor from a spawned task on a
+    /// multi-thread runtime.
+    #[allow(dead_code)]
+    fn futures_are_send(mon: &mut Monitor, nl: &Netlink) {
+        fn send<T: Send>(_: T) {}
+        send(mon.next());
+        send(nl.dump());
+        send(Monitor::open());
+    }
+
+    #[test]
+    fn needs_a_runtime() {
+        assert!(matches!(Netlink::connect(), Err(Error::NoRuntime)));
+        assert!(matches!(subscribe(DEFAULT_RX_BUFFER), Err(Error::NoRuntime)));
+    }
+}
