@@ -221,6 +221,27 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Removes tcx link pins whose link the kernel no longer runs on their
+    /// device (the device was deleted: the kernel detaches, the pin stays).
+    pub fn prune_stale_pins(&self) -> Result<usize> {
+        if self.mode != AttachMode::Tcx {
+            return Ok(0);
+        }
+        let dir = self.paths.links_dir();
+        let entries = fs::read_dir(&dir).map_err(|source| Error::ReadDir { path: dir.clone(), source })?;
+        let mut pruned = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some((ifindex, d)) = name.to_str().and_then(Paths::parse_tcx_link) else { continue };
+            let valid = Link::open(entry.path()).is_ok_and(|l| l.info().is_ok_and(|i| tcx_link_valid(&i, ifindex, d)));
+            if !valid && fs::remove_file(entry.path()).is_ok() {
+                tracing::debug!(pin = %entry.path().display(), "removed stale tcx link pin");
+                pruned += 1;
+            }
+        }
+        Ok(pruned)
+    }
+
     fn tc_attachments(&self) -> Result<Vec<Attachment>> {
         let AttachMode::Tc { priority, handle } = self.mode else { return Ok(Vec::new()) };
         let ifaces = nix::net::if_::if_nameindex().map_err(Error::Interfaces)?;

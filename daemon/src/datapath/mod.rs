@@ -145,6 +145,13 @@ fn ensure_bpffs_dir(dir: &Path) -> Result<()> {
     fs::create_dir_all(dir).map_err(|source| Error::BpffsDir { path: dir.to_path_buf(), source })
 }
 
+/// An exclusive lock on the bpffs root, held while maps are reused or pinned.
+fn lock_root(root: &Path) -> Result<nix::fcntl::Flock<fs::File>> {
+    let dir = fs::File::open(root).map_err(|source| Error::BpffsDir { path: root.to_path_buf(), source })?;
+    nix::fcntl::Flock::lock(dir, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| Error::BpffsDir { path: root.to_path_buf(), source: io::Error::from(e) })
+}
+
 /// Names of the maps that are pinned (the object's `.rodata` is per load).
 fn pinned_map_names(open: &OpenHostfwdSkel<'_>) -> Vec<String> {
     open.open_object()
@@ -164,6 +171,10 @@ impl Datapath {
         ensure_bpffs_dir(&paths.maps_dir())?;
         ensure_bpffs_dir(&paths.links_dir())?;
         let mode = AttachMode::resolve(cfg.attach_mode)?;
+        // Two loaders at once (the daemon starting while `hostfwd inspect`
+        // runs) would each find no pins, create their own maps and end up
+        // with different ones: reuse-or-pin is one critical section.
+        let _lock = lock_root(paths.root())?;
 
         // The skeleton borrows its object storage for its whole life; the
         // datapath lives as long as the daemon, so leak one small allocation.
@@ -304,6 +315,7 @@ impl Datapath {
     /// (attachments from the hooks and pins, the rest from the maps).
     /// Legacy tc attachments are found in the caller's network namespace.
     pub fn actual(&self) -> Result<crate::reconcile::Actual> {
+        self.prune_stale_pins()?;
         Ok(crate::reconcile::Actual {
             attachments: self.attachments()?.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
             links: self.links()?,

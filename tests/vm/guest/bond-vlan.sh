@@ -95,7 +95,7 @@ new=$(cat /sys/class/net/bond0/ifindex)
 [ "$old" != "$new" ] || fail "bond0 kept its ifindex"
 wait_state 15 "programs back on the new bond0 ($new) and bond0.1000, VID 1000 allowed" \
 	'has "attach bond0 ingress" && has "attach bond0.1000 ingress" && has "vlan bond0 1000"'
-if [ -d /sys/fs/bpf/hostfwd/links ]; then
+if has "mode tcx"; then
 	stale=$(ls /sys/fs/bpf/hostfwd/links | grep -c "^tcx-$old-" || true)
 	[ "$stale" = 0 ] || fail "stale pins for ifindex $old: $(ls /sys/fs/bpf/hostfwd/links)"
 fi

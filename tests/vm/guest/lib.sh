@@ -70,3 +70,6 @@ stop_daemon() {
 mac_of() { cat "/sys/class/net/$1/address"; }
 
 count_lines() { grep -c "$1" "$STATE" || true; }
+
+# Milliseconds since boot (busybox date has no %N).
+ms() { awk '{ printf "%d\n", $1 * 1000 }' /proc/uptime; }
