@@ -16,7 +16,12 @@ use crate::reconcile::{self, Action};
 use crate::select::{self, Decision};
 use crate::vlan;
 
-/// How long a burst of link events is collected before one reconcile pass.
+/// After a quiet period, the first event is acted on this soon: enough to
+/// take in the messages of the same operation (NEWLINK, NEWADDR, …).
+pub const QUICK: Duration = Duration::from_millis(3);
+/// During a burst, passes are at least this far apart (and at least as far
+/// apart as the last pass took, so reconciling never takes more than half
+/// of the time of a storm).
 pub const COALESCE: Duration = Duration::from_millis(25);
 /// A full pass even without events, as a safety net.
 const PERIODIC: Duration = Duration::from_secs(30);
@@ -47,6 +52,7 @@ impl Daemon {
     /// Returns the actions taken; errors of single actions are logged and
     /// retried on the next pass.
     pub fn reconcile(&mut self) -> Vec<Action> {
+        let t0 = std::time::Instant::now();
         let scfg = self.select_config();
         let decisions = select::select(&self.table, &scfg);
         for (i, d) in &decisions {
@@ -69,12 +75,41 @@ impl Daemon {
             }
         };
         let actions = reconcile::plan(&desired, &actual);
+        self.execute(&actions);
+        if !actions.is_empty() {
+            tracing::debug!(n = actions.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "reconciled");
+        }
+        actions
+    }
+}
+
+/// Attaches that may run at once: each tcx/tc attach waits for an RCU grace
+/// period in the kernel (~10–20 ms), so a storm of new devices is attached
+/// in parallel batches instead of one grace period after another.
+const PARALLEL_ATTACH: usize = 32;
+
+impl Daemon {
+    /// Carries out a plan in its order, except that attaches are collected
+    /// and run in parallel until the next action that must see them done
+    /// (a VLAN tag opened or closed on a lower device, a detach, a removal).
+    /// Setting a link's configuration and adding host addresses need no
+    /// attach to have happened, so they do not wait.
+    fn execute(&self, actions: &[Action]) {
         // A link whose configuration could not be written must not get a
         // program (it would pass everything): skip its remaining actions.
         let mut broken = std::collections::BTreeSet::new();
-        for a in &actions {
+        let mut batch: Vec<&Action> = Vec::new();
+        for a in actions {
             if a.ifindex().is_some_and(|i| broken.contains(&i)) {
                 continue;
+            }
+            match a {
+                Action::Attach(..) => {
+                    batch.push(a);
+                    continue;
+                }
+                Action::SetLink(..) | Action::AddHostAddr(..) => {}
+                _ => self.run_parallel(std::mem::take(&mut batch)),
             }
             if let Err(e) = self.dp.execute(a) {
                 tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
@@ -83,10 +118,21 @@ impl Daemon {
                 }
             }
         }
-        if !actions.is_empty() {
-            tracing::debug!(n = actions.len(), "reconciled");
+        self.run_parallel(batch);
+    }
+
+    fn run_parallel(&self, batch: Vec<&Action>) {
+        for chunk in batch.chunks(PARALLEL_ATTACH) {
+            std::thread::scope(|s| {
+                for a in chunk {
+                    s.spawn(move || {
+                        if let Err(e) = self.dp.execute(a) {
+                            tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
+                        }
+                    });
+                }
+            });
         }
-        actions
     }
 }
 
@@ -135,20 +181,26 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;
+    // End and duration of the last pass: when the next one may start.
+    let mut last_pass = (Instant::now(), Duration::ZERO);
+    let next_pass = |last: (Instant, Duration)| {
+        let quick = Instant::now() + QUICK;
+        quick.max(last.0 + COALESCE.max(last.1))
+    };
     loop {
         let deadline = pending.unwrap_or(periodic).min(periodic);
         tokio::select! {
             ev = mon.next() => match ev {
                 Ok(Event::Change(c)) => {
                     if d.table.apply(c) && pending.is_none() {
-                        pending = Some(Instant::now() + COALESCE);
+                        pending = Some(next_pass(last_pass));
                     }
                 }
                 Ok(Event::Resync) => {
                     tracing::warn!("netlink overrun: dumping again");
                     let t = mon.dump().await?;
                     d.table.replace(t);
-                    pending.get_or_insert(Instant::now() + COALESCE);
+                    pending.get_or_insert(next_pass(last_pass));
                 }
                 // The stream cannot be trusted any more: start over with a
                 // new subscription and a full dump.
@@ -157,13 +209,15 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
                     mon = Monitor::open().await?;
                     let t = mon.dump().await?;
                     d.table.replace(t);
-                    pending.get_or_insert(Instant::now() + COALESCE);
+                    pending.get_or_insert(next_pass(last_pass));
                 }
             },
             _ = sleep_until(deadline) => {
                 pending = None;
-                periodic = Instant::now() + PERIODIC;
+                let start = Instant::now();
                 d.reconcile();
+                last_pass = (Instant::now(), start.elapsed());
+                periodic = Instant::now() + PERIODIC;
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

@@ -205,6 +205,9 @@ impl Datapath {
         Ok(out)
     }
 
+    /// tcx attachments from the pins, each checked with the kernel; a pin
+    /// whose link no longer runs on its device (the device was deleted: the
+    /// kernel detaches, the pin stays) is removed on the way.
     fn tcx_attachments(&self) -> Result<Vec<Attachment>> {
         let dir = self.paths.links_dir();
         let entries = fs::read_dir(&dir).map_err(|source| Error::ReadDir { path: dir.clone(), source })?;
@@ -212,34 +215,19 @@ impl Datapath {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some((ifindex, d)) = name.to_str().and_then(Paths::parse_tcx_link) else { continue };
-            let Ok(link) = Link::open(entry.path()) else { continue };
-            let Ok(info) = link.info() else { continue };
-            if tcx_link_valid(&info, ifindex, d) {
-                out.push(Attachment { ifindex, dir: d, mode: self.mode, prog_id: info.prog_id });
+            let info = Link::open(entry.path()).and_then(|l| l.info());
+            match info {
+                Ok(info) if tcx_link_valid(&info, ifindex, d) => {
+                    out.push(Attachment { ifindex, dir: d, mode: self.mode, prog_id: info.prog_id })
+                }
+                _ => {
+                    if fs::remove_file(entry.path()).is_ok() {
+                        tracing::debug!(pin = %entry.path().display(), "removed stale tcx link pin");
+                    }
+                }
             }
         }
         Ok(out)
-    }
-
-    /// Removes tcx link pins whose link the kernel no longer runs on their
-    /// device (the device was deleted: the kernel detaches, the pin stays).
-    pub fn prune_stale_pins(&self) -> Result<usize> {
-        if self.mode != AttachMode::Tcx {
-            return Ok(0);
-        }
-        let dir = self.paths.links_dir();
-        let entries = fs::read_dir(&dir).map_err(|source| Error::ReadDir { path: dir.clone(), source })?;
-        let mut pruned = 0;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let Some((ifindex, d)) = name.to_str().and_then(Paths::parse_tcx_link) else { continue };
-            let valid = Link::open(entry.path()).is_ok_and(|l| l.info().is_ok_and(|i| tcx_link_valid(&i, ifindex, d)));
-            if !valid && fs::remove_file(entry.path()).is_ok() {
-                tracing::debug!(pin = %entry.path().display(), "removed stale tcx link pin");
-                pruned += 1;
-            }
-        }
-        Ok(pruned)
     }
 
     fn tc_attachments(&self) -> Result<Vec<Attachment>> {

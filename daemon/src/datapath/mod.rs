@@ -315,7 +315,6 @@ impl Datapath {
     /// (attachments from the hooks and pins, the rest from the maps).
     /// Legacy tc attachments are found in the caller's network namespace.
     pub fn actual(&self) -> Result<crate::reconcile::Actual> {
-        self.prune_stale_pins()?;
         Ok(crate::reconcile::Actual {
             attachments: self.attachments()?.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
             links: self.links()?,

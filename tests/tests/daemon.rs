@@ -1,0 +1,107 @@
+//! The daemon process itself on this kernel: real netlink events drive the
+//! reconciler in a test namespace (veth only here; bonds and VLANs are in
+//! the VM tests).
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use hostfwd::datapath::{AttachModeChoice, Direction};
+use hostfwd_tests::Topology;
+
+struct Running {
+    child: Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(topo: &Topology, dp: &TestDp, devices: &str) -> Running {
+    let child = topo
+        .host
+        .cmd(hostfwd_bin())
+        .arg("run")
+        .env("HOSTFWD_BPFFS_ROOT", &dp.root)
+        .env("HOSTFWD_DEVICES", devices)
+        .env("HOSTFWD_AUDIT", "true")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start hostfwd");
+    Running { child }
+}
+
+/// (ifindex, direction) of hostfwd's attachments, as the kernel has them.
+fn attached(topo: &Topology, dp: &TestDp) -> Vec<(u32, Direction)> {
+    let list = topo.host.run(|| dp.attachments().expect("attachments")).expect("netns");
+    list.into_iter().map(|a| (a.ifindex, a.dir)).collect()
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn both(i: u32) -> Vec<(u32, Direction)> {
+    vec![(i, Direction::Ingress), (i, Direction::Egress)]
+}
+
+#[test]
+fn auto_follows_addresses_and_default_routes() {
+    let topo = Topology::new().unwrap();
+    let dp = TestDp::load("d-auto", AttachModeChoice::Auto);
+    let h = topo.h.ifindex;
+    let _d = start(&topo, &dp, "auto");
+    // A veth whose peer lives elsewhere and that carries no default route is
+    // container plumbing: not selected.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(attached(&topo, &dp), vec![], "veth without default route is plumbing");
+    // With a default route through it, it is the uplink.
+    topo.host.ip(&["route", "add", "default", "via", "10.77.0.2"]).unwrap();
+    wait_until("h0 attached once it carries the default route", || attached(&topo, &dp) == both(h));
+    wait_until("host addresses in the map", || dp.host_addrs().contains(&topo.h.v4.into()));
+    // Link down and up: still the uplink, still attached.
+    topo.host.ip(&["link", "set", "h0", "down"]).unwrap();
+    topo.host.ip(&["link", "set", "h0", "up"]).unwrap();
+    topo.host.ip(&["route", "replace", "default", "via", "10.77.0.2"]).unwrap();
+    wait_until("h0 attached after down/up", || attached(&topo, &dp) == both(h));
+    // Address and route gone: no longer selected, detached.
+    topo.host.ip(&["route", "del", "default"]).unwrap();
+    topo.host.ip(&["addr", "flush", "dev", "h0"]).unwrap();
+    wait_until("h0 detached without address and route", || attached(&topo, &dp).is_empty());
+    wait_until("its addresses left the host-address map", || !dp.host_addrs().contains(&topo.h.v4.into()));
+    assert!(dp.links().unwrap().is_empty(), "link configuration removed with the attachment");
+}
+
+#[test]
+fn explicit_globs_follow_renames_and_hotplug() {
+    let topo = Topology::new().unwrap();
+    let dp = TestDp::load("d-glob", AttachModeChoice::Auto);
+    let h = topo.h.ifindex;
+    let _d = start(&topo, &dp, "up*");
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(attached(&topo, &dp).is_empty(), "h0 does not match up*");
+    topo.host.ip(&["link", "set", "h0", "down"]).unwrap();
+    topo.host.ip(&["link", "set", "h0", "name", "up0"]).unwrap();
+    topo.host.ip(&["link", "set", "up0", "up"]).unwrap();
+    wait_until("renamed to up0: attached", || attached(&topo, &dp) == both(h));
+    // Hotplug: a new matching device appears, then goes away.
+    topo.host.ip(&["link", "add", "up1", "type", "veth", "peer", "name", "x1"]).unwrap();
+    let up1 = topo.host.ifindex("up1").unwrap();
+    wait_until("hotplugged up1 attached", || attached(&topo, &dp).contains(&(up1, Direction::Ingress)));
+    topo.host.ip(&["link", "del", "up1"]).unwrap();
+    wait_until("up1 gone: only up0 left", || attached(&topo, &dp) == both(h));
+    wait_until("up1's configuration removed", || !dp.links().unwrap().contains_key(&up1));
+    topo.host.ip(&["link", "set", "up0", "down"]).unwrap();
+    topo.host.ip(&["link", "set", "up0", "name", "h0"]).unwrap();
+    wait_until("renamed back: detached", || attached(&topo, &dp).is_empty());
+}
