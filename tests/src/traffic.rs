@@ -62,18 +62,26 @@ pub fn udp_bind(addr: SocketAddr) -> Result<UdpSocket> {
     UdpSocket::bind(addr).map_err(io_err(format!("udp bind {addr}")))
 }
 
-/// Receive one datagram, or [`Error::Timeout`].
+/// Receive one datagram, or [`Error::Timeout`]. A signal interrupting the
+/// wait (other tests' child processes exit) is not an answer: wait on.
 pub fn udp_recv(sock: &UdpSocket, timeout_after: Duration) -> Result<(Vec<u8>, SocketAddr)> {
-    sock.set_read_timeout(Some(timeout_after.max(Duration::from_millis(1))))
-        .map_err(io_err("udp set_read_timeout"))?;
+    let deadline = Instant::now() + timeout_after;
     let mut buf = vec![0u8; 65536];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => {
-            buf.truncate(n);
-            Ok((buf, from))
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .map_err(io_err("udp set_read_timeout"))?;
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                buf.truncate(n);
+                return Ok((buf, from));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !left.is_zero() => continue,
+            Err(e) if is_timeout(&e) || e.kind() == std::io::ErrorKind::Interrupted => {
+                return Err(timeout("udp recv", timeout_after))
+            }
+            Err(e) => return Err(io_err("udp recv")(e)),
         }
-        Err(e) if is_timeout(&e) => Err(timeout("udp recv", timeout_after)),
-        Err(e) => Err(io_err("udp recv")(e)),
     }
 }
 
@@ -147,6 +155,7 @@ pub fn ping(dst: IpAddr, timeout_after: Duration) -> Result<Duration> {
                 return Ok(start.elapsed())
             }
             Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) if is_timeout(&e) => return Err(timeout(format!("ping {dst}"), timeout_after)),
             Err(e) => return Err(io_err(format!("ping {dst}: recv"))(e)),
         }
