@@ -11,4 +11,6 @@ pub mod netlink;
 pub mod policy;
 pub mod reconcile;
 pub mod select;
+#[cfg(test)]
+pub(crate) mod test_rng;
 pub mod vlan;

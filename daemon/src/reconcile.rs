@@ -540,35 +540,12 @@ mod tests {
 
     // ---- property tests over random topologies ---------------------------
 
-    /// splitmix64: deterministic, no dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n.max(1) as u64) as usize
-        }
-
-        fn chance(&mut self, percent: u64) -> bool {
-            self.next() % 100 < percent
-        }
-
-        fn pick<'a, T>(&mut self, v: &'a [T]) -> &'a T {
-            &v[self.below(v.len())]
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn random_addr(rng: &mut Rng, t: Topo, i: u32) -> Topo {
-        match rng.below(5) {
-            0 => t.addr(i, &format!("10.{}.{}.1/24", i % 250, rng.below(250))),
-            1 => t.addr(i, &format!("2001:db8:{i:x}::{:x}/64", rng.below(500) + 1)),
+        match rng.index(5) {
+            0 => t.addr(i, &format!("10.{}.{}.1/24", i % 250, rng.index(250))),
+            1 => t.addr(i, &format!("2001:db8:{i:x}::{:x}/64", rng.index(500) + 1)),
             2 => t.addr(i, &format!("fe80::{i:x}/64")),
             _ => t,
         }
@@ -582,14 +559,14 @@ mod tests {
         let mut next = 2u32;
         let mut lowers: Vec<(u32, String)> = Vec::new();
         let mut phys = Vec::new();
-        for k in 0..1 + rng.below(4) {
+        for k in 0..1 + rng.index(4) {
             let name = format!("eth{k}");
             t = t.phys(next, &name);
             phys.push(next);
             lowers.push((next, name));
             next += 1;
         }
-        for b in 0..rng.below(3) {
+        for b in 0..rng.index(3) {
             let name = format!("bond{b}");
             let bi = next;
             t = t.bond(bi, &name);
@@ -602,9 +579,9 @@ mod tests {
             lowers.push((bi, name));
         }
         let vids = [5u16, 100, 1000, 2000, 3000];
-        for _ in 0..rng.below(7) {
-            let (lower, lname) = rng.pick(&lowers).clone();
-            let v = *rng.pick(&vids);
+        for _ in 0..rng.index(7) {
+            let (lower, lname) = rng.pick(&lowers);
+            let v = rng.pick(&vids);
             let taken = t.t.iter().any(|l| matches!(l.kind, LinkKind::Vlan { vid, lower: lo } if vid.get() == v && lo.get() == lower));
             if taken {
                 continue;
@@ -635,7 +612,7 @@ mod tests {
             t = random_addr(rng, t, *i);
         }
         if rng.chance(60) {
-            t = t.default_v4(&[*rng.pick(&all)]);
+            t = t.default_v4(&[rng.pick(&all)]);
         }
         t
     }
@@ -645,7 +622,7 @@ mod tests {
             &[&["auto"], &["bond0"], &["eth*"], &["bond0.*"], &["eth0", "bond1"], &[], &["auto", "docker0"], &["*"], &["eth0.100"]];
         let excludes: &[&[&str]] = &[&[], &[], &["bond0.1000"], &["eth1*"], &["*.100"], &["br*"]];
         let bypass: &[&[u16]] = &[&[], &[], &[0], &[5], &[1000, 4095]];
-        let (dv, ex, by) = (*rng.pick(devices), *rng.pick(excludes), *rng.pick(bypass));
+        let (dv, ex, by) = (rng.pick(devices), rng.pick(excludes), rng.pick(bypass));
         cfg(dv, ex, by)
     }
 
@@ -655,8 +632,8 @@ mod tests {
         if ids.is_empty() {
             return t.phys(2, "eth0");
         }
-        let i = *rng.pick(&ids);
-        match rng.below(6) {
+        let i = rng.pick(&ids);
+        match rng.index(6) {
             0 => t.gone(i),
             1 => {
                 let addrs: Vec<String> = t.t.get(ifx(i)).map(|l| l.addrs.iter().map(|a| a.to_string()).collect()).unwrap_or_default();
@@ -665,7 +642,7 @@ mod tests {
             2 => random_addr(rng, t, i),
             3 => t.rename(i, &format!("x{i}")),
             4 => {
-                let j = *rng.pick(&ids);
+                let j = rng.pick(&ids);
                 // The kernel refuses to make a device an upper of its own
                 // upper: j must not be below i (a lower or port, transitively).
                 let mut below = BTreeSet::new();
@@ -691,20 +668,20 @@ mod tests {
     }
 
     fn random_noise(rng: &mut Rng, mut a: Actual, ids: &[u32]) -> Actual {
-        for _ in 0..rng.below(6) {
-            let i = if rng.chance(50) && !ids.is_empty() { *rng.pick(ids) } else { 50 + rng.below(5) as u32 };
-            match rng.below(5) {
+        for _ in 0..rng.index(6) {
+            let i = if rng.chance(50) && !ids.is_empty() { rng.pick(ids) } else { 50 + rng.index(5) as u32 };
+            match rng.index(5) {
                 0 => {
-                    a.attachments.insert((i, *rng.pick(&Direction::ALL)), *rng.pick(&[41, 42, 7]));
+                    a.attachments.insert((i, rng.pick(&Direction::ALL)), rng.pick(&[41, 42, 7]));
                 }
                 1 => {
-                    a.links.insert(i, *rng.pick(&[ENF, 0, ENF | l::L_AUDIT]));
+                    a.links.insert(i, rng.pick(&[ENF, 0, ENF | l::L_AUDIT]));
                 }
                 2 => {
-                    a.vlans.insert((i, *rng.pick(&[5u16, 1000, 77])));
+                    a.vlans.insert((i, rng.pick(&[5u16, 1000, 77])));
                 }
                 3 => {
-                    a.host_addrs.insert(format!("203.0.113.{}", rng.below(3)).parse().unwrap());
+                    a.host_addrs.insert(format!("203.0.113.{}", rng.index(3)).parse().unwrap());
                 }
                 _ => {
                     a.links.remove(&i);
@@ -747,7 +724,7 @@ mod tests {
         for round in 0..600 {
             let old = random_topo(&mut rng);
             let old_cfg = random_cfg(&mut rng);
-            let new = (0..1 + rng.below(3)).fold(old.clone(), |t, _| mutate(&mut rng, t));
+            let new = (0..1 + rng.index(3)).fold(old.clone(), |t, _| mutate(&mut rng, t));
             let new_cfg = if rng.chance(50) { old_cfg.clone() } else { random_cfg(&mut rng) };
 
             // Selection invariants on the new table.
