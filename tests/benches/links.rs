@@ -35,7 +35,7 @@ fn hostfwd_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
     let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-q", "--release", "-p", "hostfwd", "--bin", "hostfwd"])
+        .args(["build", "-q", "--release", "--workspace", "--bins"])
         .status()
         .expect("cargo build");
     assert!(st.success());

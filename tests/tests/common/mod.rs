@@ -112,7 +112,8 @@ pub fn rule(id: u32, dir: Direction, action: Action, peers: Vec<CidrSet>, ports:
 }
 
 /// The `hostfwd` daemon binary of this build (built on demand: cargo builds
-/// another package's binaries for its own tests only).
+/// another package's binaries for its own tests only). `--workspace`, so
+/// that the features match the workspace build and nothing is rebuilt.
 pub fn hostfwd_bin() -> PathBuf {
     static BUILT: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("current_exe");
@@ -122,7 +123,7 @@ pub fn hostfwd_bin() -> PathBuf {
     BUILT.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "hostfwd", "--bin", "hostfwd"]);
+        cmd.args(["build", "-q", "--workspace", "--bins"]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
