@@ -40,10 +40,6 @@ impl Daemon {
         Daemon { cfg, dp, table: Table::new(), decisions: BTreeMap::new() }
     }
 
-    pub fn datapath(&self) -> &Datapath {
-        &self.dp
-    }
-
     fn select_config(&self) -> select::SelectConfig {
         select::SelectConfig { devices: self.cfg.devices.clone(), exclude: self.cfg.exclude.clone(), vlan_bypass: self.cfg.vlan_bypass.clone() }
     }
