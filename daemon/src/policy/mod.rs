@@ -1,6 +1,8 @@
 //! Policy: the typed rule set and its compiler to the datapath's map image.
 
+pub mod cilium;
 pub mod compiler;
+pub mod entities;
 pub mod image;
 pub mod model;
 
