@@ -15,10 +15,11 @@ char LICENSE[] SEC("license") = "GPL";
 
 struct hf_ctx {
 	const struct hf_global *g;
-	__u64 now;
+	__u64 now; /* hf_now() */
 	__u32 ifindex;
 	__u32 link_flags;
 	__u32 gen;
+	__u32 host_gen; /* hf_global.host_gen, read before the host test */
 	__u8 dir;
 	bool audit;
 	bool enforced;
@@ -50,23 +51,26 @@ static __always_inline void hf_frag_key(struct hf_frag_key *k,
 	k->proto = p->proto;
 }
 
-/* An ICMP error passes when the packet it quotes belongs to a tracked,
- * admitted flow: PMTU discovery and unreachables keep working under
- * default deny. */
-static __always_inline bool hf_icmp_related(struct __sk_buff *skb,
-					    const struct hf_pkt *p, __u64 now)
+/* An ICMP error passes when the packet it quotes (at inner_off) belongs to
+ * a tracked, admitted flow: PMTU discovery and unreachables keep working
+ * under default deny. A global function, verified once on its own rather
+ * than on every path that reaches step 5 (its parser is a second copy of
+ * the outer one). */
+__attribute__((noinline)) int hf_icmp_related(struct __sk_buff *skb,
+					      __u32 family, __u32 inner_off,
+					      __u64 now)
 {
 	struct hf_pkt inner = {};
 	enum hf_ct_result res;
 	struct hf_ct_val *v;
 	int rc;
 
-	if (p->family == 4)
-		rc = hf_parse_ipv4(skb, p->l4_off + 8, &inner, true);
+	if (family == 4)
+		rc = hf_parse_ipv4(skb, inner_off, &inner, true);
 	else
-		rc = hf_parse_ipv6(skb, p->l4_off + 8, &inner, true);
+		rc = hf_parse_ipv6(skb, inner_off, &inner, true);
 	if (rc)
-		return false;
+		return 0;
 	v = hf_ct_lookup(&inner, now, &res);
 	return v && !(v->flags & HF_CT_DENIED);
 }
@@ -86,7 +90,8 @@ static __always_inline void hf_decide(struct __sk_buff *skb,
 	/* 5. Link infrastructure and errors about our own flows. */
 	if (hf_is_icmpv6_infra(p))
 		return;
-	if (p->icmp_error && hf_icmp_related(skb, p, c->now))
+	if (p->icmp_error &&
+	    hf_icmp_related(skb, p->family, p->l4_off + 8, c->now))
 		return;
 
 	/* 6. Established flows and replies. */
@@ -95,6 +100,10 @@ static __always_inline void hf_decide(struct __sk_buff *skb,
 		ct = NULL;
 	if (ct) {
 		hf_ct_update(ct, p, res == HF_CT_REPLY_PKT, c->now);
+		/* The address just passed the host test: remember for which
+		 * generation of host addresses (see hf_ct_host_known). */
+		if (hf_ct_host_side(ct, res, c->dir))
+			ct->host_gen = c->host_gen;
 		if (!(ct->flags & HF_CT_DENIED))
 			return;
 	}
@@ -114,14 +123,41 @@ static __always_inline void hf_decide(struct __sk_buff *skb,
 	out->rule_id = pol.rule_id;
 	/* Audit keeps tracking the flow, marked so it never admits anything. */
 	if (c->audit && !ct)
-		hf_ct_create(p, c->ifindex, c->dir, true, c->now);
+		hf_ct_create(p, c->ifindex, c->dir, true, c->host_gen, c->now);
 	return;
 
 admit:
 	if (ct)
 		ct->flags &= ~HF_CT_DENIED;
 	else
-		hf_ct_create(p, c->ifindex, c->dir, false, c->now);
+		hf_ct_create(p, c->ifindex, c->dir, false, c->host_gen, c->now);
+}
+
+/* Packet time (CLOCK_MONOTONIC in ns, to a tick) for conntrack, fragments
+ * and the event budget, whose timeouts are seconds. Jiffies cost nothing
+ * (the JIT inlines bpf_jiffies64; bpf_ktime_get_ns() is a helper call and a
+ * clocksource read, a large share of an established packet's cost); user
+ * space supplies the tick length and the boot value of jiffies. Without
+ * them, the coarse clock: the same clock to within a tick or so. Events
+ * take their own precise timestamp. */
+static __always_inline __u64 hf_now(const struct hf_global *g)
+{
+	if (g->tick_ns)
+		return (bpf_jiffies64() - g->jiffies_epoch) * g->tick_ns;
+	return bpf_ktime_get_coarse_ns();
+}
+
+/* Flags of a configured link, or 0 (HF_L_CONFIGURED is never 0 for one). */
+static __always_inline __u32 hf_link_flags(__u32 ifindex)
+{
+	struct hf_link *link;
+
+	if (ifindex < HF_LINK_SLOTS) {
+		link = bpf_map_lookup_elem(&hf_link_slots, &ifindex);
+		return link ? link->flags : 0;
+	}
+	link = bpf_map_lookup_elem(&hf_links, &ifindex);
+	return link ? link->flags | HF_L_CONFIGURED : 0;
 }
 
 static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
@@ -131,7 +167,6 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 	struct hf_frag_key fk;
 	struct hf_verdict v;
 	struct hf_pkt p = {};
-	struct hf_link *link;
 	struct hf_l2 l2;
 	struct hf_ctx c;
 	__u32 zero = 0;
@@ -142,12 +177,11 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 	if (!c.g)
 		return HF_PASS;
 	/* Attached but not (or no longer) configured: not ours to judge. */
-	link = bpf_map_lookup_elem(&hf_links, &c.ifindex);
-	if (!link)
+	c.link_flags = hf_link_flags(c.ifindex);
+	if (!(c.link_flags & HF_L_CONFIGURED))
 		return HF_PASS;
-	c.link_flags = link->flags;
 	c.dir = dir;
-	c.now = bpf_ktime_get_ns();
+	c.now = hf_now(c.g);
 	c.audit = (c.g->flags & HF_G_AUDIT) || (c.link_flags & HF_L_AUDIT);
 
 	/* 1. VLAN admission. */
@@ -171,6 +205,19 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 		return HF_PASS;
 	if (rc)
 		return hf_drop(&c, skb, &p, HF_REASON_MALFORMED, 0);
+
+	/* 6, ahead of 4: the established-flow fast path. A packet of an
+	 * admitted flow passes on one conntrack lookup, skipping the
+	 * host-address test when its entry vouches for it: the packet's host
+	 * side is the flow's, which passed that test under the current
+	 * generation of host addresses (hf_ct_host_known). Verdict and
+	 * conntrack updates are exactly those of the full order below; the
+	 * price is one conntrack lookup for forwarded traffic. Fragments, ICMP
+	 * errors and neighbour discovery always take the full order. */
+	c.host_gen = c.g->host_gen;
+	if (p.frag == HF_FRAG_NONE && !p.icmp_error && !hf_is_icmpv6_infra(&p) &&
+	    hf_ct_fast_pass(&p, dir, c.host_gen, c.now))
+		return HF_PASS;
 
 	/* 4. Only traffic to (ingress) or from (egress) the host itself. */
 	if (!hf_is_local(dir == HF_DIR_INGRESS ? p.daddr : p.saddr))

@@ -13,6 +13,12 @@ pub const L_ENFORCE_INGRESS: u32 = 1 << 0;
 pub const L_ENFORCE_EGRESS: u32 = 1 << 1;
 pub const L_AUDIT: u32 = 1 << 2;
 pub const L_VLAN_ALLOW_ALL: u32 = 1 << 3;
+/// Marks a used slot of `hf_link_slots` (set by the writer, never by users).
+pub const L_CONFIGURED: u32 = 1 << 31;
+/// The datapath reads the flags of links with an ifindex below this from
+/// the `hf_link_slots` array, of the others from the `hf_links` hash, which
+/// also lists every link for user space (`HF_LINK_SLOTS`).
+pub const LINK_SLOTS: u32 = 16384;
 
 pub const P_ENFORCE_INGRESS: u32 = 1 << 0;
 pub const P_ENFORCE_EGRESS: u32 = 1 << 1;
@@ -20,12 +26,17 @@ pub const P_ENFORCE_EGRESS: u32 = 1 << 1;
 pub const ACTION_ALLOW: u8 = 1;
 pub const ACTION_DENY: u8 = 2;
 
-/// LPM data bits of an identity key: generation byte + 128 address bits.
-pub const IDENT_DATA_BITS: u32 = 8 + 128;
-/// LPM data bits of a rule key up to and including the direction.
-pub const RULE_L3_BITS: u32 = 32 + 8 + 8;
-pub const RULE_PROTO_BITS: u32 = RULE_L3_BITS + 8;
-pub const RULE_FULL_BITS: u32 = RULE_PROTO_BITS + 16;
+/// Prefix lengths an identity table can hold, per family (`HF_IDENT*_LENS`).
+pub const IDENT4_LENS: usize = 33;
+pub const IDENT6_LENS: usize = 129;
+
+/// `max_entries` of `hf_rules`; both policy generations share it.
+pub const RULES_MAX_ENTRIES: u32 = 1 << 20;
+
+/// `hf_rule_key.kind` of a (identity, direction, protocol) head.
+pub const RK_PROTO: u8 = 0x80;
+/// `hf_rule_key.kind` of the any-protocol entry of (identity, direction).
+pub const RK_ANY: u8 = 0x81;
 
 pub const CT_SYN_SENT: u8 = 1;
 pub const CT_ESTABLISHED: u8 = 2;
@@ -65,6 +76,17 @@ unsafe impl Pod for u8 {}
 unsafe impl Pod for u32 {}
 unsafe impl Pod for u64 {}
 
+/// A byte array of any length with `Default` (std has it up to 32 only).
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Bytes<const N: usize>(pub [u8; N]);
+
+impl<const N: usize> Default for Bytes<N> {
+    fn default() -> Self {
+        Bytes([0; N])
+    }
+}
+
 macro_rules! pod {
     ($($(#[$m:meta])* $name:ident = $c:literal { $($(#[$fm:meta])* $f:ident : $t:ty),* $(,)? })*) => {
         $(
@@ -86,17 +108,24 @@ macro_rules! pod {
 }
 
 pod! {
-    Global = "hf_global" { policy_gen: u32, flags: u32, events_per_sec: u32, events_burst: u32 }
+    Global = "hf_global" {
+        policy_gen: u32, flags: u32, events_per_sec: u32, events_burst: u32, host_gen: u32, tick_ns: u32,
+        jiffies_epoch: u64,
+    }
     Link = "hf_link" { flags: u32 }
     VlanKey = "hf_vlan_key" { ifindex: u32, vid: u16, pad: u16 }
     AddrKey = "hf_addr_key" { addr: [u8; 16] }
-    PolicyMeta = "hf_policy_meta" { flags: u32 }
-    IdentKey = "hf_ident_key" { prefixlen: u32, gen: u8, addr: [u8; 16], pad: [u8; 3] }
-    RuleKey = "hf_rule_key" { prefixlen: u32, identity: [u8; 4], gen: u8, dir: u8, proto: u8, port: [u8; 2], pad: [u8; 3] }
-    RuleVal = "hf_rule_val" { rule_id: u32, action: u8, pad: [u8; 3] }
+    PolicyMeta = "hf_policy_meta" {
+        flags: u32, ident4_nlens: u8, ident6_nlens: u8, pad: [u8; 2], ident4_lens: Bytes<36>, ident6_lens: Bytes<132>,
+    }
+    Ident4Key = "hf_ident4_key" { gen: u8, plen: u8, pad: [u8; 2], addr: [u8; 4] }
+    Ident6Key = "hf_ident6_key" { gen: u8, plen: u8, pad: [u8; 2], addr: [u8; 16] }
+    RuleKey = "hf_rule_key" { identity: u32, gen: u8, dir: u8, proto: u8, kind: u8, port: u16, pad: [u8; 2] }
+    RuleVal = "hf_rule_val" { rule_id: u32, action: u8, pad: u8, port_lens: u16 }
     FailsafeKey = "hf_failsafe_key" { dir: u8, proto: u8, port: u16 }
-    CtKey = "hf_ct_key" { saddr: [u8; 16], daddr: [u8; 16], sport: u16, dport: u16, proto: u8, pad: [u8; 3] }
-    CtVal = "hf_ct_val" { last_seen_ns: u64, ifindex: u32, state: u8, flags: u8, origin_dir: u8, pad: u8 }
+    Ct4Key = "hf_ct4_key" { addr_a: [u8; 4], addr_b: [u8; 4], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
+    Ct6Key = "hf_ct6_key" { addr_a: [u8; 16], addr_b: [u8; 16], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
+    CtVal = "hf_ct_val" { last_seen_ns: u64, ifindex: u32, state: u8, flags: u8, origin_dir: u8, origin_a: u8, host_gen: u32, pad: u32 }
     FragKey = "hf_frag_key" { saddr: [u8; 16], daddr: [u8; 16], id: u32, proto: u8, pad: [u8; 3] }
     FragVal = "hf_frag_val" { ts_ns: u64, rule_id: u32, reason: u8, pad: [u8; 3] }
     CounterKey = "hf_counter_key" { ifindex: u32, dir: u8, reason: u8, audit: u8, pad: u8 }
@@ -149,6 +178,18 @@ mod tests {
             let ours: Vec<(String, usize)> = fields.iter().map(|(f, o)| (f.to_string(), *o)).collect();
             assert_eq!(ours, members, "fields and offsets of struct {c_name}");
         }
+    }
+
+    /// Constants that size maps: a writer that disagreed with the datapath
+    /// about the slot array would leave links unconfigured.
+    #[test]
+    fn constants_match_the_object() {
+        let obj = libbpf_rs::ObjectBuilder::default().open_memory(crate::OBJECT).expect("open object");
+        let max_entries = |name: &str| {
+            obj.maps().find(|m| m.name() == name).unwrap_or_else(|| panic!("map {name}")).max_entries()
+        };
+        assert_eq!(max_entries("hf_link_slots"), LINK_SLOTS);
+        assert_eq!(max_entries("hf_rules"), RULES_MAX_ENTRIES);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! (BPF_PROG_TEST_RUN reports the average time per run). Every figure is
 //! reported next to a baseline measured in the same run: the empty tc
 //! program. Run with `cargo bench -p hostfwd-tests --bench datapath`
-//! (as root); `bench/run.sh` records the output for BENCHMARKS.md.
+//! (as root); `HOSTFWD_BENCH_RULES=10,10000` picks the rule counts. The
+//! figures in BENCHMARKS.md are this output.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -39,9 +40,7 @@ impl Empty {
     }
 
     fn run(&self, frame: &[u8], repeat: u32) -> Duration {
-        let mut input = libbpf_rs::ProgramInput::default();
-        input.data_in = Some(frame);
-        input.repeat = repeat;
+        let input = libbpf_rs::ProgramInput { data_in: Some(frame), repeat, ..Default::default() };
         self.skel.progs.hf_empty.test_run(input).expect("test run empty").duration
     }
 }
@@ -112,14 +111,15 @@ fn main() {
     let syn_range = Frame::tcp(remote, host, 40001, 2010, TcpFlags::SYN).build();
     let ack = Frame::tcp(remote, host, 40002, 443, TcpFlags::ACK).build();
     let denied = Frame::tcp(remote, host, 40003, 9999, TcpFlags::SYN).build();
+    // Forwarded: to an address that is not the host's (passes untouched).
+    let forwarded = Frame::tcp(remote, "10.0.0.253".parse().unwrap(), 40004, 443, TcpFlags::ACK).build();
 
     let base = median((0..ROUNDS).map(|_| ns(empty.run(&ack, REPEAT))).collect());
     println!("# datapath per-packet cost (BPF_PROG_TEST_RUN, repeat {REPEAT}, median of {ROUNDS})");
     println!("kernel: {}", std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim());
     println!();
-    println!("| CIDR rules | compile+apply ms | established ns | new allowed SYN ns | allowed SYN (range) ns | denied ns | empty ns |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
-    let mut first_new = None;
+    println!("| CIDR rules | compile+apply ms | established ns | new allowed SYN ns | allowed SYN (range) ns | denied ns | forwarded ns | empty ns |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut results = Vec::new();
     let counts: Vec<usize> = std::env::var("HOSTFWD_BENCH_RULES")
         .map(|v| v.split(',').map(|n| n.trim().parse().expect("HOSTFWD_BENCH_RULES: comma-separated counts")).collect())
@@ -134,6 +134,7 @@ fn main() {
 
         // Established: the flow exists, every run is a conntrack hit.
         assert_eq!(f.dp.test_run(Direction::Ingress, &ack, 1).unwrap().retval, -1);
+        assert!(f.dp.conntrack().unwrap().iter().any(|e| e.sport == 40002 && e.state == l::CT_ESTABLISHED), "the ACK is tracked");
         let est = run(&f.dp, &ack, REPEAT);
         // New allowed SYN: the first packet of a flow pays parse, conntrack
         // miss, failsafe, both LPM lookups and the conntrack insert. A repeat
@@ -152,20 +153,26 @@ fn main() {
             samples.push(ns(f.dp.test_run(Direction::Ingress, &syn_range, 1).unwrap().per_run));
         }
         let range_syn = median(samples);
+        // Denied: no rule matches port 9999; a drop creates no entry, so
+        // every run takes the whole path (and pays counter and event budget).
         assert_eq!(f.dp.test_run(Direction::Ingress, &denied, 1).unwrap().retval, 2);
         let den = run(&f.dp, &denied, REPEAT);
+        assert_eq!(f.dp.test_run(Direction::Ingress, &forwarded, 1).unwrap().retval, -1);
+        let fwd = run(&f.dp, &forwarded, REPEAT);
+        assert!(f.dp.conntrack().unwrap().iter().all(|e| e.sport != 40003 && e.sport != 40004), "no entry for denied or forwarded");
         let empty1 = median((0..2000).map(|_| ns(empty.run(&ack, 1))).collect());
-        println!("| {n} | {apply_ms:.1} | {est:.1} | {new_syn:.1} | {range_syn:.1} | {den:.1} | {base:.1} (single run: {empty1:.1}) |");
-        first_new.get_or_insert(new_syn);
-        results.push((n, est, new_syn, den, empty1));
+        println!("| {n} | {apply_ms:.1} | {est:.1} | {new_syn:.1} | {range_syn:.1} | {den:.1} | {fwd:.1} | {base:.1} (single run: {empty1:.1}) |");
+        results.push((n, est, new_syn, range_syn, den, fwd, empty1));
     }
     println!();
-    let (_, _, new10, den10, _) = results[0];
-    for (n, est, new_syn, den, empty1) in &results {
+    let (_, _, new10, range10, den10, _, _) = results[0];
+    for (n, est, new_syn, range_syn, den, fwd, empty1) in &results {
         println!(
-            "- {n} rules: established / empty = {:.2}x; new SYN / new SYN at 10 rules = {:.2}x; denied / denied at 10 rules = {:.2}x; new SYN / empty (single run) = {:.2}x",
+            "- {n} rules: established / empty = {:.2}x; forwarded / empty = {:.2}x; new SYN / new SYN at 10 rules = {:.2}x; range SYN / same at 10 rules = {:.2}x; denied / denied at 10 rules = {:.2}x; new SYN / empty (single run) = {:.2}x",
             est / base,
+            fwd / base,
             new_syn / new10,
+            range_syn / range10,
             den / den10,
             new_syn / empty1
         );

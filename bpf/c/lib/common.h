@@ -24,6 +24,9 @@
 
 #define NSEC_PER_SEC 1000000000ULL
 
+/* Stack buffers that headers are copied into word by word (hf_copy). */
+#define HF_ALIGNED __attribute__((aligned(4)))
+
 /* Everything the verdict needs to know about one packet. */
 struct hf_pkt {
 	__u8 saddr[16]; /* IPv4-mapped for IPv4 */
@@ -41,7 +44,7 @@ struct hf_pkt {
 	__u8 frag; /* HF_FRAG_* */
 	__u8 icmp_error; /* ICMP error carrying an inner header */
 	__u8 pad[2];
-};
+} __attribute__((aligned(8))); /* addresses are compared as words */
 
 #define HF_FRAG_NONE 0
 #define HF_FRAG_FIRST 1

@@ -30,7 +30,8 @@ static __always_inline void hf_count(__u32 ifindex, __u8 dir, __u8 reason,
 		bpf_map_update_elem(&hf_counters, &k, &one, BPF_NOEXIST);
 }
 
-/* Token bucket per CPU, tokens in nanoseconds-times-rate units. */
+/* Token bucket per CPU, tokens in nanoseconds-times-rate units. now is the
+ * coarse clock of the packet: refills come in ticks, the rate holds. */
 static __always_inline bool hf_event_budget(const struct hf_global *g, __u64 now)
 {
 	__u32 zero = 0;
@@ -74,7 +75,7 @@ static __always_inline void hf_emit(const struct hf_global *g,
 	e = bpf_ringbuf_reserve(&hf_events, sizeof(*e), 0);
 	if (!e)
 		return;
-	e->ts_ns = now;
+	e->ts_ns = bpf_ktime_get_ns(); /* precise: events are ordered by it */
 	e->ifindex = skb->ifindex;
 	e->rule_id = rule_id;
 	__builtin_memcpy(e->saddr, p->saddr, 16);

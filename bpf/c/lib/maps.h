@@ -13,6 +13,17 @@ struct {
 	__type(value, struct hf_global);
 } hf_global SEC(".maps");
 
+/* Link configuration by ifindex. The datapath reads the array below
+ * HF_LINK_SLOTS (a lookup the JIT inlines: no call on the per-packet path)
+ * and the hash above it; the hash holds every configured link, for user
+ * space to list. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, HF_LINK_SLOTS);
+	__type(key, __u32); /* ifindex */
+	__type(value, struct hf_link);
+} hf_link_slots SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -51,16 +62,26 @@ struct {
 	__type(value, struct hf_policy_meta);
 } hf_policy_meta SEC(".maps");
 
+/* Hashes of the policy (types.h). A hash allocates its bucket array up
+ * front: 16 bytes per entry of max_entries, rounded up to a power of two. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1048576);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, struct hf_ident_key);
+	__type(key, struct hf_ident4_key);
 	__type(value, __u32);
-} hf_identities SEC(".maps");
+} hf_ident4 SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 262144);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hf_ident6_key);
+	__type(value, __u32);
+} hf_ident6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1048576);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct hf_rule_key);
@@ -70,9 +91,16 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
-	__type(key, struct hf_ct_key);
+	__type(key, struct hf_ct4_key);
 	__type(value, struct hf_ct_val);
-} hf_conntrack SEC(".maps");
+} hf_ct4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 262144);
+	__type(key, struct hf_ct6_key);
+	__type(value, struct hf_ct_val);
+} hf_ct6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);

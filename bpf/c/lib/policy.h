@@ -60,41 +60,177 @@ struct hf_policy_result {
 	__u32 rule_id;
 };
 
+/* Network-order mask of the first plen bits of a 32-bit word (plen may be
+ * anything: <= 0 is none, >= 32 all). */
+static __always_inline __u32 hf_mask32(int plen)
+{
+	if (plen <= 0)
+		return 0;
+	if (plen >= 32)
+		return 0xffffffff;
+	return bpf_htonl(0xffffffffU << (32 - plen));
+}
+
+/* Host-order mask of the first n (1..16) bits of a port. */
+static __always_inline __u16 hf_port_mask(int n)
+{
+	return (__u16)(0xffff0000U >> n);
+}
+
+/* IPv4-mapped addresses (::ffff:a.b.c.d) are IPv4 to the policy. */
+static __always_inline bool hf_addr_is_v4(const __u8 addr[16])
+{
+	const __u32 *a = (const __u32 *)addr;
+
+	return a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+}
+
+/* Longest-prefix match of an IPv4 address (network order) over hf_ident4:
+ * one exact lookup per prefix length in use. 0 when nothing matches. */
+static __always_inline __u32 hf_identity4(__u32 addr, __u32 gen,
+					  const struct hf_policy_meta *meta)
+{
+	struct hf_ident4_key k = { .gen = gen };
+	__u32 i, *id;
+
+	for (i = 0; i < HF_IDENT4_LENS; i++) {
+		if (i >= meta->ident4_nlens)
+			break;
+		k.plen = meta->ident4_lens[i];
+		*(__u32 *)k.addr = addr & hf_mask32(k.plen);
+		id = bpf_map_lookup_elem(&hf_ident4, &k);
+		if (id)
+			return *id;
+	}
+	return 0;
+}
+
+static __always_inline __u32 hf_identity6(const __u8 addr[16], __u32 gen,
+					  const struct hf_policy_meta *meta)
+{
+	const __u32 *a = (const __u32 *)addr;
+	struct hf_ident6_key k = { .gen = gen };
+	__u32 *w = (__u32 *)k.addr;
+	__u32 i, *id;
+
+	for (i = 0; i < HF_IDENT6_LENS; i++) {
+		int plen;
+
+		if (i >= meta->ident6_nlens)
+			break;
+		plen = meta->ident6_lens[i];
+		k.plen = plen;
+		w[0] = a[0] & hf_mask32(plen);
+		w[1] = a[1] & hf_mask32(plen - 32);
+		w[2] = a[2] & hf_mask32(plen - 64);
+		w[3] = a[3] & hf_mask32(plen - 96);
+		id = bpf_map_lookup_elem(&hf_ident6, &k);
+		if (id)
+			return *id;
+	}
+	return 0;
+}
+
+/* The longest match over the rules of (identity, dir, proto) for a port:
+ * the head, then its port prefixes longest first, then what the head
+ * carries; without a head, the any-protocol entry. */
+static __always_inline const struct hf_rule_val *
+hf_rule_match(struct hf_rule_key *k, __u16 port)
+{
+	const struct hf_rule_val *head, *v = NULL;
+	__u32 lens;
+	int n;
+
+	k->kind = HF_RK_PROTO;
+	head = bpf_map_lookup_elem(&hf_rules, k);
+	if (!head) {
+		k->proto = 0;
+		k->kind = HF_RK_ANY;
+		return bpf_map_lookup_elem(&hf_rules, k);
+	}
+	lens = head->port_lens;
+	for (n = 16; n > 0; n--) {
+		/* Key fields are set on every round, probed or not, so the
+		 * verifier sees one state per round, not one per bit pattern. */
+		k->kind = n;
+		k->port = port & hf_port_mask(n);
+		if (!(lens & (1U << (n - 1))))
+			continue;
+		v = bpf_map_lookup_elem(&hf_rules, k);
+		if (v)
+			return v;
+	}
+	return head->action ? head : NULL;
+}
+
+/* What the policy step looks up for one packet. */
+struct hf_policy_query {
+	__u8 remote[16]; /* IPv4-mapped for IPv4 */
+	__u32 gen;
+	__u16 port;
+	__u8 dir;
+	__u8 proto;
+};
+
+#define HF_MATCH(action, rule_id) ((__u64)(action) << 32 | (rule_id))
+
+/* Both lookups of the policy step: identity = longest match of the remote
+ * address, then the longest rule match for (identity, dir, proto, port).
+ * Returns HF_MATCH(action, rule id) of the deciding entry, 0 if none.
+ *
+ * A global function: the verifier checks it once, on its own. Inlined, its
+ * bounded loops (up to 129 + 16 rounds) would be verified again on every
+ * path that reaches the policy step, more than the verifier allows. The
+ * call costs a few ns on the new-flow path only. */
+__attribute__((noinline)) __u64
+hf_policy_lookup(const struct hf_policy_query *q)
+{
+	const struct hf_policy_meta *meta;
+	const struct hf_rule_val *v;
+	struct hf_rule_key k = {};
+	__u32 gen;
+
+	if (!q)
+		return 0;
+	gen = q->gen & 1;
+	meta = bpf_map_lookup_elem(&hf_policy_meta, &gen);
+	if (!meta)
+		return 0;
+	k.gen = gen;
+	if (hf_addr_is_v4(q->remote))
+		k.identity = hf_identity4(*(const __u32 *)&q->remote[12], k.gen,
+					  meta);
+	else
+		k.identity = hf_identity6(q->remote, k.gen, meta);
+	k.dir = q->dir;
+	k.proto = q->proto;
+	v = hf_rule_match(&k, q->port);
+	return v ? HF_MATCH(v->action, v->rule_id) : 0;
+}
+
 static __always_inline void hf_policy_eval(const struct hf_pkt *p, __u8 dir,
 					   __u32 gen,
 					   struct hf_policy_result *res)
 {
-	struct hf_ident_key ik = { .prefixlen = HF_IDENT_DATA_BITS };
-	struct hf_rule_key rk = { .prefixlen = HF_RULE_FULL_BITS };
-	struct hf_rule_val *rv;
-	__u32 *ident;
-	__u32 id = 0;
+	struct hf_policy_query q = {
+		.gen = gen,
+		.port = p->port,
+		.dir = dir,
+		.proto = p->proto,
+	};
+	__u64 m;
 
-	ik.gen = gen;
-	__builtin_memcpy(ik.addr, dir == HF_DIR_INGRESS ? p->saddr : p->daddr, 16);
-	ident = bpf_map_lookup_elem(&hf_identities, &ik);
-	if (ident)
-		id = *ident;
-
-	rk.identity[0] = id >> 24;
-	rk.identity[1] = id >> 16;
-	rk.identity[2] = id >> 8;
-	rk.identity[3] = id;
-	rk.gen = gen;
-	rk.dir = dir;
-	rk.proto = p->proto;
-	rk.port[0] = p->port >> 8;
-	rk.port[1] = p->port;
-
-	rv = bpf_map_lookup_elem(&hf_rules, &rk);
-	if (!rv) {
+	__builtin_memcpy(q.remote, dir == HF_DIR_INGRESS ? p->saddr : p->daddr,
+			 16);
+	m = hf_policy_lookup(&q);
+	if (!m) {
 		res->reason = HF_REASON_POLICY_DENIED;
 		res->rule_id = 0;
 		return;
 	}
-	res->rule_id = rv->rule_id;
-	res->reason = rv->action == HF_ACTION_ALLOW ? HF_REASON_NONE
-						    : HF_REASON_POLICY_DENY_RULE;
+	res->rule_id = (__u32)m;
+	res->reason = (m >> 32) == HF_ACTION_ALLOW ? HF_REASON_NONE
+						   : HF_REASON_POLICY_DENY_RULE;
 }
 
 #endif

@@ -20,6 +20,14 @@
 #define HF_L_ENFORCE_EGRESS (1U << 1)
 #define HF_L_AUDIT (1U << 2)
 #define HF_L_VLAN_ALLOW_ALL (1U << 3) /* bypass VID 0 configured */
+/* Set by the writer in every used hf_link_slots entry: an array has no
+ * "absent", and a configured link may have no other flag. */
+#define HF_L_CONFIGURED (1U << 31)
+
+/* The datapath finds links with an ifindex below this in an array (a
+ * lookup the JIT inlines), the others in a hash. Host devices are created
+ * early and have small indices; heavy veth churn can still go past it. */
+#define HF_LINK_SLOTS 16384
 
 /* hf_policy_meta.flags: which directions the policy generation enforces */
 #define HF_P_ENFORCE_INGRESS (1U << 0)
@@ -28,21 +36,18 @@
 #define HF_ACTION_ALLOW 1
 #define HF_ACTION_DENY 2
 
-/* LPM prefix lengths, in bits of the key data (after prefixlen). */
-#define HF_IDENT_DATA_BITS (8 + 128)   /* gen, address */
-#define HF_RULE_L3_BITS (32 + 8 + 8)    /* identity, gen, dir */
-#define HF_RULE_PROTO_BITS (HF_RULE_L3_BITS + 8)
-#define HF_RULE_FULL_BITS (HF_RULE_PROTO_BITS + 16)
-
 struct hf_global {
 	__u32 policy_gen;     /* 0 or 1: the active policy generation */
 	__u32 flags;          /* HF_G_* */
 	__u32 events_per_sec; /* per-CPU event budget; 0 disables events */
 	__u32 events_burst;   /* bucket size; 0 means events_per_sec */
+	__u32 host_gen;       /* bumped after every removal from hf_host_addrs */
+	__u32 tick_ns;        /* length of a jiffy; 0: use the coarse clock */
+	__u64 jiffies_epoch;  /* jiffies at boot (INITIAL_JIFFIES) */
 };
 
 struct hf_link {
-	__u32 flags; /* HF_L_* */
+	__u32 flags; /* HF_L_*; in hf_link_slots, HF_L_CONFIGURED marks a used slot */
 };
 
 struct hf_vlan_key {
@@ -56,33 +61,65 @@ struct hf_addr_key {
 	__u8 addr[16];
 };
 
+/* The policy, in exact-match hashes: a longest-prefix match is one lookup
+ * per prefix length in use, longest first. The cost then depends on the
+ * number of distinct lengths, not on the number of entries (an LPM trie
+ * walk gets deeper as it fills).
+ *
+ * Identities: remote address -> identity, per family. IPv4-mapped IPv6
+ * addresses are IPv4 to the policy and use hf_ident4. The lengths in use,
+ * per generation, are in hf_policy_meta. */
+#define HF_IDENT4_LENS 33  /* prefix lengths 0..32 */
+#define HF_IDENT6_LENS 129 /* 0..128 */
+
 struct hf_policy_meta {
 	__u32 flags; /* HF_P_* */
+	__u8 ident4_nlens;
+	__u8 ident6_nlens;
+	__u8 pad[2];
+	__u8 ident4_lens[36];  /* prefix lengths in hf_ident4, longest first */
+	__u8 ident6_lens[132]; /* prefix lengths in hf_ident6, longest first */
 };
 
-struct hf_ident_key {
-	__u32 prefixlen;
+struct hf_ident4_key {
 	__u8 gen;
-	__u8 addr[16];
-	__u8 pad[3];
-};
+	__u8 plen;
+	__u8 pad[2];
+	__u8 addr[4]; /* masked to plen */
+} __attribute__((aligned(4))); /* the address is masked as words */
 
-/* Data is (identity, gen, dir, proto, port): full-match fields first so a
- * shorter prefix wildcards protocol and port. */
+struct hf_ident6_key {
+	__u8 gen;
+	__u8 plen;
+	__u8 pad[2];
+	__u8 addr[16]; /* masked to plen */
+} __attribute__((aligned(4)));
+
+/* Rules: (identity, gen, dir, proto, port prefix) -> allow/deny, the longest
+ * match deciding. Per (identity, dir, proto) a head entry lists the port
+ * prefix lengths present below it and carries what applies when no port
+ * prefix matches (the protocol-wide entry, else the any-protocol one). The
+ * any-protocol entry of (identity, dir) has its own key, for protocols
+ * without a head. */
+#define HF_RK_PROTO 0x80 /* head of (identity, dir, proto); port 0 */
+#define HF_RK_ANY 0x81   /* any-protocol entry of (identity, dir); proto, port 0 */
+/* kind 1..16: a port prefix of that length */
+
 struct hf_rule_key {
-	__u32 prefixlen;
-	__u8 identity[4]; /* big endian */
+	__u32 identity;
 	__u8 gen;
 	__u8 dir;
 	__u8 proto;
-	__u8 port[2]; /* big endian; ICMP type in port[0]<<8 */
-	__u8 pad[3];
+	__u8 kind;  /* HF_RK_* or a port prefix length */
+	__u16 port; /* host order, masked to the prefix length; ICMP type << 8 | code */
+	__u8 pad[2];
 };
 
 struct hf_rule_val {
 	__u32 rule_id;
-	__u8 action; /* HF_ACTION_* */
-	__u8 pad[3];
+	__u8 action;     /* HF_ACTION_*; 0 in a head: no match without a port match */
+	__u8 pad;
+	__u16 port_lens; /* heads: bit n - 1 set when prefixes of length n exist */
 };
 
 struct hf_failsafe_key {
@@ -91,11 +128,23 @@ struct hf_failsafe_key {
 	__u16 port; /* host order */
 };
 
-struct hf_ct_key {
-	__u8 saddr[16];
-	__u8 daddr[16];
-	__u16 sport; /* host order; ICMP echo id in both */
-	__u16 dport;
+/* Conntrack keys are canonical: endpoint a is the smaller (address, port)
+ * of the two, so both directions of a flow find the same entry with one
+ * lookup. IPv4 flows have their own map with a 16-byte key. */
+struct hf_ct4_key {
+	__u8 addr_a[4];
+	__u8 addr_b[4];
+	__u16 port_a; /* host order; ICMP echo id in both */
+	__u16 port_b;
+	__u8 proto;
+	__u8 pad[3];
+} __attribute__((aligned(4))); /* addresses are stored as one word */
+
+struct hf_ct6_key {
+	__u8 addr_a[16];
+	__u8 addr_b[16];
+	__u16 port_a;
+	__u16 port_b;
 	__u8 proto;
 	__u8 pad[3];
 };
@@ -112,12 +161,14 @@ struct hf_ct_key {
 #define HF_CT_DENIED (1U << 3) /* created by an audited drop: grants nothing */
 
 struct hf_ct_val {
-	__u64 last_seen_ns;
+	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns() */
 	__u32 ifindex;
 	__u8 state;
 	__u8 flags;
 	__u8 origin_dir;
-	__u8 pad;
+	__u8 origin_a;  /* the first packet went from endpoint a to b */
+	__u32 host_gen; /* hf_global.host_gen when the host side was last tested */
+	__u32 pad;
 };
 
 struct hf_frag_key {

@@ -8,6 +8,7 @@
 
 #include "common.h"
 #include "maps.h"
+#include "parse.h"
 
 #define HF_VLAN_VID_MASK 0x0fff
 
@@ -19,12 +20,12 @@ struct hf_l2 {
 
 static __always_inline int hf_parse_l2(struct __sk_buff *skb, struct hf_l2 *l2)
 {
-	__u16 hdr[2];
+	__u16 hdr[2] HF_ALIGNED;
 	__u16 proto;
 
 	l2->vid = 0;
 	l2->l3_off = ETH_HLEN;
-	if (bpf_skb_load_bytes(skb, 12, &proto, 2))
+	if (hf_load(skb, 12, &proto, 2))
 		return -1;
 	l2->ethertype = bpf_ntohs(proto);
 
@@ -34,7 +35,7 @@ static __always_inline int hf_parse_l2(struct __sk_buff *skb, struct hf_l2 *l2)
 		return 0;
 
 	if (l2->ethertype == ETH_P_8021Q || l2->ethertype == ETH_P_8021AD) {
-		if (bpf_skb_load_bytes(skb, ETH_HLEN, hdr, 4))
+		if (hf_load(skb, ETH_HLEN, hdr, 4))
 			return -1;
 		l2->vid = bpf_ntohs(hdr[0]) & HF_VLAN_VID_MASK;
 		if (l2->vid)

@@ -2,7 +2,10 @@
 //! the `#[repr(C)]` mirrors from `hostfwd_bpf::layout`.
 
 use std::collections::BTreeMap;
+#[cfg(test)]
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant};
 
 use hostfwd_bpf::layout::{self as l, Pod};
@@ -10,8 +13,8 @@ use hostfwd_bpf::DropReason;
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use super::{dir_code, Datapath, Direction, Error, Result};
-use crate::policy::model::Action;
 use crate::policy::image::MapImage;
+use crate::policy::model::Action;
 
 /// Global datapath settings (`hf_global`, minus the policy generation which
 /// only [`Datapath::apply_policy`] changes).
@@ -60,6 +63,24 @@ pub struct ConntrackEntry {
 /// in microseconds, so this margin is generous.
 const GENERATION_GRACE: Duration = Duration::from_millis(50);
 
+/// The kernel's tick: its length in ns and the value jiffies start from at
+/// boot, for the datapath's clock (`hf_now`: jiffies, read without a helper
+/// call, scaled to CLOCK_MONOTONIC). The resolution of CLOCK_MONOTONIC_COARSE
+/// is the tick length (TICK_NSEC) by definition; HZ follows, and from it
+/// INITIAL_JIFFIES, `(unsigned int)(-300 * HZ)`. (0, 0) if the answer is
+/// implausible: the datapath then reads the coarse clock instead.
+fn kernel_tick() -> (u32, u64) {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_getres only writes the timespec it is given.
+    let rc = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    if rc != 0 || ts.tv_sec != 0 || !(100_000..=100_000_000).contains(&ts.tv_nsec) {
+        return (0, 0);
+    }
+    let tick_ns = ts.tv_nsec as u32;
+    let hz = ((1_000_000_000 + tick_ns / 2) / tick_ns).max(1);
+    (tick_ns, u64::from(0u32.wrapping_sub(300 * hz)))
+}
+
 fn update<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K, v: &V) -> Result<()> {
     map.update(k.as_bytes(), v.as_bytes(), MapFlags::ANY).map_err(|source| Error::MapUpdate { map: name, source })
 }
@@ -79,8 +100,101 @@ fn lookup<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, k: &K) -> Result
         .transpose()
 }
 
+/// Entries per batch syscall: large policies are written in a few calls
+/// instead of one per entry.
+const BATCH: usize = 8192;
+
+/// Writes every (key, value) with batch updates.
+fn update_all<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, entries: &[(K, V)]) -> Result<()> {
+    for chunk in entries.chunks(BATCH) {
+        let keys: Vec<u8> = chunk.iter().flat_map(|(k, _)| k.as_bytes().iter().copied()).collect();
+        let values: Vec<u8> = chunk.iter().flat_map(|(_, v)| v.as_bytes().iter().copied()).collect();
+        map.update_batch(&keys, &values, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .map_err(|source| Error::MapUpdate { map: name, source })?;
+    }
+    Ok(())
+}
+
+/// Every (key, value) of a map, read with batch lookups (one syscall per
+/// `BATCH` entries instead of two per entry); unlike libbpf-rs's batch
+/// iterator, an error is an error, not the end of the map.
+fn entries<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str) -> Result<Vec<(K, V)>> {
+    let (ksize, vsize) = (std::mem::size_of::<K>(), std::mem::size_of::<V>());
+    let mut keys = vec![0u8; ksize * BATCH];
+    let mut values = vec![0u8; vsize * BATCH];
+    // The position between batches: a bucket number for hashes, a key for
+    // arrays; opaque either way.
+    let mut pos = vec![0u8; ksize.max(8)];
+    let mut next = vec![0u8; ksize.max(8)];
+    let opts = libbpf_sys::bpf_map_batch_opts {
+        sz: std::mem::size_of::<libbpf_sys::bpf_map_batch_opts>() as _,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    let mut first = true;
+    loop {
+        let mut count = BATCH as u32;
+        // SAFETY: every buffer is as large as the kernel may fill (count
+        // keys and values; a position of at least the key size).
+        let rc = unsafe {
+            libbpf_sys::bpf_map_lookup_batch(
+                map.as_fd().as_raw_fd(),
+                if first { std::ptr::null_mut() } else { pos.as_mut_ptr().cast() },
+                next.as_mut_ptr().cast(),
+                keys.as_mut_ptr().cast(),
+                values.as_mut_ptr().cast(),
+                &mut count,
+                &opts,
+            )
+        };
+        let err = (rc != 0).then(std::io::Error::last_os_error);
+        let n = (count as usize).min(BATCH);
+        for (k, v) in keys.chunks_exact(ksize).zip(values.chunks_exact(vsize)).take(n) {
+            if let (Some(k), Some(v)) = (K::from_bytes(k), V::from_bytes(v)) {
+                out.push((k, v));
+            }
+        }
+        match err {
+            None => {}
+            // The last batch: count holds what it returned.
+            Some(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Some(e) => return Err(Error::MapRead { map: name, source: e.into() }),
+        }
+        std::mem::swap(&mut pos, &mut next);
+        first = false;
+    }
+}
+
+/// Deletes every key for which `pred` holds, with batch deletes.
+fn delete_where<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, pred: impl Fn(&K) -> bool) -> Result<()> {
+    let doomed: Vec<K> = entries::<K, V>(map, name)?.into_iter().map(|(k, _)| k).filter(|k| pred(k)).collect();
+    for chunk in doomed.chunks(BATCH) {
+        let keys: Vec<u8> = chunk.iter().flat_map(|k| k.as_bytes().iter().copied()).collect();
+        map.delete_batch(&keys, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY)
+            .map_err(|source| Error::MapUpdate { map: name, source })?;
+    }
+    Ok(())
+}
+
 fn keys<K: Pod>(map: &MapMut<'_>) -> Vec<K> {
     map.keys().filter_map(|k| K::from_bytes(&k)).collect()
+}
+
+/// A conntrack entry from its canonical key: endpoint a or b is the source,
+/// as recorded by the entry.
+fn ct_entry(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, v: &l::CtVal) -> ConntrackEntry {
+    let ((src, sport), (dst, dport)) = if v.origin_a != 0 { (a, b) } else { (b, a) };
+    ConntrackEntry {
+        src,
+        dst,
+        sport,
+        dport,
+        proto,
+        state: v.state,
+        flags: v.flags,
+        origin: dir_from_code(v.origin_dir),
+        ifindex: v.ifindex,
+    }
 }
 
 fn dir_from_code(c: u8) -> Direction {
@@ -94,10 +208,19 @@ fn dir_from_code(c: u8) -> Direction {
 impl Datapath {
     pub(super) fn init_global(&self) -> Result<()> {
         // An adopted datapath keeps its settings and active generation.
-        if self.global()?.is_some() {
-            return Ok(());
+        if self.global()?.is_none() {
+            self.set_global(GlobalSettings::default())?;
         }
-        self.set_global(GlobalSettings::default())
+        // The datapath's clock (hf_now in the C code); kept up to date on
+        // adoption too, it is a property of the running kernel.
+        let mut g = self.global()?.unwrap_or_default();
+        let (tick_ns, jiffies_epoch) = kernel_tick();
+        if (g.tick_ns, g.jiffies_epoch) != (tick_ns, jiffies_epoch) {
+            g.tick_ns = tick_ns;
+            g.jiffies_epoch = jiffies_epoch;
+            update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)?;
+        }
+        Ok(())
     }
 
     fn global(&self) -> Result<Option<l::Global>> {
@@ -128,19 +251,41 @@ impl Datapath {
 
     /// Per-link flags (`L_ENFORCE_INGRESS`, …). A link without an entry is
     /// passed untouched even where a program is attached.
+    ///
+    /// The datapath reads the `hf_link_slots` array for an ifindex below
+    /// `LINK_SLOTS` and `hf_links` above; `hf_links` also lists every link
+    /// for [`Datapath::links`], which reports what the datapath reads. The
+    /// order of the two writes makes an interrupted call show up there as a
+    /// difference that the next reconcile pass repairs.
     pub fn set_link(&self, ifindex: u32, flags: u32) -> Result<()> {
-        update(&self.skel.maps.hf_links, "hf_links", &ifindex, &l::Link { flags })
+        let flags = flags & !l::L_CONFIGURED;
+        update(&self.skel.maps.hf_links, "hf_links", &ifindex, &l::Link { flags })?;
+        if ifindex < l::LINK_SLOTS {
+            update(&self.skel.maps.hf_link_slots, "hf_link_slots", &ifindex, &l::Link { flags: flags | l::L_CONFIGURED })?;
+        }
+        Ok(())
     }
 
     pub fn remove_link(&self, ifindex: u32) -> Result<()> {
+        if ifindex < l::LINK_SLOTS {
+            update(&self.skel.maps.hf_link_slots, "hf_link_slots", &ifindex, &l::Link::default())?;
+        }
         delete(&self.skel.maps.hf_links, "hf_links", &ifindex)
     }
 
+    /// Every configured link and its flags, as the datapath sees them.
     pub fn links(&self) -> Result<BTreeMap<u32, u32>> {
         let mut out = BTreeMap::new();
         for k in keys::<u32>(&self.skel.maps.hf_links) {
-            if let Some(v) = lookup::<u32, l::Link>(&self.skel.maps.hf_links, "hf_links", &k)? {
-                out.insert(k, v.flags);
+            let flags = if k < l::LINK_SLOTS {
+                lookup::<u32, l::Link>(&self.skel.maps.hf_link_slots, "hf_link_slots", &k)?
+                    .filter(|s| s.flags & l::L_CONFIGURED != 0)
+                    .map(|s| s.flags & !l::L_CONFIGURED)
+            } else {
+                lookup::<u32, l::Link>(&self.skel.maps.hf_links, "hf_links", &k)?.map(|v| v.flags)
+            };
+            if let Some(flags) = flags {
+                out.insert(k, flags);
             }
         }
         Ok(out)
@@ -165,8 +310,15 @@ impl Datapath {
         update(&self.skel.maps.hf_host_addrs, "hf_host_addrs", &l::AddrKey { addr: l::addr16(ip) }, &1u8)
     }
 
+    /// Removes a host address. Conntrack entries remember the generation of
+    /// host addresses under which their host side was last tested (and skip
+    /// the test while it holds): a removal starts a new generation.
     pub fn remove_host_addr(&self, ip: IpAddr) -> Result<()> {
-        delete(&self.skel.maps.hf_host_addrs, "hf_host_addrs", &l::AddrKey { addr: l::addr16(ip) })
+        delete(&self.skel.maps.hf_host_addrs, "hf_host_addrs", &l::AddrKey { addr: l::addr16(ip) })?;
+        let mut g = self.global()?.unwrap_or_default();
+        g.host_gen = g.host_gen.wrapping_add(1);
+        g.events_burst = g.events_burst.max(1);
+        update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)
     }
 
     pub fn host_addrs(&self) -> Vec<IpAddr> {
@@ -203,6 +355,10 @@ impl Datapath {
     /// Installs a compiled policy atomically: the image is written into the
     /// inactive generation, then one write to `hf_global` switches every
     /// packet from the old policy to the new one. Returns the new generation.
+    ///
+    /// The image's two longest-prefix matches are written as exact-match
+    /// hashes (see [`PolicyMaps`]), which the datapath probes once per
+    /// prefix length in use.
     pub fn apply_policy(&mut self, image: &MapImage) -> Result<u32> {
         let mut g = self.global()?.unwrap_or_default();
         let next = (g.policy_gen & 1) ^ 1;
@@ -214,43 +370,12 @@ impl Datapath {
         }
         self.clear_generation(next as u8)?;
 
-        let idents = &self.skel.maps.hf_identities;
-        for e in &image.identities {
-            let net = e.prefix.trunc();
-            let (addr, bits) = match net {
-                ipnet::IpNet::V4(n) => (l::addr16(IpAddr::V4(n.network())), 96 + n.prefix_len() as u32),
-                ipnet::IpNet::V6(n) => (l::addr16(IpAddr::V6(n.network())), n.prefix_len() as u32),
-            };
-            let k = l::IdentKey { prefixlen: 8 + bits, gen: next as u8, addr, pad: [0; 3] };
-            update(idents, "hf_identities", &k, &e.identity)?;
-        }
-        let rules = &self.skel.maps.hf_rules;
-        for r in &image.rules {
-            let (prefixlen, proto, port) = match (r.proto, r.port) {
-                (None, _) => (l::RULE_L3_BITS, 0, 0),
-                (Some(p), None) => (l::RULE_PROTO_BITS, p, 0),
-                (Some(p), Some((v, plen))) => (l::RULE_PROTO_BITS + plen as u32, p, v),
-            };
-            let k = l::RuleKey {
-                prefixlen,
-                identity: r.identity.to_be_bytes(),
-                gen: next as u8,
-                dir: dir_code(r.direction),
-                proto,
-                port: port.to_be_bytes(),
-                pad: [0; 3],
-            };
-            let action = match r.action {
-                Action::Allow => l::ACTION_ALLOW,
-                Action::Deny => l::ACTION_DENY,
-            };
-            update(rules, "hf_rules", &k, &l::RuleVal { rule_id: r.rule_id, action, pad: [0; 3] })?;
-        }
-        let meta = l::PolicyMeta {
-            flags: (if image.enforce_ingress { l::P_ENFORCE_INGRESS } else { 0 })
-                | (if image.enforce_egress { l::P_ENFORCE_EGRESS } else { 0 }),
-        };
-        update(&self.skel.maps.hf_policy_meta, "hf_policy_meta", &next, &meta)?;
+        let maps = PolicyMaps::new(image, next as u8, RULE_CAPACITY);
+        let m = &self.skel.maps;
+        update_all(&m.hf_ident4, "hf_ident4", &maps.ident4)?;
+        update_all(&m.hf_ident6, "hf_ident6", &maps.ident6)?;
+        update_all(&m.hf_rules, "hf_rules", &maps.rules)?;
+        update(&m.hf_policy_meta, "hf_policy_meta", &next, &maps.meta)?;
 
         // The switch: from here on, new packets see the new generation.
         g.policy_gen = next;
@@ -267,21 +392,23 @@ impl Datapath {
 
     /// Number of (identity, rule) entries of a generation, for tests and stats.
     pub fn policy_entries(&self, gen: u32) -> (usize, usize) {
-        let i = keys::<l::IdentKey>(&self.skel.maps.hf_identities).iter().filter(|k| k.gen as u32 == gen).count();
-        let r = keys::<l::RuleKey>(&self.skel.maps.hf_rules).iter().filter(|k| k.gen as u32 == gen).count();
-        (i, r)
+        let m = &self.skel.maps;
+        let i4 = entries::<l::Ident4Key, u32>(&m.hf_ident4, "hf_ident4").unwrap_or_default();
+        let i6 = entries::<l::Ident6Key, u32>(&m.hf_ident6, "hf_ident6").unwrap_or_default();
+        let r = entries::<l::RuleKey, l::RuleVal>(&m.hf_rules, "hf_rules").unwrap_or_default();
+        (
+            i4.iter().filter(|(k, _)| u32::from(k.gen) == gen).count()
+                + i6.iter().filter(|(k, _)| u32::from(k.gen) == gen).count(),
+            r.iter().filter(|(k, _)| u32::from(k.gen) == gen).count(),
+        )
     }
 
     fn clear_generation(&self, gen: u8) -> Result<()> {
-        let idents = &self.skel.maps.hf_identities;
-        for k in keys::<l::IdentKey>(idents).into_iter().filter(|k| k.gen == gen) {
-            delete(idents, "hf_identities", &k)?;
-        }
-        let rules = &self.skel.maps.hf_rules;
-        for k in keys::<l::RuleKey>(rules).into_iter().filter(|k| k.gen == gen) {
-            delete(rules, "hf_rules", &k)?;
-        }
-        update(&self.skel.maps.hf_policy_meta, "hf_policy_meta", &(gen as u32), &l::PolicyMeta::default())
+        let m = &self.skel.maps;
+        delete_where::<l::Ident4Key, u32>(&m.hf_ident4, "hf_ident4", |k| k.gen == gen)?;
+        delete_where::<l::Ident6Key, u32>(&m.hf_ident6, "hf_ident6", |k| k.gen == gen)?;
+        delete_where::<l::RuleKey, l::RuleVal>(&m.hf_rules, "hf_rules", |k| k.gen == gen)?;
+        update(&m.hf_policy_meta, "hf_policy_meta", &(gen as u32), &l::PolicyMeta::default())
     }
 
     /// Drop counters summed over CPUs.
@@ -324,22 +451,23 @@ impl Datapath {
         Ok(per_cpu.iter().filter_map(|b| l::Ratelimit::from_bytes(b)).map(|r| r.suppressed).sum())
     }
 
+    /// Every conntrack entry (both families), oriented as its first packet.
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
-        let map = &self.skel.maps.hf_conntrack;
         let mut out = Vec::new();
-        for k in keys::<l::CtKey>(map) {
-            if let Some(v) = lookup::<l::CtKey, l::CtVal>(map, "hf_conntrack", &k)? {
-                out.push(ConntrackEntry {
-                    src: l::ip_from16(k.saddr),
-                    dst: l::ip_from16(k.daddr),
-                    sport: k.sport,
-                    dport: k.dport,
-                    proto: k.proto,
-                    state: v.state,
-                    flags: v.flags,
-                    origin: dir_from_code(v.origin_dir),
-                    ifindex: v.ifindex,
-                });
+        let map = &self.skel.maps.hf_ct4;
+        for k in keys::<l::Ct4Key>(map) {
+            if let Some(v) = lookup::<l::Ct4Key, l::CtVal>(map, "hf_ct4", &k)? {
+                let a = IpAddr::V4(k.addr_a.into());
+                let b = IpAddr::V4(k.addr_b.into());
+                out.push(ct_entry((a, k.port_a), (b, k.port_b), k.proto, &v));
+            }
+        }
+        let map = &self.skel.maps.hf_ct6;
+        for k in keys::<l::Ct6Key>(map) {
+            if let Some(v) = lookup::<l::Ct6Key, l::CtVal>(map, "hf_ct6", &k)? {
+                let a = IpAddr::V6(k.addr_a.into());
+                let b = IpAddr::V6(k.addr_b.into());
+                out.push(ct_entry((a, k.port_a), (b, k.port_b), k.proto, &v));
             }
         }
         Ok(out)
@@ -347,8 +475,11 @@ impl Datapath {
 
     /// Empties the maps that hold per-flow state (conntrack, fragments).
     pub fn flush_flows(&self) -> Result<()> {
-        for k in keys::<l::CtKey>(&self.skel.maps.hf_conntrack) {
-            delete(&self.skel.maps.hf_conntrack, "hf_conntrack", &k)?;
+        for k in keys::<l::Ct4Key>(&self.skel.maps.hf_ct4) {
+            delete(&self.skel.maps.hf_ct4, "hf_ct4", &k)?;
+        }
+        for k in keys::<l::Ct6Key>(&self.skel.maps.hf_ct6) {
+            delete(&self.skel.maps.hf_ct6, "hf_ct6", &k)?;
         }
         for k in keys::<l::FragKey>(&self.skel.maps.hf_frags) {
             delete(&self.skel.maps.hf_frags, "hf_frags", &k)?;
@@ -362,5 +493,465 @@ impl Datapath {
             delete(&self.skel.maps.hf_counters, "hf_counters", &k)?;
         }
         Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The policy image as exact-match hashes.
+
+/// Room for both generations of rule entries.
+const RULE_CAPACITY: usize = l::RULES_MAX_ENTRIES as usize;
+
+/// Port prefixes of a head may be expanded into longer ones so that a
+/// lookup probes fewer lengths, as long as the head's port entries grow by
+/// at most this factor (or this many entries, whichever is more).
+const EXPANSION_FACTOR: usize = 4;
+const EXPANSION_SLACK: usize = 64;
+
+/// (action code, rule id) of a rule entry.
+type Hit = (u8, u32);
+
+/// The policy maps' contents for one generation, as [`Datapath::apply_policy`]
+/// writes them.
+///
+/// The image describes two longest-prefix matches ([`MapImage::evaluate`]);
+/// the datapath (`policy.h`) does each as exact-match lookups, one per prefix
+/// length in use, longest first, so its cost does not grow with the number
+/// of entries:
+/// - **Identities**, per family. The image's table is one 128-bit space with
+///   IPv4 mapped into `::ffff:0:0/96`; for an IPv4 address only entries
+///   inside that block can match, plus the entries covering the whole block
+///   (such as `::/0`), of which the longest acts as an IPv4 `/0`. For any
+///   other address, only entries not inside the block can match. The lengths
+///   in use are listed in `meta`, longest first.
+/// - **Rules**, per (identity, direction, protocol): a head entry with the
+///   port prefix lengths in use below it and the result when no port prefix
+///   matches (the protocol-wide entry, else the any-protocol one); the port
+///   prefixes, possibly expanded into fewer distinct lengths (controlled
+///   prefix expansion: a /12 becomes sixteen /16s); the any-protocol entry of
+///   (identity, direction) for protocols without a head.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct PolicyMaps {
+    pub ident4: Vec<(l::Ident4Key, u32)>,
+    pub ident6: Vec<(l::Ident6Key, u32)>,
+    pub rules: Vec<(l::RuleKey, l::RuleVal)>,
+    pub meta: l::PolicyMeta,
+}
+
+/// The rule entries of one (identity, direction, protocol).
+#[derive(Debug, Default)]
+struct Head {
+    proto_wide: Option<Hit>,
+    /// (prefix length 1..=16, masked port, hit), in image order.
+    ports: Vec<(u8, u16, Hit)>,
+}
+
+fn mask128(len: u8) -> u128 {
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - u32::from(len.min(128)))
+    }
+}
+
+#[cfg(test)]
+fn mask32(len: u8) -> u32 {
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - u32::from(len.min(32)))
+    }
+}
+
+/// Host-order mask of the first `len` bits of a port.
+fn port_mask(len: u8) -> u16 {
+    if len == 0 {
+        0
+    } else {
+        u16::MAX << (16 - u32::from(len.min(16)))
+    }
+}
+
+/// `::ffff:0:0/96`, where IPv4 lives in the image's address space.
+const MAPPED_BASE: u128 = 0xffff << 32;
+
+fn action_code(a: Action) -> u8 {
+    match a {
+        Action::Allow => l::ACTION_ALLOW,
+        Action::Deny => l::ACTION_DENY,
+    }
+}
+
+impl PolicyMaps {
+    /// The maps of `image` as generation `gen`. Port prefix expansion is
+    /// dropped if it would take more than half of `capacity` (the other
+    /// generation needs room until the next swap).
+    pub(crate) fn new(image: &MapImage, gen: u8, capacity: usize) -> PolicyMaps {
+        let mut maps = PolicyMaps::default();
+        maps.meta.flags = (if image.enforce_ingress { l::P_ENFORCE_INGRESS } else { 0 })
+            | (if image.enforce_egress { l::P_ENFORCE_EGRESS } else { 0 });
+        maps.identities(image, gen);
+        maps.rules = rule_entries(image, gen, true);
+        if maps.rules.len() > capacity / 2 {
+            maps.rules = rule_entries(image, gen, false);
+        }
+        maps
+    }
+
+    fn identities(&mut self, image: &MapImage, gen: u8) {
+        // Later duplicates win, as later updates of one key do.
+        let mut v4: BTreeMap<(u8, u32), u32> = BTreeMap::new();
+        let mut v6: BTreeMap<(u8, u128), u32> = BTreeMap::new();
+        // The longest entry covering all of ::ffff:0:0/96 from outside it.
+        let mut cover: Option<(u8, u32)> = None;
+        for e in &image.identities {
+            let (addr, len) = e.mapped();
+            let addr = u128::from(addr) & mask128(len);
+            if len >= 96 && addr & mask128(96) == MAPPED_BASE {
+                v4.insert((len - 96, addr as u32), e.identity);
+            } else {
+                v6.insert((len, addr), e.identity);
+                if len < 96 && MAPPED_BASE & mask128(len) == addr && cover.is_none_or(|(l, _)| len >= l) {
+                    cover = Some((len, e.identity));
+                }
+            }
+        }
+        if let Some((_, identity)) = cover {
+            v4.entry((0, 0)).or_insert(identity);
+        }
+
+        let mut lens4: Vec<u8> = v4.keys().map(|&(len, _)| len).collect();
+        let mut lens6: Vec<u8> = v6.keys().map(|&(len, _)| len).collect();
+        for lens in [&mut lens4, &mut lens6] {
+            lens.sort_unstable_by(|a, b| b.cmp(a));
+            lens.dedup();
+        }
+        self.meta.ident4_nlens = lens4.len() as u8;
+        self.meta.ident4_lens.0[..lens4.len()].copy_from_slice(&lens4);
+        self.meta.ident6_nlens = lens6.len() as u8;
+        self.meta.ident6_lens.0[..lens6.len()].copy_from_slice(&lens6);
+
+        self.ident4 = v4
+            .into_iter()
+            .map(|((plen, addr), id)| (l::Ident4Key { gen, plen, pad: [0; 2], addr: addr.to_be_bytes() }, id))
+            .collect();
+        self.ident6 = v6
+            .into_iter()
+            .map(|((plen, addr), id)| (l::Ident6Key { gen, plen, pad: [0; 2], addr: addr.to_be_bytes() }, id))
+            .collect();
+    }
+}
+
+/// Every rule-map entry of `image` as generation `gen`.
+fn rule_entries(image: &MapImage, gen: u8, expand: bool) -> Vec<(l::RuleKey, l::RuleVal)> {
+    let mut heads: BTreeMap<(u32, u8, u8), Head> = BTreeMap::new();
+    let mut any: BTreeMap<(u32, u8), Hit> = BTreeMap::new();
+    for r in &image.rules {
+        let dir = dir_code(r.direction);
+        let hit = (action_code(r.action), r.rule_id);
+        match (r.proto, r.port) {
+            (None, _) => {
+                any.insert((r.identity, dir), hit);
+            }
+            // A zero-length port prefix is the whole protocol.
+            (Some(proto), None) | (Some(proto), Some((_, 0))) => {
+                heads.entry((r.identity, dir, proto)).or_default().proto_wide = Some(hit);
+            }
+            (Some(proto), Some((port, plen))) => {
+                let plen = plen.min(16);
+                heads.entry((r.identity, dir, proto)).or_default().ports.push((plen, port & port_mask(plen), hit));
+            }
+        }
+    }
+
+    let key = |identity, dir, proto, kind, port| l::RuleKey { identity, gen, dir, proto, kind, port, pad: [0; 2] };
+    let mut out = Vec::new();
+    for ((identity, dir), &(action, rule_id)) in &any {
+        out.push((key(*identity, *dir, 0, l::RK_ANY, 0), l::RuleVal { rule_id, action, pad: 0, port_lens: 0 }));
+    }
+    for (&(identity, dir, proto), head) in &heads {
+        let (action, rule_id) = head.proto_wide.or_else(|| any.get(&(identity, dir)).copied()).unwrap_or((0, 0));
+        let ports = expand_ports(&head.ports, expand);
+        let port_lens = ports.keys().fold(0u16, |bits, &(len, _)| bits | 1 << (len - 1));
+        out.push((key(identity, dir, proto, l::RK_PROTO, 0), l::RuleVal { rule_id, action, pad: 0, port_lens }));
+        for ((len, port), (action, rule_id)) in ports {
+            out.push((key(identity, dir, proto, len, port), l::RuleVal { rule_id, action, pad: 0, port_lens: 0 }));
+        }
+    }
+    out
+}
+
+/// A head's port prefixes as entries keyed (length, masked port), expanded
+/// into fewer distinct lengths where the budget allows. Longest match is
+/// preserved: within a group of lengths expanded to the same target,
+/// longer (then later) prefixes overwrite shorter ones, and the datapath
+/// probes longer targets first.
+fn expand_ports(ports: &[(u8, u16, Hit)], expand: bool) -> BTreeMap<(u8, u16), Hit> {
+    let mut count: BTreeMap<u8, usize> = BTreeMap::new();
+    for &(len, _, _) in ports {
+        *count.entry(len).or_default() += 1;
+    }
+    let budget = if expand { (ports.len() * EXPANSION_FACTOR).max(ports.len() + EXPANSION_SLACK) } else { 0 };
+    let target = expansion_targets(&count, budget);
+
+    let mut sorted: Vec<&(u8, u16, Hit)> = ports.iter().collect();
+    sorted.sort_by_key(|&&(len, _, _)| len); // stable: image order within a length
+    let mut out = BTreeMap::new();
+    for &&(len, port, hit) in &sorted {
+        let t = target[&len];
+        for suffix in 0..1u32 << (t - len) {
+            let p = port | (suffix << (16 - t)) as u16;
+            out.insert((t, p), hit);
+        }
+    }
+    out
+}
+
+/// For each prefix length (with its number of entries), the length it is
+/// expanded to. The sorted lengths are cut into runs, each expanded to its
+/// longest length: the fewest runs (probes) whose total entry count stays
+/// within `budget`, cheapest first; one run per length if nothing fits.
+fn expansion_targets(count: &BTreeMap<u8, usize>, budget: usize) -> BTreeMap<u8, u8> {
+    let lens: Vec<u8> = count.keys().copied().collect();
+    let n = lens.len();
+    if n == 0 {
+        return BTreeMap::new();
+    }
+    // cost[i][j]: entries of lengths i..=j expanded to lens[j].
+    let cost = |i: usize, j: usize| -> usize {
+        (i..=j).map(|m| count[&lens[m]].saturating_mul(1usize << (lens[j] - lens[m]))).fold(0, usize::saturating_add)
+    };
+    // best[g][j]: cheapest split of lengths 0..=j into g runs, with the start
+    // of its last run.
+    let mut best = vec![vec![(usize::MAX, 0usize); n]; n + 1];
+    for (j, b) in best[1].iter_mut().enumerate() {
+        *b = (cost(0, j), 0);
+    }
+    for g in 2..=n {
+        for j in g - 1..n {
+            for i in g - 1..=j {
+                let prev = best[g - 1][i - 1].0;
+                let c = prev.saturating_add(cost(i, j));
+                if c < best[g][j].0 {
+                    best[g][j] = (c, i);
+                }
+            }
+        }
+    }
+    let mut out: BTreeMap<u8, u8> = lens.iter().map(|&len| (len, len)).collect();
+    let Some(groups) = (1..=n).find(|&g| best[g][n - 1].0 <= budget) else { return out };
+    let (mut j, mut g) = (n - 1, groups);
+    loop {
+        let start = best[g][j].1;
+        for m in start..=j {
+            out.insert(lens[m], lens[j]);
+        }
+        if g == 1 {
+            break;
+        }
+        j = start - 1;
+        g -= 1;
+    }
+    out
+}
+
+#[cfg(test)]
+impl PolicyMaps {
+    /// The datapath's two lookups (`hf_policy_eval` in policy.h) over these
+    /// entries, step by step: (action code, rule id) of the entry found.
+    fn lookup(&self, remote: IpAddr, dir: u8, proto: u8, port: u16) -> Option<Hit> {
+        let addr = u128::from(crate::policy::image::mapped_addr(remote));
+        let identity = if addr & mask128(96) == MAPPED_BASE {
+            let v4: HashMap<_, _> = self.ident4.iter().map(|(k, v)| ((k.gen, k.plen, k.addr), *v)).collect();
+            let lens = &self.meta.ident4_lens.0[..self.meta.ident4_nlens as usize];
+            let gen = self.ident4.first().map_or(0, |(k, _)| k.gen);
+            lens.iter().find_map(|&len| v4.get(&(gen, len, (addr as u32 & mask32(len)).to_be_bytes())).copied())
+        } else {
+            let v6: HashMap<_, _> = self.ident6.iter().map(|(k, v)| ((k.gen, k.plen, k.addr), *v)).collect();
+            let lens = &self.meta.ident6_lens.0[..self.meta.ident6_nlens as usize];
+            let gen = self.ident6.first().map_or(0, |(k, _)| k.gen);
+            lens.iter().find_map(|&len| v6.get(&(gen, len, (addr & mask128(len)).to_be_bytes())).copied())
+        }
+        .unwrap_or(0);
+
+        let rules: HashMap<_, _> = self.rules.iter().map(|(k, v)| ((k.identity, k.dir, k.proto, k.kind, k.port), *v)).collect();
+        match rules.get(&(identity, dir, proto, l::RK_PROTO, 0)) {
+            Some(head) => (1..=16u8)
+                .rev()
+                .filter(|&n| head.port_lens & 1 << (n - 1) != 0)
+                .find_map(|n| rules.get(&(identity, dir, proto, n, port & port_mask(n))))
+                .or((head.action != 0).then_some(head))
+                .map(|v| (v.action, v.rule_id)),
+            None => rules.get(&(identity, dir, 0, l::RK_ANY, 0)).map(|v| (v.action, v.rule_id)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use ipnet::IpNet;
+
+    use super::*;
+    use crate::policy::image::{IdentityEntry, RuleEntry, Verdict};
+    use crate::test_rng::Rng;
+
+    /// An address near the interesting places: inside one of `nets`, in
+    /// the IPv4-mapped block, or anywhere.
+    fn random_addr(rng: &mut Rng, nets: &[IpNet]) -> IpAddr {
+        let raw = u128::from(rng.next()) << 64 | u128::from(rng.next());
+        if !nets.is_empty() && rng.below(4) != 0 {
+            let net = nets[rng.below(nets.len() as u64) as usize];
+            let (addr, len) = IdentityEntry { prefix: net, identity: 1 }.mapped();
+            let a = u128::from(addr) & mask128(len) | raw & !mask128(len);
+            let v6 = Ipv6Addr::from(a);
+            // IPv4 as IPv4, with an occasional IPv4-mapped IPv6 twin.
+            return match v6.to_ipv4_mapped() {
+                Some(v4) if rng.below(8) != 0 => IpAddr::V4(v4),
+                _ => IpAddr::V6(v6),
+            };
+        }
+        match rng.below(3) {
+            0 => IpAddr::V4(Ipv4Addr::from(raw as u32)),
+            1 => IpAddr::V6(Ipv6Addr::from(MAPPED_BASE | (raw & 0xffff_ffff))),
+            _ => IpAddr::V6(Ipv6Addr::from(raw)),
+        }
+    }
+
+    fn random_net(rng: &mut Rng) -> IpNet {
+        let raw = u128::from(rng.next()) << 64 | u128::from(rng.next());
+        let net = match rng.below(6) {
+            0..=2 => IpNet::new(IpAddr::V4(Ipv4Addr::from(raw as u32 & 0x0a0f_ffff)), rng.below(33) as u8),
+            // Short IPv6 prefixes, most covering ::ffff:0:0/96 (::/0, ::/80,
+            // ::fffe:0:0/95, ...), some beside it.
+            3 => {
+                let base = if rng.below(4) == 0 { raw & MAPPED_BASE } else { MAPPED_BASE };
+                IpNet::new(IpAddr::V6(Ipv6Addr::from(base)), rng.pick(&[0, 1, 16, 64, 80, 94, 95, 96]))
+            }
+            // Inside the IPv4-mapped block, written as IPv6.
+            4 => IpNet::new(IpAddr::V6(Ipv6Addr::from(MAPPED_BASE | (raw & 0x0a0f_ffff))), 96 + rng.below(33) as u8),
+            _ => IpNet::new(IpAddr::V6(Ipv6Addr::from(raw & !(u128::MAX >> 16) | 0x2001 << 112)), rng.below(129) as u8),
+        };
+        net.expect("prefix length in range").trunc()
+    }
+
+    fn random_image(rng: &mut Rng) -> MapImage {
+        let identities: Vec<IdentityEntry> =
+            (0..rng.below(40)).map(|_| IdentityEntry { prefix: random_net(rng), identity: 1 + rng.below(6) as u32 }).collect();
+        let protos = [1u8, 6, 17, 58, 132, 47];
+        let rules = (0..rng.below(120))
+            .map(|_| {
+                let proto = if rng.below(6) == 0 { None } else { Some(rng.pick(&protos)) };
+                let port = match rng.below(4) {
+                    0 => None,
+                    _ => {
+                        let plen = 1 + rng.below(16) as u8;
+                        // Ports clustered so that prefixes nest and overlap.
+                        Some(((rng.below(64) as u16) << 10 | rng.below(1 << 10) as u16, plen))
+                    }
+                };
+                RuleEntry {
+                    identity: rng.below(7) as u32,
+                    direction: if rng.below(2) == 0 { Direction::Ingress } else { Direction::Egress },
+                    proto,
+                    port,
+                    action: if rng.below(3) == 0 { Action::Deny } else { Action::Allow },
+                    rule_id: rng.below(1000) as u32,
+                }
+            })
+            .collect();
+        MapImage { enforce_ingress: true, enforce_egress: true, identities, rules }
+    }
+
+    fn expected(v: Verdict) -> Option<Hit> {
+        match v {
+            Verdict::Allow(id) => Some((l::ACTION_ALLOW, id)),
+            Verdict::Deny(id) => Some((l::ACTION_DENY, id)),
+            Verdict::NoMatch | Verdict::NotEnforced => None,
+        }
+    }
+
+    /// The hashes answer exactly what the image's longest-prefix matches
+    /// answer, on random images (overlapping and nested prefixes, IPv6
+    /// prefixes covering the IPv4-mapped block, duplicate keys) and packets
+    /// aimed at their prefixes and ports.
+    #[test]
+    fn hashes_agree_with_the_image() {
+        let mut rng = Rng(0x6f6f_7061);
+        for round in 0..400 {
+            let image = random_image(&mut rng);
+            let expand = round % 2 == 0;
+            let maps = PolicyMaps::new(&image, (round % 2) as u8, if expand { RULE_CAPACITY } else { 0 });
+            let reference = image.lookup();
+            let nets: Vec<IpNet> = image.identities.iter().map(|e| e.prefix).collect();
+            for _ in 0..300 {
+                let mut remote = random_addr(&mut rng, &nets);
+                let mut dir = if rng.below(2) == 0 { Direction::Ingress } else { Direction::Egress };
+                let mut proto = rng.pick(&[1u8, 6, 17, 58, 132, 47, 0]);
+                let mut port = rng.next() as u16;
+                // Mostly aimed at a rule: its identity's addresses, its
+                // direction, protocol and (a neighbourhood of) its port.
+                if let Some(r) = image.rules.get(rng.below(image.rules.len() as u64 + 1) as usize) {
+                    let own: Vec<IpNet> = image.identities.iter().filter(|e| e.identity == r.identity).map(|e| e.prefix).collect();
+                    remote = random_addr(&mut rng, &own);
+                    dir = r.direction;
+                    proto = r.proto.filter(|_| rng.below(5) != 0).unwrap_or(proto);
+                    if let Some((p, plen)) = r.port {
+                        let wider = plen.saturating_sub(rng.below(3) as u8);
+                        port = p & port_mask(wider) | (rng.next() as u16 & !port_mask(wider));
+                    }
+                }
+                let want = expected(reference.evaluate(remote, dir, proto, port));
+                let got = maps.lookup(remote, dir_code(dir), proto, port);
+                assert_eq!(got, want, "round {round}: {remote} {dir:?} proto {proto} port {port}\n{image:#?}");
+            }
+        }
+    }
+
+    #[test]
+    fn expansion_fewest_probes_within_budget() {
+        let count = |v: &[(u8, usize)]| v.iter().copied().collect::<BTreeMap<u8, usize>>();
+        // One /16 and one /12: sixteen /16s plus one, within 4x of two.
+        let t = expansion_targets(&count(&[(12, 1), (16, 1)]), 64);
+        assert_eq!((t[&12], t[&16]), (16, 16));
+        // A /1 next to a /16 would cost 32768 entries: two probes instead.
+        let t = expansion_targets(&count(&[(1, 1), (2, 1), (16, 1)]), 66);
+        assert_eq!((t[&1], t[&2], t[&16]), (2, 2, 16));
+        // No budget: every length stays.
+        let t = expansion_targets(&count(&[(3, 2), (9, 1)]), 0);
+        assert_eq!((t[&3], t[&9]), (3, 9));
+    }
+
+    #[test]
+    fn expansion_keeps_the_longest_match() {
+        let allow = (l::ACTION_ALLOW, 1);
+        let deny = (l::ACTION_DENY, 2);
+        // 8000/13 allow (8000..=8007) with 8004/15 deny (8004, 8005) inside.
+        let out = expand_ports(&[(15, 8004, deny), (13, 8000, allow)], true);
+        let at = |p: u16| out.get(&(15, p)).copied();
+        assert_eq!(out.len(), 4, "{out:?}");
+        assert_eq!((at(8000), at(8002), at(8004), at(8006)), (Some(allow), Some(allow), Some(deny), Some(allow)));
+    }
+
+    /// Where the datapath has a bound, the writer stays inside it.
+    #[test]
+    fn meta_lists_fit() {
+        let image = MapImage {
+            identities: (0..=32u8)
+                .map(|len| IdentityEntry { prefix: IpNet::new("10.0.0.0".parse().unwrap(), len).unwrap().trunc(), identity: 1 })
+                .chain((0..=128u8).map(|len| IdentityEntry {
+                    prefix: IpNet::new("2001:db8::".parse().unwrap(), len).unwrap().trunc(),
+                    identity: 2,
+                }))
+                .collect(),
+            ..MapImage::default()
+        };
+        let maps = PolicyMaps::new(&image, 0, RULE_CAPACITY);
+        assert_eq!(maps.meta.ident4_nlens as usize, l::IDENT4_LENS);
+        // /0 to /96 of 2001:db8:: are not inside ::ffff:0:0/96; /0 covers it.
+        assert_eq!(maps.meta.ident6_nlens as usize, l::IDENT6_LENS);
+        assert_eq!(maps.meta.ident4_lens.0[0], 32);
+        assert_eq!(maps.meta.ident6_lens.0[l::IDENT6_LENS - 1], 0);
     }
 }
