@@ -137,7 +137,7 @@ fn main() {
         assert!(f.dp.conntrack().unwrap().iter().any(|e| e.sport == 40002 && e.state == l::CT_ESTABLISHED), "the ACK is tracked");
         let est = run(&f.dp, &ack, REPEAT);
         // New allowed SYN: the first packet of a flow pays parse, conntrack
-        // miss, failsafe, both LPM lookups and the conntrack insert. A repeat
+        // miss, failsafe, both policy lookups and the conntrack insert. A repeat
         // would hit the new entry, so each sample is one run on an empty
         // table (the baseline is measured the same way below).
         let mut samples = Vec::new();

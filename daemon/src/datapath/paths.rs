@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <root>/                              default /sys/fs/bpf/hostfwd
-//!   maps/<map name>                    every datapath map (hf_links, hf_conntrack, …)
+//!   maps/<map name>                    every datapath map (hf_links, hf_ct4, …)
 //!   links/tcx-<ifindex>-<direction>    tcx links (direction: ingress | egress)
 //! ```
 //!
