@@ -34,6 +34,10 @@ pub struct Config {
     pub devices: Vec<String>,
     pub exclude: Vec<String>,
     pub vlan_bypass: Vec<u16>,
+    pub policy_dir: PathBuf,
+    pub node_labels: std::collections::BTreeMap<String, String>,
+    pub node_cidrs: Vec<ipnet::IpNet>,
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
     pub bpffs_root: PathBuf,
     pub attach_mode: String,
     pub tc_priority: u16,
@@ -61,7 +65,7 @@ impl Config {
             }
             None => "built-in default".to_string(),
         };
-        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("vlan_bypass").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
+        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("vlan_bypass").with_list_parse_key("node_cidrs").with_list_parse_key("cluster_cidrs").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -224,6 +228,15 @@ mod tests {
         assert_eq!(c.bpffs_root, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(c.failsafe.egress, vec!["udp/53"]);
         assert!(toml_keys().contains(&"failsafe.ingress".to_string()));
+    }
+
+    #[test]
+    fn policy_keys() {
+        let c = load_str("cluster_cidrs = [\"10.0.0.0/8\"]\n[node_labels]\nnode-access = \"ssh\"\n").unwrap();
+        assert_eq!(c.cluster_cidrs, vec!["10.0.0.0/8".parse::<ipnet::IpNet>().unwrap()]);
+        assert_eq!(c.node_labels.get("node-access").map(String::as_str), Some("ssh"));
+        let e = load_str("node_cidrs = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
+        assert!(e.contains("node_cidrs"), "{e}");
     }
 
     #[test]

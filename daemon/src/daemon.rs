@@ -3,7 +3,8 @@
 //! and the configuration, reads the actual state back from the kernel, and
 //! applies the difference. The reconciler is the only writer to the kernel.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant};
@@ -12,6 +13,9 @@ use crate::config::Config;
 use crate::datapath::{Datapath, EventReader};
 use crate::links::{Ifindex, Table};
 use crate::netlink::{Event, Monitor};
+use crate::policy::cilium::Policy;
+use crate::policy::entities::EntityContext;
+use crate::policy::files;
 use crate::reconcile::{self, Action};
 use crate::select::{self, Decision};
 use crate::vlan;
@@ -33,11 +37,63 @@ pub struct Daemon {
     dp: Datapath,
     table: Table,
     decisions: BTreeMap<Ifindex, Decision>,
+    /// The permanent policy set, when the policy directory exists (without
+    /// one, the policy in the maps is left as it is).
+    policies: Option<Vec<Policy>>,
+    /// The host addresses the policy in force was resolved with (`host`,
+    /// `cluster` and `world` depend on them).
+    policy_host_addrs: Option<BTreeSet<IpAddr>>,
 }
 
 impl Daemon {
     pub fn new(cfg: Config, dp: Datapath) -> Daemon {
-        Daemon { cfg, dp, table: Table::new(), decisions: BTreeMap::new() }
+        Daemon { cfg, dp, table: Table::new(), decisions: BTreeMap::new(), policies: None, policy_host_addrs: None }
+    }
+
+    /// Reads the policy directory. An invalid set changes nothing: the
+    /// policy in force stays, and every error is logged with its position.
+    pub fn load_policies(&mut self) {
+        let dir = self.cfg.policy_dir.clone();
+        if !dir.is_dir() {
+            tracing::info!(dir = %dir.display(), "no policy directory: the policy in the maps stays as it is");
+            return;
+        }
+        match files::policy_files(&dir).and_then(|f| files::load(&f)) {
+            Ok(p) => {
+                tracing::info!(dir = %dir.display(), policies = p.len(), "policies loaded");
+                self.policies = Some(p);
+                self.policy_host_addrs = None;
+            }
+            Err(e) => tracing::error!(dir = %dir.display(), "policy set rejected, the policy in force stays:\n{e}"),
+        }
+    }
+
+    /// Compiles the permanent set for the current host addresses and
+    /// installs it (one atomic swap), when it or the addresses changed.
+    fn apply_policies(&mut self) {
+        let Some(policies) = &self.policies else { return };
+        let host_addrs = self.table.host_addrs();
+        if self.policy_host_addrs.as_ref() == Some(&host_addrs) {
+            return;
+        }
+        let ctx = EntityContext { host_addrs: host_addrs.clone(), node_cidrs: self.cfg.node_cidrs.clone(), cluster_cidrs: self.cfg.cluster_cidrs.clone() };
+        let compiled = match files::compile_for_node(policies, &ctx, &self.cfg.node_labels) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "compiling the policies; the policy in force stays");
+                return;
+            }
+        };
+        for p in &compiled.report.policies {
+            tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
+        }
+        match self.dp.apply_policy(&compiled.image) {
+            Ok(generation) => {
+                tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy applied");
+                self.policy_host_addrs = Some(host_addrs);
+            }
+            Err(e) => tracing::error!(error = %e, "installing the policy; retrying on the next pass"),
+        }
     }
 
     fn select_config(&self) -> select::SelectConfig {
@@ -72,6 +128,7 @@ impl Daemon {
         };
         let actions = reconcile::plan(&desired, &actual);
         self.execute(&actions);
+        self.apply_policies();
         if !actions.is_empty() {
             tracing::debug!(n = actions.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "reconciled");
         }
@@ -170,11 +227,13 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
     for p in select::unmatched_patterns(&d.table, &d.select_config()) {
         tracing::warn!(pattern = %p, "configured device matches no link (yet)");
     }
+    d.load_policies();
     d.reconcile();
     spawn_event_logger(d.dp.paths().clone());
     tracing::info!(mode = d.dp.mode().name(), audit = d.cfg.audit, links = d.table.len(), "hostfwd running");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;
     // End and duration of the last pass: when the next one may start.
@@ -214,6 +273,11 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
                 d.reconcile();
                 last_pass = (Instant::now(), start.elapsed());
                 periodic = Instant::now() + PERIODIC;
+            }
+            _ = hup.recv() => {
+                tracing::info!("reload");
+                d.load_policies();
+                d.apply_policies();
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,

@@ -42,6 +42,12 @@ enum Cmd {
     /// Low-level: compile a typed rule set (JSON, the policy compiler's
     /// model) and install it atomically into the pinned maps.
     ApplyRules { file: PathBuf },
+    /// Validate and explain policy files without a running daemon: every
+    /// error with file:line:column and field; exit status 1 on any error.
+    CheckPolicy {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Print the built-in default configuration.
     DefaultConfig,
 }
@@ -104,8 +110,29 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             println!("applied: generation {gen}, {} identities, {} rule entries", image.identities.len(), image.rules.len());
             Ok(())
         }
+        Cmd::CheckPolicy { files } => check_policy(&cfg, &files),
         Cmd::DefaultConfig => Ok(()),
     }
+}
+
+fn check_policy(cfg: &Config, files: &[PathBuf]) -> Result<(), AnyError> {
+    use hostfwd::policy::{entities::EntityContext, files as pf};
+    let policies = pf::load(files)?;
+    // Offline there are no live host addresses: `host` resolves to nothing.
+    let ctx = EntityContext { host_addrs: Default::default(), node_cidrs: cfg.node_cidrs.clone(), cluster_cidrs: cfg.cluster_cidrs.clone() };
+    let compiled = pf::compile_for_node(&policies, &ctx, &cfg.node_labels)?;
+    for p in &compiled.report.policies {
+        println!("{}: {}", p.name, p.summary());
+    }
+    println!(
+        "valid: {} policies; for this node's labels: {} identities, {} rule entries, enforcing ingress: {}, egress: {}",
+        policies.len(),
+        compiled.image.identities.len(),
+        compiled.image.rules.len(),
+        compiled.image.enforce_ingress,
+        compiled.image.enforce_egress
+    );
+    Ok(())
 }
 
 fn probe(cfg: &Config, ifname: &str, keep: bool) -> Result<(), AnyError> {

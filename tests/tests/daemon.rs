@@ -105,3 +105,62 @@ fn explicit_globs_follow_renames_and_hotplug() {
     topo.host.ip(&["link", "set", "up0", "name", "h0"]).unwrap();
     wait_until("renamed back: detached", || attached(&topo, &dp).is_empty());
 }
+
+/// The reference report's policy, verbatim, from the policy directory: the
+/// cluster reaches tcp/80, the world only tcp/22 and ping. An invalid file
+/// on reload changes nothing.
+#[test]
+fn reference_policy_on_real_traffic() {
+    use hostfwd_tests::EchoServer;
+    use std::net::SocketAddr;
+    let topo = Topology::new().unwrap();
+    let dp = TestDp::load("d-refpol", AttachModeChoice::Auto);
+    // The peer is also "the world": 192.0.2.2, outside cluster_cidrs.
+    topo.host.ip(&["addr", "add", "192.0.2.1/24", "dev", "h0"]).unwrap();
+    topo.peer.ip(&["addr", "add", "192.0.2.2/24", "dev", "p0"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    let reference = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../daemon/tests/policies/demo-host-policy.yaml");
+    std::fs::copy(&reference, policies.join("demo.yaml")).unwrap();
+    let cfg = dir.path().join("hostfwd.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "audit = false\ndevices = [\"h0\"]\npolicy_dir = \"{}\"\ncluster_cidrs = [\"10.77.0.0/24\"]\nbpffs_root = \"{}\"\n[node_labels]\nnode-access = \"ssh\"\n[failsafe]\ningress = [\"udp/68\"]\negress = []\n",
+            policies.display(),
+            dp.root.display()
+        ),
+    )
+    .unwrap();
+    let web = EchoServer::tcp(&topo.host, "0.0.0.0:80".parse().unwrap()).unwrap();
+    let ssh = EchoServer::tcp(&topo.host, "0.0.0.0:22".parse().unwrap()).unwrap();
+    let child = topo.host.cmd(hostfwd_bin()).arg("--config").arg(&cfg).arg("run").env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+    let d = Running { child };
+    wait_until("h0 attached", || attached(&topo, &dp) == both(topo.h.ifindex));
+    wait_until("the policy enforces ingress", || dp.policy_entries(dp.policy_generation().unwrap()).0 > 0);
+    let t = Duration::from_millis(700);
+    let connects = |ip: &str, port: u16| {
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        match topo.peer.tcp_connect(addr, t) {
+            Ok(_) => true,
+            Err(e) if e.is_timeout() => false,
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    };
+    let check = |when: &str| {
+        assert!(connects("10.77.0.1", 80), "{when}: cluster → tcp/80 allowed");
+        assert!(!connects("192.0.2.1", 80), "{when}: world → tcp/80 dropped");
+        assert!(connects("192.0.2.1", 22), "{when}: world → tcp/22 allowed");
+        topo.peer.ping("192.0.2.1".parse().unwrap(), t).unwrap_or_else(|e| panic!("{when}: ping from the world: {e}"));
+    };
+    check("loaded");
+    let _ = (&web, &ssh);
+    // An invalid file joins the directory; a reload keeps the policy in force.
+    std::fs::write(policies.join("zz-bad.yaml"), "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: bad\nspec:\n  ingress:\n  - toFQDNs: [{matchName: x}]\n").unwrap();
+    let gen = dp.policy_generation().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(d.child.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(dp.policy_generation().unwrap(), gen, "an invalid policy set is not applied");
+    check("after a rejected reload");
+}

@@ -3,6 +3,7 @@
 pub mod cilium;
 pub mod compiler;
 pub mod entities;
+pub mod files;
 pub mod image;
 pub mod model;
 

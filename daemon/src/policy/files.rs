@@ -1,0 +1,94 @@
+//! The permanent policy set: the Cilium policy files of a directory, parsed,
+//! resolved for this node and compiled. Pure apart from reading the files;
+//! the daemon and the offline check (`hostfwd check-policy`) share it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use super::cilium::{self, NodeLabels, Policy, PolicyError, PolicyReport};
+use super::compiler::compile;
+use super::entities::EntityContext;
+use super::image::MapImage;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading policy {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// Every problem of every file, each with file:line:column and path.
+    #[error("{}", list(.0))]
+    Invalid(Vec<PolicyError>),
+    #[error("compiling the policies: {0}")]
+    Compile(#[from] super::model::ValidationError),
+}
+
+fn list(errors: &[PolicyError]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+}
+
+/// The YAML files of `dir` in name order; a missing directory has none.
+pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(Error::Read { path: dir.to_path_buf(), source }),
+    };
+    let mut files: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Parses `files` together (names must be unique across them).
+pub fn load(files: &[PathBuf]) -> Result<Vec<Policy>, Error> {
+    let mut texts = Vec::new();
+    for f in files {
+        let text = std::fs::read_to_string(f).map_err(|source| Error::Read { path: f.clone(), source })?;
+        texts.push((f.display().to_string(), text));
+    }
+    cilium::load_sources(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))).map_err(Error::Invalid)
+}
+
+/// The compiled policy of this node.
+pub struct Compiled {
+    pub image: MapImage,
+    pub report: PolicyReport,
+}
+
+impl fmt::Debug for Compiled {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Compiled").field("identities", &self.image.identities.len()).field("rules", &self.image.rules.len()).finish()
+    }
+}
+
+pub fn compile_for_node(policies: &[Policy], ctx: &EntityContext, labels: &NodeLabels) -> Result<Compiled, Error> {
+    let (rules, report) = cilium::to_rule_set(policies, ctx, labels);
+    let image = compile(&rules)?;
+    Ok(Compiled { image, report })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_directory_of_policies_loads_in_name_order_and_reports_every_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = "apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: ssh\nspec:\n  nodeSelector: {}\n  ingress:\n  - toPorts:\n    - ports:\n      - port: \"22\"\n        protocol: TCP\n";
+        std::fs::write(dir.path().join("b.yaml"), good).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+        let files = policy_files(dir.path()).unwrap();
+        assert_eq!(files.len(), 1);
+        let policies = load(&files).unwrap();
+        let c = compile_for_node(&policies, &EntityContext::default(), &NodeLabels::new()).unwrap();
+        assert!(c.image.enforce_ingress && !c.image.enforce_egress);
+
+        std::fs::write(dir.path().join("a.yaml"), good.replace("toPorts", "toFQDNs")).unwrap();
+        let err = load(&policy_files(dir.path()).unwrap()).unwrap_err().to_string();
+        assert!(err.contains("a.yaml:8:"), "{err}");
+        assert!(err.contains("toFQDNs"), "{err}");
+        assert!(policy_files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+}
