@@ -13,7 +13,7 @@ use hostfwd_bpf::DropReason;
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use super::{dir_code, Datapath, Direction, Error, Result};
-use crate::policy::image::MapImage;
+use crate::policy::image::{prefix_mask, MapImage, MAPPED_BASE};
 use crate::policy::model::Action;
 
 /// Global datapath settings (`hf_global`, minus the policy generation which
@@ -546,34 +546,9 @@ struct Head {
     ports: Vec<(u8, u16, Hit)>,
 }
 
-fn mask128(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len.min(128)))
-    }
-}
 
-#[cfg(test)]
-fn mask32(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    }
-}
 
-/// Host-order mask of the first `len` bits of a port.
-fn port_mask(len: u8) -> u16 {
-    if len == 0 {
-        0
-    } else {
-        u16::MAX << (16 - u32::from(len.min(16)))
-    }
-}
 
-/// `::ffff:0:0/96`, where IPv4 lives in the image's address space.
-const MAPPED_BASE: u128 = 0xffff << 32;
 
 fn action_code(a: Action) -> u8 {
     match a {
@@ -606,12 +581,12 @@ impl PolicyMaps {
         let mut cover: Option<(u8, u32)> = None;
         for e in &image.identities {
             let (addr, len) = e.mapped();
-            let addr = u128::from(addr) & mask128(len);
-            if len >= 96 && addr & mask128(96) == MAPPED_BASE {
+            let addr = u128::from(addr) & prefix_mask(len, 128);
+            if len >= 96 && addr & prefix_mask(96, 128) == MAPPED_BASE {
                 v4.insert((len - 96, addr as u32), e.identity);
             } else {
                 v6.insert((len, addr), e.identity);
-                if len < 96 && MAPPED_BASE & mask128(len) == addr && cover.is_none_or(|(l, _)| len >= l) {
+                if len < 96 && MAPPED_BASE & prefix_mask(len, 128) == addr && cover.is_none_or(|(l, _)| len >= l) {
                     cover = Some((len, e.identity));
                 }
             }
@@ -659,7 +634,7 @@ fn rule_entries(image: &MapImage, gen: u8, expand: bool) -> Vec<(l::RuleKey, l::
             }
             (Some(proto), Some((port, plen))) => {
                 let plen = plen.min(16);
-                heads.entry((r.identity, dir, proto)).or_default().ports.push((plen, port & port_mask(plen), hit));
+                heads.entry((r.identity, dir, proto)).or_default().ports.push((plen, port & (prefix_mask(plen, 16) as u16), hit));
             }
         }
     }
@@ -761,16 +736,16 @@ impl PolicyMaps {
     /// entries, step by step: (action code, rule id) of the entry found.
     fn lookup(&self, remote: IpAddr, dir: u8, proto: u8, port: u16) -> Option<Hit> {
         let addr = u128::from(crate::policy::image::mapped_addr(remote));
-        let identity = if addr & mask128(96) == MAPPED_BASE {
+        let identity = if addr & prefix_mask(96, 128) == MAPPED_BASE {
             let v4: HashMap<_, _> = self.ident4.iter().map(|(k, v)| ((k.gen, k.plen, k.addr), *v)).collect();
             let lens = &self.meta.ident4_lens.0[..self.meta.ident4_nlens as usize];
             let gen = self.ident4.first().map_or(0, |(k, _)| k.gen);
-            lens.iter().find_map(|&len| v4.get(&(gen, len, (addr as u32 & mask32(len)).to_be_bytes())).copied())
+            lens.iter().find_map(|&len| v4.get(&(gen, len, (addr as u32 & (prefix_mask(len, 32) as u32)).to_be_bytes())).copied())
         } else {
             let v6: HashMap<_, _> = self.ident6.iter().map(|(k, v)| ((k.gen, k.plen, k.addr), *v)).collect();
             let lens = &self.meta.ident6_lens.0[..self.meta.ident6_nlens as usize];
             let gen = self.ident6.first().map_or(0, |(k, _)| k.gen);
-            lens.iter().find_map(|&len| v6.get(&(gen, len, (addr & mask128(len)).to_be_bytes())).copied())
+            lens.iter().find_map(|&len| v6.get(&(gen, len, (addr & prefix_mask(len, 128)).to_be_bytes())).copied())
         }
         .unwrap_or(0);
 
@@ -779,7 +754,7 @@ impl PolicyMaps {
             Some(head) => (1..=16u8)
                 .rev()
                 .filter(|&n| head.port_lens & 1 << (n - 1) != 0)
-                .find_map(|n| rules.get(&(identity, dir, proto, n, port & port_mask(n))))
+                .find_map(|n| rules.get(&(identity, dir, proto, n, port & (prefix_mask(n, 16) as u16))))
                 .or((head.action != 0).then_some(head))
                 .map(|v| (v.action, v.rule_id)),
             None => rules.get(&(identity, dir, 0, l::RK_ANY, 0)).map(|v| (v.action, v.rule_id)),
@@ -804,7 +779,7 @@ mod tests {
         if !nets.is_empty() && rng.below(4) != 0 {
             let net = nets[rng.below(nets.len() as u64) as usize];
             let (addr, len) = IdentityEntry { prefix: net, identity: 1 }.mapped();
-            let a = u128::from(addr) & mask128(len) | raw & !mask128(len);
+            let a = u128::from(addr) & prefix_mask(len, 128) | raw & !prefix_mask(len, 128);
             let v6 = Ipv6Addr::from(a);
             // IPv4 as IPv4, with an occasional IPv4-mapped IPv6 twin.
             return match v6.to_ipv4_mapped() {
@@ -899,7 +874,7 @@ mod tests {
                     proto = r.proto.filter(|_| rng.below(5) != 0).unwrap_or(proto);
                     if let Some((p, plen)) = r.port {
                         let wider = plen.saturating_sub(rng.below(3) as u8);
-                        port = p & port_mask(wider) | (rng.next() as u16 & !port_mask(wider));
+                        port = p & (prefix_mask(wider, 16) as u16) | (rng.next() as u16 & !(prefix_mask(wider, 16) as u16));
                     }
                 }
                 let want = expected(reference.evaluate(remote, dir, proto, port));

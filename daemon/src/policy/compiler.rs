@@ -26,11 +26,10 @@
 //! entry whenever that would happen (see [`super::model`] for the semantics).
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::Ipv6Addr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::image::{FastHash, IdentityEntry, MapImage, RuleEntry};
+use super::image::{prefix_mask, FastHash, IdentityEntry, MapImage, RuleEntry, MAPPED_BASE};
 use super::model::{canonical_net, Action, Direction, Rule, RuleSet, ValidationError};
 
 /// Compiles a rule set into the map image. Fails only on an invalid rule set
@@ -88,10 +87,9 @@ pub fn compile(rule_set: &RuleSet) -> Result<MapImage, ValidationError> {
     // 0.0.0.0/0 gets an entry of its own: a sentinel "inherited" set that
     // equals no real set forces it out, so IPv4 lookups never depend on
     // IPv6 entries (even where the sets happen to be equal).
-    let mapped_base = u128::from(Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0));
     let v6_fallback = out6
         .iter()
-        .filter(|n| n.len <= 96 && mapped_base & mask128(n.len) == n.addr)
+        .filter(|n| n.len <= 96 && MAPPED_BASE & prefix_mask(n.len, 128) == n.addr)
         .max_by_key(|n| n.len)
         .map_or(EMPTY, |n| n.set);
     let v4_top = if v6_fallback == EMPTY {
@@ -241,13 +239,6 @@ fn same_family(a: IpNet, b: IpNet) -> bool {
     )
 }
 
-fn mask128(len: u8) -> u128 {
-    if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len.min(128)))
-    }
-}
 
 /// Interned rule sets (sorted rule indices). Index 0 is the empty set.
 struct Interner {
@@ -382,7 +373,7 @@ impl<'a> Walker<'a> {
                 j += 1;
             }
             while let Some(f) = stack.last() {
-                if f.len <= len && addr & mask128(f.len) == f.addr {
+                if f.len <= len && addr & prefix_mask(f.len, 128) == f.addr {
                     break;
                 }
                 let mark = f.undo;

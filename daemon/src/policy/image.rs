@@ -114,21 +114,20 @@ pub const RULE_L3_BITS: u8 = 40;
 /// Prefix length of a whole-protocol (`port: None`) entry.
 pub const RULE_PROTO_BITS: u8 = 48;
 
-fn mask128(len: u8) -> u128 {
+/// `::ffff:0:0/96`, where IPv4 lives in the image's address space.
+pub const MAPPED_BASE: u128 = 0xffff << 32;
+
+/// The first `len` of a `bits`-bit value set (`len` clamped to `bits`), as
+/// a u128 to be cast to the value's width: the prefix mask of addresses,
+/// rule keys and ports alike.
+pub fn prefix_mask(len: u8, bits: u32) -> u128 {
     if len == 0 {
-        0
-    } else {
-        u128::MAX << (128 - u32::from(len.min(128)))
+        return 0;
     }
+    (u128::MAX << (128 - u32::from(len).min(bits))) >> (128 - bits)
 }
 
-fn mask64(len: u8) -> u64 {
-    if len == 0 {
-        0
-    } else {
-        u64::MAX << (64 - u32::from(len.min(64)))
-    }
-}
+
 
 /// An address as the datapath sees it: IPv4 as IPv4-mapped IPv6.
 pub fn mapped_addr(addr: IpAddr) -> Ipv6Addr {
@@ -166,7 +165,7 @@ impl RuleEntry {
                 RULE_PROTO_BITS + plen
             }
         };
-        (data & mask64(len), len)
+        (data & (prefix_mask(len, 64) as u64), len)
     }
 
     /// Sort key: (identity, direction, proto, port), None first.
@@ -198,7 +197,7 @@ impl MapImage {
         let mut ident_lens = Vec::new();
         for e in &self.identities {
             let (addr, len) = e.mapped();
-            idents.insert((u128::from(addr) & mask128(len), len), e.identity);
+            idents.insert((u128::from(addr) & prefix_mask(len, 128), len), e.identity);
             ident_lens.push(len);
         }
         let mut rules = HashMap::with_capacity_and_hasher(self.rules.len(), FastHash::default());
@@ -239,7 +238,7 @@ impl ImageLookup {
         let addr = u128::from(mapped_addr(remote));
         self.ident_lens
             .iter()
-            .find_map(|&len| self.idents.get(&(addr & mask128(len), len)).copied())
+            .find_map(|&len| self.idents.get(&(addr & prefix_mask(len, 128), len)).copied())
             .unwrap_or(0)
     }
 
@@ -260,7 +259,7 @@ impl ImageLookup {
         let hit = self
             .rule_lens
             .iter()
-            .find_map(|&len| self.rules.get(&(data & mask64(len), len)).copied());
+            .find_map(|&len| self.rules.get(&(data & (prefix_mask(len, 64) as u64), len)).copied());
         match hit {
             Some((Action::Allow, id)) => Verdict::Allow(id),
             Some((Action::Deny, id)) => Verdict::Deny(id),
@@ -289,6 +288,17 @@ mod tests {
             action,
             rule_id,
         }
+    }
+
+    #[test]
+    fn prefix_masks_of_every_width() {
+        assert_eq!(prefix_mask(0, 128), 0);
+        assert_eq!(prefix_mask(96, 128) & MAPPED_BASE, MAPPED_BASE);
+        assert_eq!(prefix_mask(128, 128), u128::MAX);
+        assert_eq!(prefix_mask(40, 64) as u64, 0xffff_ffff_ff00_0000);
+        assert_eq!(prefix_mask(24, 32) as u32, 0xffff_ff00);
+        assert_eq!(prefix_mask(8, 16) as u16, 0xff00);
+        assert_eq!(prefix_mask(200, 16), 0xffff, "clamped to the width");
     }
 
     #[test]
