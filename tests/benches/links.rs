@@ -8,13 +8,13 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hostfwd::links::Change;
 use hostfwd::netlink::{Event, Monitor};
-use hostfwd_tests::NetNs;
+use hostfwd_tests::{hostfwd_bin, NetNs};
 
 const SINGLE: usize = 100;
 const STORM: usize = 1000;
@@ -29,17 +29,6 @@ fn rss_kib(pid: u32) -> u64 {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
         .unwrap_or(0)
-}
-
-fn hostfwd_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-q", "--release", "--workspace", "--bins"])
-        .status()
-        .expect("cargo build");
-    assert!(st.success());
-    dir.join("hostfwd")
 }
 
 /// A bare subscriber in the namespace: when did each `lat*` link appear?

@@ -104,3 +104,26 @@ pub(crate) fn require_root() {
         "this test needs root (network namespaces, veth, AF_PACKET)"
     );
 }
+
+/// The workspace's `hostfwd` daemon binary, in the profile of the running
+/// test or bench (cargo builds another package's binaries for its own tests
+/// only, so this builds them; `--workspace`, so that the features match the
+/// workspace build and nothing is rebuilt). Panics if the build fails: no
+/// test can run without it.
+pub fn hostfwd_bin() -> std::path::PathBuf {
+    static BUILT: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("current_exe");
+    // target/<profile>/deps/<test> -> target/<profile>/hostfwd
+    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
+    BUILT.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.args(["build", "-q", "--workspace", "--bins"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let ok = cmd.status().expect("running cargo build");
+        assert!(ok.success(), "building the hostfwd binary failed");
+    });
+    profile_dir.join("hostfwd")
+}

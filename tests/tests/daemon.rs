@@ -5,7 +5,7 @@
 mod common;
 
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hostfwd::datapath::{AttachModeChoice, Direction};
@@ -43,14 +43,6 @@ fn attached(topo: &Topology, dp: &TestDp) -> Vec<(u32, Direction)> {
     list.into_iter().map(|a| (a.ifindex, a.dir)).collect()
 }
 
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(10);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for: {what}");
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
-
 fn both(i: u32) -> Vec<(u32, Direction)> {
     vec![(i, Direction::Ingress), (i, Direction::Egress)]
 }
@@ -67,18 +59,18 @@ fn auto_follows_addresses_and_default_routes() {
     assert_eq!(attached(&topo, &dp), vec![], "veth without default route is plumbing");
     // With a default route through it, it is the uplink.
     topo.host.ip(&["route", "add", "default", "via", "10.77.0.2"]).unwrap();
-    wait_until("h0 attached once it carries the default route", || attached(&topo, &dp) == both(h));
-    wait_until("host addresses in the map", || dp.host_addrs().contains(&topo.h.v4.into()));
+    wait_until("h0 attached once it carries the default route", Duration::from_secs(10), || attached(&topo, &dp) == both(h));
+    wait_until("host addresses in the map", Duration::from_secs(10), || dp.host_addrs().contains(&topo.h.v4.into()));
     // Link down and up: still the uplink, still attached.
     topo.host.ip(&["link", "set", "h0", "down"]).unwrap();
     topo.host.ip(&["link", "set", "h0", "up"]).unwrap();
     topo.host.ip(&["route", "replace", "default", "via", "10.77.0.2"]).unwrap();
-    wait_until("h0 attached after down/up", || attached(&topo, &dp) == both(h));
+    wait_until("h0 attached after down/up", Duration::from_secs(10), || attached(&topo, &dp) == both(h));
     // Address and route gone: no longer selected, detached.
     topo.host.ip(&["route", "del", "default"]).unwrap();
     topo.host.ip(&["addr", "flush", "dev", "h0"]).unwrap();
-    wait_until("h0 detached without address and route", || attached(&topo, &dp).is_empty());
-    wait_until("its addresses left the host-address map", || !dp.host_addrs().contains(&topo.h.v4.into()));
+    wait_until("h0 detached without address and route", Duration::from_secs(10), || attached(&topo, &dp).is_empty());
+    wait_until("its addresses left the host-address map", Duration::from_secs(10), || !dp.host_addrs().contains(&topo.h.v4.into()));
     assert!(dp.links().unwrap().is_empty(), "link configuration removed with the attachment");
 }
 
@@ -93,17 +85,17 @@ fn explicit_globs_follow_renames_and_hotplug() {
     topo.host.ip(&["link", "set", "h0", "down"]).unwrap();
     topo.host.ip(&["link", "set", "h0", "name", "up0"]).unwrap();
     topo.host.ip(&["link", "set", "up0", "up"]).unwrap();
-    wait_until("renamed to up0: attached", || attached(&topo, &dp) == both(h));
+    wait_until("renamed to up0: attached", Duration::from_secs(10), || attached(&topo, &dp) == both(h));
     // Hotplug: a new matching device appears, then goes away.
     topo.host.ip(&["link", "add", "up1", "type", "veth", "peer", "name", "x1"]).unwrap();
     let up1 = topo.host.ifindex("up1").unwrap();
-    wait_until("hotplugged up1 attached", || attached(&topo, &dp).contains(&(up1, Direction::Ingress)));
+    wait_until("hotplugged up1 attached", Duration::from_secs(10), || attached(&topo, &dp).contains(&(up1, Direction::Ingress)));
     topo.host.ip(&["link", "del", "up1"]).unwrap();
-    wait_until("up1 gone: only up0 left", || attached(&topo, &dp) == both(h));
-    wait_until("up1's configuration removed", || !dp.links().unwrap().contains_key(&up1));
+    wait_until("up1 gone: only up0 left", Duration::from_secs(10), || attached(&topo, &dp) == both(h));
+    wait_until("up1's configuration removed", Duration::from_secs(10), || !dp.links().unwrap().contains_key(&up1));
     topo.host.ip(&["link", "set", "up0", "down"]).unwrap();
     topo.host.ip(&["link", "set", "up0", "name", "h0"]).unwrap();
-    wait_until("renamed back: detached", || attached(&topo, &dp).is_empty());
+    wait_until("renamed back: detached", Duration::from_secs(10), || attached(&topo, &dp).is_empty());
 }
 
 /// The reference report's policy, verbatim, from the policy directory: the
@@ -137,8 +129,8 @@ fn reference_policy_on_real_traffic() {
     let ssh = EchoServer::tcp(&topo.host, "0.0.0.0:22".parse().unwrap()).unwrap();
     let child = topo.host.cmd(hostfwd_bin()).arg("--config").arg(&cfg).arg("run").env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
     let d = Running { child };
-    wait_until("h0 attached", || attached(&topo, &dp) == both(topo.h.ifindex));
-    wait_until("the policy enforces ingress", || dp.policy_entries(dp.policy_generation().unwrap()).0 > 0);
+    wait_until("h0 attached", Duration::from_secs(10), || attached(&topo, &dp) == both(topo.h.ifindex));
+    wait_until("the policy enforces ingress", Duration::from_secs(10), || dp.policy_entries(dp.policy_generation().unwrap()).0 > 0);
     let t = Duration::from_millis(700);
     let connects = |ip: &str, port: u16| {
         let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();

@@ -6,7 +6,7 @@ mod common;
 
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use hostfwd::datapath::{AttachModeChoice, Datapath, Direction, EventReader};
@@ -169,7 +169,7 @@ fn tagged_frames(mode: AttachModeChoice, tag: &str) {
     }
     let reader = EventReader::open(s.dp.paths()).unwrap();
     s.topo.peer.send_frame(p.ifindex, &frame(2001)).unwrap();
-    wait_until(|| s.dp.drops(DropReason::VlanFiltered) == before + 4, "4 vlan-filtered drops");
+    wait_until("4 vlan-filtered drops", Duration::from_secs(5), || s.dp.drops(DropReason::VlanFiltered) == before + 4);
     let ev = reader.poll(Duration::from_secs(1)).unwrap();
     assert!(ev.iter().any(|e| e.reason == "vlan-filtered" && e.vlan == 2001 && e.ifindex == h.ifindex), "{ev:?}");
     assert!(!ev.iter().any(|e| e.vlan == 1000), "VID 1000 is allowed: {ev:?}");
@@ -183,14 +183,6 @@ fn tcx_tagged_frames_via_af_packet() {
 #[test]
 fn tc_tagged_frames_via_af_packet() {
     tagged_frames(TC, "ns-tc-vlan");
-}
-
-fn wait_until(mut f: impl FnMut() -> bool, what: &str) {
-    let end = Instant::now() + Duration::from_secs(5);
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn audit_mode(mode: AttachModeChoice, tag: &str) {
@@ -282,7 +274,7 @@ fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
     }
     let root = s.dp.root.clone();
     let mut first = daemon(&s, &root, mode);
-    wait_until(|| kernel_view(&s, mode).len() == 2, "daemon attached both directions");
+    wait_until("daemon attached both directions", Duration::from_secs(5), || kernel_view(&s, mode).len() == 2);
     web_policy(&mut s.dp);
     let mut sess = Session::connect(&s.topo.peer, s.web.addr(), T).unwrap();
     sess.roundtrip(T).unwrap();
@@ -308,7 +300,7 @@ fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
             fails
         });
         let mut second = daemon(&s, &root, mode);
-        wait_until(|| kernel_view(&s, mode) != before, "the new daemon's programs replace the old ones");
+        wait_until("the new daemon's programs replace the old ones", Duration::from_secs(5), || kernel_view(&s, mode) != before);
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let fails = talker.join().unwrap();

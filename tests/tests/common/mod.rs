@@ -111,24 +111,14 @@ pub fn rule(id: u32, dir: Direction, action: Action, peers: Vec<CidrSet>, ports:
     Rule { id, direction: dir, action, peers, ports }
 }
 
-/// The `hostfwd` daemon binary of this build (built on demand: cargo builds
-/// another package's binaries for its own tests only). `--workspace`, so
-/// that the features match the workspace build and nothing is rebuilt.
-pub fn hostfwd_bin() -> PathBuf {
-    static BUILT: std::sync::Once = std::sync::Once::new();
-    let exe = std::env::current_exe().expect("current_exe");
-    // target/<profile>/deps/<test> -> target/<profile>/hostfwd
-    let profile_dir = exe.parent().and_then(|d| d.parent()).expect("target dir").to_path_buf();
-    let bin = profile_dir.join("hostfwd");
-    BUILT.call_once(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.args(["build", "-q", "--workspace", "--bins"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let ok = cmd.status().expect("running cargo build");
-        assert!(ok.success(), "building the hostfwd binary failed");
-    });
-    bin
+#[allow(unused_imports)]
+pub use hostfwd_tests::hostfwd_bin;
+
+/// Polls `f` until it holds; fails the test naming `what` after `within`.
+pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + within;
+    while !f() {
+        assert!(std::time::Instant::now() < end, "timed out waiting for: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
