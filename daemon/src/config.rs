@@ -27,6 +27,17 @@ pub struct Failsafe {
     pub egress: Vec<String>,
 }
 
+/// Which bus the API is served on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bus {
+    System,
+    Session,
+    /// A bus address (`unix:path=/run/…`), e.g. a private test bus.
+    Address(String),
+    /// No API (the daemon still enforces and follows its files).
+    None,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -35,6 +46,8 @@ pub struct Config {
     pub exclude: Vec<String>,
     pub vlan_bypass: Vec<u16>,
     pub policy_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub dbus: String,
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_cidrs: Vec<ipnet::IpNet>,
     pub cluster_cidrs: Vec<ipnet::IpNet>,
@@ -82,6 +95,7 @@ impl Config {
             }
         }
         self.failsafe_entries()?;
+        self.bus()?;
         for (field, list) in [("devices", &self.devices), ("exclude", &self.exclude)] {
             for (i, pat) in list.iter().enumerate() {
                 if pat != "auto" {
@@ -98,6 +112,16 @@ impl Config {
             "tcx" => Ok(AttachModeChoice::Tcx),
             "tc" => Ok(AttachModeChoice::Tc { priority: self.tc_priority, handle: self.tc_handle }),
             other => Err(Error::Invalid { field: "attach_mode".into(), problem: format!("`{other}` is not one of auto, tcx, tc") }),
+        }
+    }
+
+    pub fn bus(&self) -> Result<Bus, Error> {
+        match self.dbus.as_str() {
+            "system" => Ok(Bus::System),
+            "session" => Ok(Bus::Session),
+            "none" => Ok(Bus::None),
+            a if a.contains(':') => Ok(Bus::Address(a.to_string())),
+            other => Err(Error::Invalid { field: "dbus".into(), problem: format!("`{other}` is not system, session, none or a D-Bus address (unix:path=…)") }),
         }
     }
 

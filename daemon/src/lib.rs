@@ -2,11 +2,13 @@
 //! selection, configuration) lives beside the one module that touches the
 //! kernel (`datapath`).
 
+pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
 pub mod inspect;
 pub mod links;
+pub mod manager;
 pub mod netlink;
 pub mod policy;
 pub mod reconcile;

@@ -1,0 +1,1 @@
+//! Client proxies for `org.hostfwd.Firewall1.Manager` and `.Link`.
