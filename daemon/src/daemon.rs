@@ -5,19 +5,25 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
+use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::Config;
+use crate::config::{Bus, Config};
 use crate::datapath::{Datapath, EventReader};
-use crate::links::{Ifindex, Table};
+use crate::links::{Ifindex, LinkKind, Table};
+use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State, Statistic};
 use crate::netlink::{Event, Monitor};
-use crate::policy::cilium::Policy;
+use crate::policy::cilium::{Policy, PolicyReport};
 use crate::policy::entities::EntityContext;
 use crate::policy::files;
+use crate::policy::store::{self, Source, Sources};
 use crate::reconcile::{self, Action};
 use crate::select::{self, Decision};
+use crate::state::{self, Persisted};
 use crate::vlan;
 
 /// After a quiet period, the first event is acted on this soon: enough to
@@ -32,72 +38,165 @@ const PERIODIC: Duration = Duration::from_secs(30);
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The policy in force and how it came about.
+#[derive(Default)]
+struct Policies {
+    /// The files of the policy directory as last read; `None` without a
+    /// directory.
+    permanent: Option<Sources>,
+    /// The sources in force (permanent plus runtime changes); `None` while
+    /// nothing manages the policy (no directory, no API change yet): the
+    /// policy in the maps is then left as it is.
+    sources: Option<Sources>,
+    /// `sources`, parsed.
+    parsed: Vec<Policy>,
+    /// What the last compile said about each policy.
+    report: Option<PolicyReport>,
+    /// Increments with every change of the policy in force.
+    revision: u64,
+    pending: Option<PendingChange>,
+    /// The host addresses the installed policy was resolved with (`host`,
+    /// `cluster` and `world` depend on them); `None` = install again.
+    installed_for: Option<BTreeSet<IpAddr>>,
+}
+
+/// A change awaiting confirmation.
+struct PendingChange {
+    revision: u64,
+    deadline: Instant,
+    wall: SystemTime,
+    /// The sources to go back to.
+    previous: Option<Sources>,
+    /// Done on confirmation.
+    persist: Option<PersistOp>,
+}
+
+enum PersistOp {
+    Write(Source),
+    Remove(Source),
+}
+
 pub struct Daemon {
     cfg: Config,
+    /// The file the configuration came from (read again on reload).
+    cfg_file: Option<PathBuf>,
     dp: Datapath,
+    hub: Hub,
     table: Table,
     decisions: BTreeMap<Ifindex, Decision>,
-    /// The permanent policy set, when the policy directory exists (without
-    /// one, the policy in the maps is left as it is).
-    policies: Option<Vec<Policy>>,
-    /// The host addresses the policy in force was resolved with (`host`,
-    /// `cluster` and `world` depend on them).
-    policy_host_addrs: Option<BTreeSet<IpAddr>>,
+    sets: BTreeMap<Ifindex, vlan::AllowSet>,
+    /// Links whose configuration or attachment failed in the last pass.
+    failed: BTreeSet<u32>,
+    started: bool,
+    saved: Persisted,
+    /// Global audit set through the API (runtime or persisted); the
+    /// configuration's `audit` otherwise.
+    audit_override: Option<bool>,
+    /// Per-link audit by link name (runtime, starting from the saved state).
+    link_audit: BTreeMap<String, bool>,
+    policies: Policies,
+    policy_failed: bool,
+    /// The last `STATUS=` sent to systemd.
+    status: String,
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, dp: Datapath) -> Daemon {
-        Daemon { cfg, dp, table: Table::new(), decisions: BTreeMap::new(), policies: None, policy_host_addrs: None }
-    }
-
-    /// Reads the policy directory. An invalid set changes nothing: the
-    /// policy in force stays, and every error is logged with its position.
-    pub fn load_policies(&mut self) {
-        let dir = self.cfg.policy_dir.clone();
-        if !dir.is_dir() {
-            tracing::info!(dir = %dir.display(), "no policy directory: the policy in the maps stays as it is");
-            return;
-        }
-        match files::policy_files(&dir).and_then(|f| files::load(&f)) {
-            Ok(p) => {
-                tracing::info!(dir = %dir.display(), policies = p.len(), "policies loaded");
-                self.policies = Some(p);
-                self.policy_host_addrs = None;
-            }
-            Err(e) => tracing::error!(dir = %dir.display(), "policy set rejected, the policy in force stays:\n{e}"),
-        }
-    }
-
-    /// Compiles the permanent set for the current host addresses and
-    /// installs it (one atomic swap), when it or the addresses changed.
-    fn apply_policies(&mut self) {
-        let Some(policies) = &self.policies else { return };
-        let host_addrs = self.table.host_addrs();
-        if self.policy_host_addrs.as_ref() == Some(&host_addrs) {
-            return;
-        }
-        let ctx = EntityContext { host_addrs: host_addrs.clone(), node_cidrs: self.cfg.node_cidrs.clone(), cluster_cidrs: self.cfg.cluster_cidrs.clone() };
-        let compiled = match files::compile_for_node(policies, &ctx, &self.cfg.node_labels) {
-            Ok(c) => c,
+    pub fn new(cfg: Config, cfg_file: Option<PathBuf>, dp: Datapath, hub: Hub) -> Daemon {
+        let saved = match state::load(&cfg.state_dir) {
+            Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "compiling the policies; the policy in force stays");
-                return;
+                // Starting is more important than the saved modes; the
+                // configuration's audit default is the safe side.
+                tracing::error!(error = %e, "ignoring the saved state; the configuration applies");
+                Persisted::default()
             }
         };
+        Daemon {
+            audit_override: saved.audit,
+            link_audit: saved.link_audit.clone(),
+            saved,
+            cfg,
+            cfg_file,
+            dp,
+            hub,
+            table: Table::new(),
+            decisions: BTreeMap::new(),
+            sets: BTreeMap::new(),
+            failed: BTreeSet::new(),
+            started: false,
+            policies: Policies::default(),
+            policy_failed: false,
+            status: String::new(),
+        }
+    }
+
+    fn audit(&self) -> bool {
+        self.audit_override.unwrap_or(self.cfg.audit)
+    }
+
+    fn settings(&self) -> crate::datapath::GlobalSettings {
+        crate::datapath::GlobalSettings { audit: self.audit(), ..self.cfg.settings() }
+    }
+
+    fn entity_context(&self) -> EntityContext {
+        EntityContext { host_addrs: self.table.host_addrs(), node_cidrs: self.cfg.node_cidrs.clone(), cluster_cidrs: self.cfg.cluster_cidrs.clone() }
+    }
+
+    /// Reads the policy directory at start. An invalid set is logged with
+    /// every error and nothing is installed: the policy in the maps stays.
+    pub fn load_policies(&mut self) {
+        let dir = self.cfg.policy_dir.clone();
+        match store::read_dir(&dir).and_then(|p| Ok((store::parse(p.as_ref().unwrap_or(&Sources::new()))?, p))) {
+            Ok((_, None)) => tracing::info!(dir = %dir.display(), "no policy directory: the policy in the maps stays as it is"),
+            Ok((parsed, Some(p))) => {
+                tracing::info!(dir = %dir.display(), policies = parsed.len(), "policies loaded");
+                self.policies.permanent = Some(p.clone());
+                self.policies.sources = Some(p);
+                self.policies.parsed = parsed;
+                self.policies.installed_for = None;
+            }
+            Err(e) => tracing::error!(dir = %dir.display(), "policy set rejected, the policy in the maps stays:\n{e}"),
+        }
+    }
+
+    /// Compiles `sources` for this node and installs them (one atomic
+    /// swap). Nothing changes on error.
+    fn install(&mut self, sources: &Sources) -> Result<(), manager::Error> {
+        let parsed = store::parse(sources).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        let ctx = self.entity_context();
+        let host_addrs = ctx.host_addrs.clone();
+        let compiled = files::compile_for_node(&parsed, &ctx, &self.cfg.node_labels).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        let generation = self.dp.apply_policy(&compiled.image).map_err(|e| manager::Error::Failed(format!("installing the policy: {e}")))?;
         for p in &compiled.report.policies {
             tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
         }
-        match self.dp.apply_policy(&compiled.image) {
-            Ok(generation) => {
-                tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy applied");
-                self.policy_host_addrs = Some(host_addrs);
-            }
-            Err(e) => tracing::error!(error = %e, "installing the policy; retrying on the next pass"),
+        tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
+        self.policies.parsed = parsed;
+        self.policies.report = Some(compiled.report);
+        self.policies.installed_for = Some(host_addrs);
+        self.policy_failed = false;
+        Ok(())
+    }
+
+    /// Installs the policy in force again when the host addresses changed
+    /// (or the last install failed).
+    fn refresh_policy(&mut self) {
+        let Some(sources) = self.policies.sources.clone() else { return };
+        if self.policies.installed_for.as_ref() == Some(&self.table.host_addrs()) {
+            return;
+        }
+        if let Err(e) = self.install(&sources) {
+            tracing::error!(error = %e, "installing the policy; retrying on the next pass");
+            self.policy_failed = true;
         }
     }
 
     fn select_config(&self) -> select::SelectConfig {
         select::SelectConfig { devices: self.cfg.devices.clone(), exclude: self.cfg.exclude.clone(), vlan_bypass: self.cfg.vlan_bypass.clone() }
+    }
+
+    fn audit_links(&self) -> BTreeSet<Ifindex> {
+        self.table.iter().filter(|l| self.link_audit.get(&l.name) == Some(&true)).map(|l| l.ifindex).collect()
     }
 
     /// One pass: desired (from the table) vs actual (from the kernel).
@@ -114,25 +213,370 @@ impl Daemon {
                 if let Some(w) = &d.warning {
                     tracing::warn!(link = name, ifindex = i.get(), "{w}");
                 }
+                if self.decisions.get(i).map(|o| (o.role, &o.reason)) != Some((d.role, &d.reason)) {
+                    self.hub.notify(Notice::LinkRoleChanged { ifindex: *i, name: name.to_string(), role: d.role.name().to_string(), reason: d.reason.clone() });
+                }
             }
         }
         let sets = vlan::allowed(&self.table, &decisions, &self.cfg.vlan_bypass);
-        let desired = reconcile::desired(&self.table, &decisions, &sets, &reconcile::GlobalInputs::default(), self.dp.prog_ids());
+        let global = reconcile::GlobalInputs { audit_links: self.audit_links() };
+        let desired = reconcile::desired(&self.table, &decisions, &sets, &global, self.dp.prog_ids());
         self.decisions = decisions;
+        self.sets = sets;
         let actual = match self.dp.actual() {
             Ok(a) => a,
             Err(e) => {
                 tracing::error!(error = %e, "reading the kernel state");
+                self.failed = desired.links.keys().copied().collect();
                 return Vec::new();
             }
         };
         let actions = reconcile::plan(&desired, &actual);
-        self.execute(&actions);
-        self.apply_policies();
+        self.failed = self.execute(&actions);
+        self.refresh_policy();
         if !actions.is_empty() {
             tracing::debug!(n = actions.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "reconciled");
         }
+        self.started = true;
+        self.publish();
         actions
+    }
+
+    fn state(&self) -> State {
+        if !self.started {
+            State::Starting
+        } else if !self.failed.is_empty() || self.policy_failed {
+            State::Degraded
+        } else if self.audit() {
+            State::Audit
+        } else {
+            State::Enforcing
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        let mode = self.dp.mode().name();
+        let audit = self.audit();
+        let links = self
+            .table
+            .iter()
+            .map(|l| {
+                let d = self.decisions.get(&l.ifindex);
+                let attached = d.is_some_and(|d| d.role.is_attached()) && !self.failed.contains(&l.ifindex.get());
+                let link_audit = self.link_audit.get(&l.name) == Some(&true);
+                let info = LinkInfo {
+                    ifindex: l.ifindex,
+                    name: l.name.clone(),
+                    kind: l.kind.name().to_string(),
+                    role: d.map(|d| d.role.name()).unwrap_or("ignored").to_string(),
+                    reason: d.map(|d| d.reason.clone()).unwrap_or_default(),
+                    lower: match l.kind {
+                        LinkKind::Vlan { lower, .. } => lower.get(),
+                        _ => 0,
+                    },
+                    controller: l.controller.map(|c| c.get()).unwrap_or(0),
+                    addresses: l.addrs.iter().map(ToString::to_string).collect(),
+                    allowed_vlans: self.sets.get(&l.ifindex).map(|s| s.vids.iter().map(|v| v.get()).collect()).unwrap_or_default(),
+                    attach_mode: if attached { mode.to_string() } else { String::new() },
+                    audit: audit || link_audit,
+                    link_audit,
+                };
+                (l.ifindex, info)
+            })
+            .collect();
+        let report = self.policies.report.as_ref();
+        let policies = self
+            .policies
+            .sources
+            .iter()
+            .flat_map(|s| s.values())
+            .map(|src| {
+                let label = src.label();
+                let mine: Vec<_> = report.map(|r| r.policies.iter().filter(|p| p.file == label).collect()).unwrap_or_default();
+                PolicyInfo {
+                    name: src.name.clone(),
+                    origin: src.origin.clone(),
+                    source: match src.origin {
+                        Origin::Permanent => src.path.display().to_string(),
+                        Origin::Runtime => "runtime".to_string(),
+                    },
+                    reason: if mine.is_empty() { "no policy documents".to_string() } else { mine.iter().map(|p| format!("{}: {}", p.name, p.summary())).collect::<Vec<_>>().join("\n") },
+                    active: mine.iter().any(|p| p.active()),
+                    yaml: src.text.clone(),
+                }
+            })
+            .collect();
+        Snapshot {
+            version: manager::VERSION,
+            state: self.state(),
+            audit,
+            policy_revision: self.policies.revision,
+            pending_confirm: self.policies.pending.as_ref().map(|p| Pending { revision: p.revision, deadline: p.wall }),
+            attach_mode: mode,
+            links,
+            policies,
+        }
+    }
+
+    fn publish(&mut self) {
+        let s = self.snapshot();
+        let status = format!(
+            "{}: {} enforced, {} guarded, policy revision {}{}",
+            s.state.name(),
+            s.links.values().filter(|l| l.role == "enforce").count(),
+            s.links.values().filter(|l| l.role == "vlan-guard").count(),
+            s.policy_revision,
+            if s.pending_confirm.is_some() { " (awaiting confirmation)" } else { "" }
+        );
+        if status != self.status {
+            let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
+            self.status = status;
+        }
+        self.hub.publish(s);
+    }
+}
+
+// Requests from the API.
+impl Daemon {
+    fn handle(&mut self, req: Request) {
+        match req {
+            Request::ApplyPolicy { name, yaml, options, reply } => {
+                let _ = reply.send(self.apply_policy(name, yaml, options));
+            }
+            Request::RemovePolicy { name, persist, reply } => {
+                let _ = reply.send(self.remove_policy(&name, persist));
+            }
+            Request::Confirm { revision, reply } => {
+                let _ = reply.send(self.confirm(revision));
+            }
+            Request::Rollback { reply } => {
+                let _ = reply.send(self.rollback("rolled back on request"));
+            }
+            Request::SetAudit { link, enabled, persist, reply } => {
+                let _ = reply.send(self.set_audit(link, enabled, persist));
+            }
+            Request::Reload { reply } => {
+                let _ = reply.send(self.reload());
+            }
+            Request::Statistics { reply } => {
+                let _ = reply.send(self.statistics());
+            }
+        }
+        self.publish();
+    }
+
+    fn busy(&self) -> Result<(), manager::Error> {
+        match &self.policies.pending {
+            Some(p) => Err(manager::Error::Busy(format!("policy revision {} awaits confirmation: confirm or roll it back first", p.revision))),
+            None => Ok(()),
+        }
+    }
+
+    fn apply_policy(&mut self, name: String, yaml: String, options: ApplyOptions) -> Result<u64, manager::Error> {
+        self.busy()?;
+        store::check_name(&name).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        let dir = self.cfg.policy_dir.clone();
+        let mut next = self.policies.sources.clone().unwrap_or_default();
+        let path = store::file_for(&dir, &name, next.get(&name));
+        let immediate = options.persist && options.confirm_timeout.is_none();
+        let source = Source { name: name.clone(), origin: if immediate { Origin::Permanent } else { Origin::Runtime }, path, text: yaml };
+        next.insert(name, source.clone());
+        let persist = options.persist.then(|| PersistOp::Write(Source { origin: Origin::Permanent, ..source }));
+        self.change(next, persist, options.confirm_timeout)
+    }
+
+    fn remove_policy(&mut self, name: &str, persist: bool) -> Result<u64, manager::Error> {
+        self.busy()?;
+        let mut next = self.policies.sources.clone().unwrap_or_default();
+        let Some(old) = next.remove(name) else { return Err(manager::Error::NoSuchPolicy(name.to_string())) };
+        let persist = persist.then(|| PersistOp::Remove(Source { path: store::file_for(&self.cfg.policy_dir, name, Some(&old)), ..old }));
+        self.change(next, persist, None)
+    }
+
+    /// Installs `next`, then persists (unless waiting for confirmation).
+    /// Nothing changes on error: a failed write puts the old policy back.
+    fn change(&mut self, next: Sources, persist: Option<PersistOp>, confirm: Option<Duration>) -> Result<u64, manager::Error> {
+        let previous = self.policies.sources.clone();
+        self.install(&next)?;
+        let persist = match (persist, confirm) {
+            (Some(op), None) => {
+                if let Err(e) = self.persist(op) {
+                    if let Err(e2) = self.install(&previous.clone().unwrap_or_default()) {
+                        tracing::error!(error = %e2, "putting the previous policy back");
+                        self.policy_failed = true;
+                    }
+                    return Err(e);
+                }
+                None
+            }
+            (op, _) => op,
+        };
+        self.policies.sources = Some(next);
+        self.policies.revision += 1;
+        let revision = self.policies.revision;
+        if let Some(t) = confirm {
+            self.policies.pending = Some(PendingChange { revision, deadline: Instant::now() + t, wall: SystemTime::now() + t, previous, persist });
+            tracing::info!(revision, timeout_s = t.as_secs_f64(), "policy applied; rolls back unless confirmed");
+        } else {
+            tracing::info!(revision, "policy applied");
+        }
+        self.hub.notify(Notice::PolicyApplied { revision });
+        Ok(revision)
+    }
+
+    fn persist(&mut self, op: PersistOp) -> Result<(), manager::Error> {
+        let dir = self.cfg.policy_dir.clone();
+        let failed = |e: store::Error| manager::Error::Failed(e.to_string());
+        let permanent = self.policies.permanent.get_or_insert_with(Sources::new);
+        match op {
+            PersistOp::Write(src) => {
+                store::persist(&dir, &src).map_err(failed)?;
+                permanent.insert(src.name.clone(), src.clone());
+                if let Some(s) = self.policies.sources.as_mut().and_then(|s| s.get_mut(&src.name)) {
+                    *s = src;
+                }
+            }
+            PersistOp::Remove(src) => {
+                store::unpersist(&src).map_err(failed)?;
+                permanent.remove(&src.name);
+            }
+        }
+        Ok(())
+    }
+
+    fn confirm(&mut self, revision: u64) -> Result<(), manager::Error> {
+        match &self.policies.pending {
+            Some(p) if p.revision == revision => {}
+            Some(p) => return Err(manager::Error::NoPendingConfirm(format!(" with revision {revision} (revision {} does)", p.revision))),
+            None => return Err(manager::Error::NoPendingConfirm(String::new())),
+        }
+        let Some(p) = self.policies.pending.take() else { return Err(manager::Error::NoPendingConfirm(String::new())) };
+        tracing::info!(revision, "policy confirmed");
+        match p.persist {
+            Some(op) => self.persist(op).map_err(|e| manager::Error::Failed(format!("confirmed, but not persisted: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    /// Puts back the policy of before the change awaiting confirmation.
+    fn rollback(&mut self, reason: &str) -> Result<u64, manager::Error> {
+        let Some(p) = self.policies.pending.take() else { return Err(manager::Error::NoPendingConfirm(String::new())) };
+        let previous = p.previous.clone().unwrap_or_default();
+        if let Err(e) = self.install(&previous) {
+            // The previous set was in force a moment ago; keep retrying it.
+            tracing::error!(error = %e, "putting the previous policy back; retrying on the next pass");
+            self.policy_failed = true;
+            self.policies.installed_for = None;
+        }
+        self.policies.sources = p.previous;
+        self.policies.revision += 1;
+        tracing::warn!(revision = p.revision, restored = self.policies.revision, reason, "policy rolled back");
+        self.hub.notify(Notice::PolicyRolledBack { revision: p.revision, reason: reason.to_string() });
+        Ok(self.policies.revision)
+    }
+
+    fn set_audit(&mut self, link: Option<Ifindex>, enabled: bool, persist: bool) -> Result<(), manager::Error> {
+        let mut saved = self.saved.clone();
+        match link {
+            None => {
+                let before = self.audit_override;
+                self.audit_override = Some(enabled);
+                if let Err(e) = self.dp.set_global(self.settings()) {
+                    self.audit_override = before;
+                    return Err(manager::Error::Failed(format!("setting audit mode: {e}")));
+                }
+                saved.audit = Some(enabled);
+                tracing::info!(enabled, persist, "global audit mode");
+            }
+            Some(i) => {
+                let name = self.table.get(i).map(|l| l.name.clone()).ok_or_else(|| manager::Error::NoSuchLink(format!("with ifindex {i}")))?;
+                self.link_audit.insert(name.clone(), enabled);
+                saved.link_audit.insert(name.clone(), enabled);
+                self.reconcile();
+                if self.failed.contains(&i.get()) {
+                    return Err(manager::Error::Failed(format!("configuring link {name}; retrying on the next pass")));
+                }
+                tracing::info!(link = %name, enabled, persist, "link audit mode");
+            }
+        }
+        if persist && saved != self.saved {
+            state::save(&self.cfg.state_dir, &saved).map_err(|e| manager::Error::Failed(format!("set at runtime, but not persisted: {e}")))?;
+            self.saved = saved;
+        }
+        Ok(())
+    }
+
+    /// Reads the configuration file and the policy directory again. The
+    /// policy in force becomes the permanent set (runtime changes end, as
+    /// with firewalld). Nothing changes on error.
+    fn reload(&mut self) -> Result<(), manager::Error> {
+        let cfg = Config::load(self.cfg_file.as_deref()).map_err(|e| manager::Error::Failed(e.to_string()))?;
+        for (key, changed) in [
+            ("bpffs_root", cfg.bpffs_root != self.cfg.bpffs_root),
+            ("attach_mode", cfg.attach_mode != self.cfg.attach_mode || cfg.tc_priority != self.cfg.tc_priority || cfg.tc_handle != self.cfg.tc_handle),
+            ("dbus", cfg.dbus != self.cfg.dbus),
+            ("state_dir", cfg.state_dir != self.cfg.state_dir),
+        ] {
+            if changed {
+                tracing::warn!(key, "changed in the configuration; takes effect on restart");
+            }
+        }
+        let failsafe = cfg.failsafe_entries().map_err(|e| manager::Error::Failed(e.to_string()))?;
+        let permanent = store::read_dir(&cfg.policy_dir).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        if let Some(p) = &permanent {
+            store::parse(p).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        }
+        let old = std::mem::replace(&mut self.cfg, cfg);
+        let applied = (|| {
+            self.dp.set_failsafe(&failsafe).map_err(|e| manager::Error::Failed(format!("setting failsafe ports: {e}")))?;
+            self.dp.set_global(self.settings()).map_err(|e| manager::Error::Failed(format!("setting global settings: {e}")))?;
+            match &permanent {
+                Some(p) => self.install(p),
+                None => Ok(()),
+            }
+        })();
+        if let Err(e) = applied {
+            self.cfg = old;
+            let (fs, g) = (self.cfg.failsafe_entries().unwrap_or_default(), self.settings());
+            let _ = self.dp.set_failsafe(&fs);
+            let _ = self.dp.set_global(g);
+            return Err(e);
+        }
+        if let Some(p) = self.policies.pending.take() {
+            self.hub.notify(Notice::PolicyRolledBack { revision: p.revision, reason: "reload: the permanent policy set is in force".into() });
+        }
+        if permanent.is_some() || self.policies.sources.is_some() {
+            if permanent.is_none() {
+                // The directory is gone: the runtime set stays in force.
+                tracing::warn!(dir = %self.cfg.policy_dir.display(), "no policy directory; the policy in force stays");
+            } else {
+                self.policies.sources = permanent.clone();
+                self.policies.permanent = permanent;
+                self.policies.revision += 1;
+                self.hub.notify(Notice::PolicyApplied { revision: self.policies.revision });
+            }
+        }
+        tracing::info!(revision = self.policies.revision, "reloaded");
+        self.reconcile();
+        Ok(())
+    }
+
+    fn statistics(&self) -> Result<Vec<Statistic>, manager::Error> {
+        let counters = self.dp.counters().map_err(|e| manager::Error::Failed(format!("reading counters: {e}")))?;
+        Ok(counters
+            .into_iter()
+            .filter(|c| c.packets > 0)
+            .map(|c| {
+                let reason = c.reason.map(|r| r.name().to_string()).unwrap_or_else(|| format!("unknown-{}", c.reason_code));
+                Statistic {
+                    ifindex: c.ifindex,
+                    name: Ifindex::new(c.ifindex).and_then(|i| self.table.get(i)).map(|l| l.name.clone()).unwrap_or_default(),
+                    direction: crate::datapath::dir_name(c.dir).to_string(),
+                    reason: if c.audit { format!("audit:{reason}") } else { reason },
+                    count: c.packets,
+                }
+            })
+            .collect())
     }
 }
 
@@ -146,11 +590,13 @@ impl Daemon {
     /// and run in parallel until the next action that must see them done
     /// (a VLAN tag opened or closed on a lower device, a detach, a removal).
     /// Setting a link's configuration and adding host addresses need no
-    /// attach to have happened, so they do not wait.
-    fn execute(&self, actions: &[Action]) {
+    /// attach to have happened, so they do not wait. Returns the links
+    /// whose actions failed.
+    fn execute(&self, actions: &[Action]) -> BTreeSet<u32> {
         // A link whose configuration could not be written must not get a
         // program (it would pass everything): skip its remaining actions.
-        let mut broken = std::collections::BTreeSet::new();
+        let failed = Mutex::new(BTreeSet::new());
+        let mut broken = BTreeSet::new();
         let mut batch: Vec<&Action> = Vec::new();
         for a in actions {
             if a.ifindex().is_some_and(|i| broken.contains(&i)) {
@@ -162,25 +608,32 @@ impl Daemon {
                     continue;
                 }
                 Action::SetLink(..) | Action::AddHostAddr(..) => {}
-                _ => self.run_parallel(std::mem::take(&mut batch)),
+                _ => self.run_parallel(std::mem::take(&mut batch), &failed),
             }
             if let Err(e) = self.dp.execute(a) {
                 tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
                 if let Action::SetLink(i, _) | Action::AllowVlan(i, _) = a {
                     broken.insert(*i);
                 }
+                if let Some(i) = a.ifindex() {
+                    lock(&failed).insert(i);
+                }
             }
         }
-        self.run_parallel(batch);
+        self.run_parallel(batch, &failed);
+        failed.into_inner().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn run_parallel(&self, batch: Vec<&Action>) {
+    fn run_parallel(&self, batch: Vec<&Action>, failed: &Mutex<BTreeSet<u32>>) {
         for chunk in batch.chunks(PARALLEL_ATTACH) {
             std::thread::scope(|s| {
                 for a in chunk {
                     s.spawn(move || {
                         if let Err(e) = self.dp.execute(a) {
                             tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
+                            if let Some(i) = a.ifindex() {
+                                lock(failed).insert(i);
+                            }
                         }
                     });
                 }
@@ -189,8 +642,13 @@ impl Daemon {
     }
 }
 
-/// Logs drop events from the ring buffer (its own thread: the reader polls).
-fn spawn_event_logger(paths: crate::datapath::Paths) {
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Reads drop events from the ring buffer (its own thread: the reader
+/// polls), logs them and hands them to the API's monitors.
+fn spawn_event_reader(paths: crate::datapath::Paths, events: tokio::sync::broadcast::Sender<Arc<crate::datapath::Event>>) {
     std::thread::spawn(move || {
         let reader = match EventReader::open(&paths) {
             Ok(r) => r,
@@ -201,9 +659,11 @@ fn spawn_event_logger(paths: crate::datapath::Paths) {
         };
         loop {
             match reader.poll(Duration::from_millis(500)) {
-                Ok(events) => {
-                    for e in events {
+                Ok(batch) => {
+                    for e in batch {
                         tracing::info!(target: "hostfwd::event", event = %serde_json::to_string(&e).unwrap_or_default(), "drop");
+                        // Nobody listening is fine.
+                        let _ = events.send(Arc::new(e));
                     }
                 }
                 Err(e) => {
@@ -215,12 +675,46 @@ fn spawn_event_logger(paths: crate::datapath::Paths) {
     });
 }
 
-pub async fn run(cfg: Config) -> Result<(), AnyError> {
+/// Serves the API, retrying while the bus is not there yet (hostfwd starts
+/// before dbus at boot: programs are attached without waiting for it).
+fn spawn_api(handle: Handle, bus: Bus) {
+    if bus == Bus::None {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match crate::api::serve(handle.clone(), bus.clone()).await {
+                Ok(Some(conn)) => {
+                    tracing::info!(bus = ?bus, "D-Bus API served");
+                    // Held for the daemon's lifetime.
+                    std::future::pending::<()>().await;
+                    drop(conn);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(bus = ?bus, error = %e, retry_s = delay.as_secs_f64(), "D-Bus API not served yet");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+    });
+}
+
+/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), halved.
+fn watchdog_interval() -> Option<Duration> {
+    sd_notify::watchdog_enabled().map(|d| d / 2)
+}
+
+pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError> {
     let dp = Datapath::load(&cfg.datapath()?)?;
-    dp.set_global(cfg.settings())?;
-    dp.set_failsafe(&cfg.failsafe_entries()?)?;
-    let detach_on_exit = cfg.detach_on_exit;
-    let mut d = Daemon::new(cfg, dp);
+    let bus = cfg.bus()?;
+    let (handle, hub) = manager::channel(Snapshot::starting(dp.mode().name()));
+    let mut d = Daemon::new(cfg, cfg_file, dp, hub);
+    d.dp.set_global(d.settings())?;
+    d.dp.set_failsafe(&d.cfg.failsafe_entries()?)?;
+    let detach_on_exit = d.cfg.detach_on_exit;
 
     let mut mon = Monitor::open().await?;
     d.table = mon.dump().await?;
@@ -229,11 +723,18 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
     }
     d.load_policies();
     d.reconcile();
-    spawn_event_logger(d.dp.paths().clone());
-    tracing::info!(mode = d.dp.mode().name(), audit = d.cfg.audit, links = d.table.len(), "hostfwd running");
+    if d.policies.sources.is_some() && d.policies.revision == 0 {
+        d.policies.revision = 1;
+        d.publish();
+    }
+    spawn_event_reader(d.dp.paths().clone(), d.hub.events.clone());
+    spawn_api(handle.clone(), bus);
+    tracing::info!(mode = d.dp.mode().name(), audit = d.audit(), links = d.table.len(), "hostfwd running");
+    let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;
     // End and duration of the last pass: when the next one may start.
@@ -244,6 +745,7 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
     };
     loop {
         let deadline = pending.unwrap_or(periodic).min(periodic);
+        let confirm_deadline = d.policies.pending.as_ref().map(|p| p.deadline);
         tokio::select! {
             ev = mon.next() => match ev {
                 Ok(Event::Change(c)) => {
@@ -274,15 +776,30 @@ pub async fn run(cfg: Config) -> Result<(), AnyError> {
                 last_pass = (Instant::now(), start.elapsed());
                 periodic = Instant::now() + PERIODIC;
             }
+            Some(req) = d.hub.requests.recv() => d.handle(req),
+            _ = sleep_until(confirm_deadline.unwrap_or(periodic)), if confirm_deadline.is_some() => {
+                if let Err(e) = d.rollback("not confirmed in time") {
+                    tracing::error!(error = %e, "rolling back");
+                }
+                d.publish();
+            }
             _ = hup.recv() => {
-                tracing::info!("reload");
-                d.load_policies();
-                d.apply_policies();
+                tracing::info!("reload (SIGHUP)");
+                let _ = sd_notify::notify(&[NotifyState::Reloading]);
+                if let Err(e) = d.reload() {
+                    tracing::error!("reload failed, nothing changed:\n{e}");
+                }
+                d.publish();
+                let _ = sd_notify::notify(&[NotifyState::Ready]);
+            }
+            _ = watchdog.tick() => {
+                let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }
     }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
     if detach_on_exit {
         for e in d.dp.teardown() {
             tracing::warn!(error = %e, "teardown");

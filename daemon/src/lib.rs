@@ -13,6 +13,7 @@ pub mod netlink;
 pub mod policy;
 pub mod reconcile;
 pub mod select;
+pub mod state;
 #[cfg(test)]
 pub(crate) mod test_rng;
 pub mod vlan;

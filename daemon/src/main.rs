@@ -78,7 +78,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     }
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd.unwrap_or(Cmd::Run) {
-        Cmd::Run => daemon(cfg),
+        Cmd::Run => daemon(cfg, cli.config),
         Cmd::Detach => {
             let dp = Datapath::load(&cfg.datapath()?)?;
             let errors = dp.teardown();
@@ -157,7 +157,8 @@ fn probe(cfg: &Config, ifname: &str, keep: bool) -> Result<(), AnyError> {
     Ok(())
 }
 
-fn daemon(cfg: Config) -> Result<(), AnyError> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    rt.block_on(hostfwd::daemon::run(cfg)).map_err(|e| -> AnyError { e.to_string().into() })
+fn daemon(cfg: Config, file: Option<PathBuf>) -> Result<(), AnyError> {
+    // Two workers: the bus keeps answering while a reconcile pass runs.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    rt.block_on(hostfwd::daemon::run(cfg, file)).map_err(|e| -> AnyError { e.to_string().into() })
 }

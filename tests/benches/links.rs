@@ -87,6 +87,7 @@ fn main() {
         .arg("run")
         .env("HOSTFWD_BPFFS_ROOT", &root)
         .env("HOSTFWD_DEVICES", "lat*")
+        .env("HOSTFWD_DBUS", "none")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
         .spawn()

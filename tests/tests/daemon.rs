@@ -30,6 +30,7 @@ fn start(topo: &Topology, dp: &TestDp, devices: &str) -> Running {
         .env("HOSTFWD_BPFFS_ROOT", &dp.root)
         .env("HOSTFWD_DEVICES", devices)
         .env("HOSTFWD_AUDIT", "true")
+        .env("HOSTFWD_DBUS", "none")
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -127,7 +128,7 @@ fn reference_policy_on_real_traffic() {
     .unwrap();
     let web = EchoServer::tcp(&topo.host, "0.0.0.0:80".parse().unwrap()).unwrap();
     let ssh = EchoServer::tcp(&topo.host, "0.0.0.0:22".parse().unwrap()).unwrap();
-    let child = topo.host.cmd(hostfwd_bin()).arg("--config").arg(&cfg).arg("run").env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
+    let child = topo.host.cmd(hostfwd_bin()).arg("--config").arg(&cfg).arg("run").env("HOSTFWD_DBUS", "none").env("RUST_LOG", "warn").stdout(Stdio::null()).spawn().unwrap();
     let d = Running { child };
     wait_until("h0 attached", Duration::from_secs(10), || attached(&topo, &dp) == both(topo.h.ifindex));
     wait_until("the policy enforces ingress", Duration::from_secs(10), || dp.policy_entries(dp.policy_generation().unwrap()).0 > 0);

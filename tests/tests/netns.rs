@@ -240,6 +240,7 @@ fn daemon(s: &Setup, root: &std::path::Path, mode: &str) -> Child {
         .env("HOSTFWD_BPFFS_ROOT", root)
         .env("HOSTFWD_DEVICES", "h0")
         .env("HOSTFWD_AUDIT", "false")
+        .env("HOSTFWD_DBUS", "none")
         .env("HOSTFWD_ATTACH_MODE", mode)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

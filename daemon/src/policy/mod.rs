@@ -6,6 +6,7 @@ pub mod entities;
 pub mod files;
 pub mod image;
 pub mod model;
+pub mod store;
 
 pub use compiler::{compile, port_prefixes};
 pub use image::{IdentityEntry, ImageLookup, MapImage, RuleEntry, Verdict};

@@ -7,7 +7,7 @@ cd /payload
 . ./lib.sh
 . ./topo.sh
 nettest listen 0.0.0.0:22 &
-export HOSTFWD_AUDIT=false RUST_LOG=info
+export HOSTFWD_AUDIT=false HOSTFWD_DBUS=none RUST_LOG=info
 start_daemon
 wait_state 30 "auto: bond0.1000 enforced, bond0 guarded with VID 1000, slaves ignored" \
 	'has "attach bond0.1000 ingress" && has "attach bond0 ingress" && has "vlan bond0 1000" && ! grep -Eq "^(attach|link) s[01] " "$STATE"'

@@ -25,7 +25,7 @@ cat >rules.json <<'J'
   "peers": [{"cidr": "10.100.0.0/24"}, {"cidr": "10.200.0.0/24"}],
   "ports": [{"match": "l4", "proto": "tcp", "first": 22, "last": 22}]}]
 J
-export HOSTFWD_DEVICES=bond0,s2 HOSTFWD_AUDIT=false HOSTFWD_FAILSAFE__INGRESS=udp/68 RUST_LOG=info
+export HOSTFWD_DEVICES=bond0,s2 HOSTFWD_AUDIT=false HOSTFWD_FAILSAFE__INGRESS=udp/68 HOSTFWD_DBUS=none RUST_LOG=info
 hostfwd apply-rules rules.json
 start_daemon
 

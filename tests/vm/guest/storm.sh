@@ -5,7 +5,7 @@ set -eu
 cd /payload
 . ./lib.sh
 . ./topo.sh
-export HOSTFWD_DEVICES=bond0 HOSTFWD_AUDIT=false RUST_LOG=warn
+export HOSTFWD_DEVICES=bond0 HOSTFWD_AUDIT=false HOSTFWD_DBUS=none RUST_LOG=warn
 start_daemon
 wait_state 30 "initial state" 'has "vlan bond0 1000" && has "attach bond0.1000 ingress"'
 
