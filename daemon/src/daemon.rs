@@ -41,12 +41,11 @@ pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 /// The policy in force and how it came about.
 #[derive(Default)]
 struct Policies {
-    /// The files of the policy directory as last read; `None` without a
-    /// directory.
-    permanent: Option<Sources>,
-    /// The sources in force (permanent plus runtime changes); `None` while
-    /// nothing manages the policy (no directory, no API change yet): the
-    /// policy in the maps is then left as it is.
+    /// The files of the policy directory as last read.
+    permanent: Sources,
+    /// The sources in force (permanent plus runtime changes); `None` when
+    /// the policy directory was invalid at start and nothing has been
+    /// applied since: the policy in the maps is then left as it is.
     sources: Option<Sources>,
     /// `sources`, parsed.
     parsed: Vec<Policy>,
@@ -142,15 +141,16 @@ impl Daemon {
         EntityContext { host_addrs: self.table.host_addrs(), node_cidrs: self.cfg.node_cidrs.clone(), cluster_cidrs: self.cfg.cluster_cidrs.clone() }
     }
 
-    /// Reads the policy directory at start. An invalid set is logged with
-    /// every error and nothing is installed: the policy in the maps stays.
+    /// Reads the policy directory at start (a missing one is an empty
+    /// set). An invalid set is logged with every error and nothing is
+    /// installed: the policy in the maps stays until a reload or an API
+    /// change.
     pub fn load_policies(&mut self) {
         let dir = self.cfg.policy_dir.clone();
-        match store::read_dir(&dir).and_then(|p| Ok((store::parse(p.as_ref().unwrap_or(&Sources::new()))?, p))) {
-            Ok((_, None)) => tracing::info!(dir = %dir.display(), "no policy directory: the policy in the maps stays as it is"),
-            Ok((parsed, Some(p))) => {
+        match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p)?, p))) {
+            Ok((parsed, p)) => {
                 tracing::info!(dir = %dir.display(), policies = parsed.len(), "policies loaded");
-                self.policies.permanent = Some(p.clone());
+                self.policies.permanent = p.clone();
                 self.policies.sources = Some(p);
                 self.policies.parsed = parsed;
                 self.policies.installed_for = None;
@@ -427,7 +427,7 @@ impl Daemon {
     fn persist(&mut self, op: PersistOp) -> Result<(), manager::Error> {
         let dir = self.cfg.policy_dir.clone();
         let failed = |e: store::Error| manager::Error::Failed(e.to_string());
-        let permanent = self.policies.permanent.get_or_insert_with(Sources::new);
+        let permanent = &mut self.policies.permanent;
         match op {
             PersistOp::Write(src) => {
                 store::persist(&dir, &src).map_err(failed)?;
@@ -523,17 +523,12 @@ impl Daemon {
         }
         let failsafe = cfg.failsafe_entries().map_err(|e| manager::Error::Failed(e.to_string()))?;
         let permanent = store::read_dir(&cfg.policy_dir).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        if let Some(p) = &permanent {
-            store::parse(p).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        }
+        store::parse(&permanent).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let old = std::mem::replace(&mut self.cfg, cfg);
         let applied = (|| {
             self.dp.set_failsafe(&failsafe).map_err(|e| manager::Error::Failed(format!("setting failsafe ports: {e}")))?;
             self.dp.set_global(self.settings()).map_err(|e| manager::Error::Failed(format!("setting global settings: {e}")))?;
-            match &permanent {
-                Some(p) => self.install(p),
-                None => Ok(()),
-            }
+            self.install(&permanent)
         })();
         if let Err(e) = applied {
             self.cfg = old;
@@ -545,17 +540,10 @@ impl Daemon {
         if let Some(p) = self.policies.pending.take() {
             self.hub.notify(Notice::PolicyRolledBack { revision: p.revision, reason: "reload: the permanent policy set is in force".into() });
         }
-        if permanent.is_some() || self.policies.sources.is_some() {
-            if permanent.is_none() {
-                // The directory is gone: the runtime set stays in force.
-                tracing::warn!(dir = %self.cfg.policy_dir.display(), "no policy directory; the policy in force stays");
-            } else {
-                self.policies.sources = permanent.clone();
-                self.policies.permanent = permanent;
-                self.policies.revision += 1;
-                self.hub.notify(Notice::PolicyApplied { revision: self.policies.revision });
-            }
-        }
+        self.policies.sources = Some(permanent.clone());
+        self.policies.permanent = permanent;
+        self.policies.revision += 1;
+        self.hub.notify(Notice::PolicyApplied { revision: self.policies.revision });
         tracing::info!(revision = self.policies.revision, "reloaded");
         self.reconcile();
         Ok(())

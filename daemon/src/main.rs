@@ -39,9 +39,6 @@ enum Cmd {
         #[arg(long)]
         lines: bool,
     },
-    /// Low-level: compile a typed rule set (JSON, the policy compiler's
-    /// model) and install it atomically into the pinned maps.
-    ApplyRules { file: PathBuf },
     /// Validate and explain policy files without a running daemon: every
     /// error with file:line:column and field; exit status 1 on any error.
     CheckPolicy {
@@ -97,17 +94,6 @@ fn run(cli: Cli) -> Result<(), AnyError> {
             } else {
                 println!("{}", serde_json::to_string_pretty(&snap)?);
             }
-            Ok(())
-        }
-        Cmd::ApplyRules { file } => {
-            let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let rules: Vec<hostfwd::policy::model::Rule> =
-                serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
-            let image = hostfwd::policy::compiler::compile(&hostfwd::policy::model::RuleSet::new(rules))
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut dp = Datapath::load(&cfg.datapath()?)?;
-            let gen = dp.apply_policy(&image)?;
-            println!("applied: generation {gen}, {} identities, {} rule entries", image.identities.len(), image.rules.len());
             Ok(())
         }
         Cmd::CheckPolicy { files } => check_policy(&cfg, &files),

@@ -53,12 +53,9 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     ok.then_some(()).ok_or_else(|| Error::BadName(name.to_string()))
 }
 
-/// The permanent set: every `*.yaml`/`*.yml` of `dir`, named by file stem.
-/// `Ok(None)` when the directory does not exist.
-pub fn read_dir(dir: &Path) -> Result<Option<Sources>, Error> {
-    if !dir.is_dir() {
-        return Ok(None);
-    }
+/// The permanent set: every `*.yaml`/`*.yml` of `dir`, named by file stem;
+/// empty when the directory does not exist.
+pub fn read_dir(dir: &Path) -> Result<Sources, Error> {
     let mut out = Sources::new();
     for path in files::policy_files(dir)? {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -69,7 +66,7 @@ pub fn read_dir(dir: &Path) -> Result<Option<Sources>, Error> {
         }
         out.insert(name.clone(), Source { name, origin: Origin::Permanent, path, text });
     }
-    Ok(Some(out))
+    Ok(out)
 }
 
 /// Parses all sources together (policy names unique across them).
@@ -124,9 +121,9 @@ mod tests {
     #[test]
     fn the_directory_is_read_by_stem_and_errors_name_the_file() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(read_dir(&dir.path().join("missing")).unwrap(), None);
+        assert!(read_dir(&dir.path().join("missing")).unwrap().is_empty());
         std::fs::write(dir.path().join("ssh.yaml"), SSH).unwrap();
-        let s = read_dir(dir.path()).unwrap().unwrap();
+        let s = read_dir(dir.path()).unwrap();
         assert_eq!(s.keys().collect::<Vec<_>>(), ["ssh"]);
         assert_eq!(parse(&s).unwrap().len(), 1);
 

@@ -20,13 +20,22 @@ nettest listen 0.0.0.0:8080 &
 
 # Policy: ingress TCP/22 from the switch's subnet only (default deny); the
 # failsafe list is narrowed so that port 22 is decided by the policy.
-cat >rules.json <<'J'
-[{"id": 7, "direction": "ingress", "action": "allow",
-  "peers": [{"cidr": "10.100.0.0/24"}, {"cidr": "10.200.0.0/24"}],
-  "ports": [{"match": "l4", "proto": "tcp", "first": 22, "last": 22}]}]
-J
+mkdir -p /etc/hostfwd/policies
+cat >/etc/hostfwd/policies/ssh.yaml <<'Y'
+apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: ssh-from-switch
+spec:
+  nodeSelector: {}
+  ingress:
+  - fromCIDR: [10.100.0.0/24, 10.200.0.0/24]
+    toPorts:
+    - ports:
+      - port: "22"
+        protocol: TCP
+Y
 export HOSTFWD_DEVICES=bond0,s2 HOSTFWD_AUDIT=false HOSTFWD_FAILSAFE__INGRESS=udp/68 HOSTFWD_DBUS=none RUST_LOG=info
-hostfwd apply-rules rules.json
 start_daemon
 
 # --- 1. bond0 vlan-guard, bond0.1000 enforce, VID 1000 allowed ---------------
