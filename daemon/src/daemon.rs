@@ -675,9 +675,12 @@ fn spawn_api(handle: Handle, bus: Bus) {
             match crate::api::serve(handle.clone(), bus.clone()).await {
                 Ok(Some(conn)) => {
                     tracing::info!(bus = ?bus, "D-Bus API served");
-                    // Held for the daemon's lifetime.
-                    std::future::pending::<()>().await;
-                    drop(conn);
+                    delay = Duration::from_millis(250);
+                    // The stream ends when the bus goes away (dbus
+                    // restarted): serve again on a new connection.
+                    let mut stream = zbus::MessageStream::from(&conn);
+                    while futures::StreamExt::next(&mut stream).await.is_some() {}
+                    tracing::warn!(bus = ?bus, "D-Bus connection lost; connecting again");
                 }
                 Ok(None) => return,
                 Err(e) => {
