@@ -8,8 +8,14 @@ PKGS=(
 	clang llvm libelf-dev zlib1g-dev pkg-config make gcc linux-libc-dev
 	# tests: namespaces, veth, tc, nsenter
 	iproute2 util-linux
+	# the API: a bus (dbus-daemon, busctl) and polkitd to authorise changes
+	dbus dbus-daemon systemd polkitd
+	# D-Bus tests read error names with gdbus
+	libglib2.0-bin
 	# VM tests: qemu guests with Debian kernels (tests/vm/)
 	qemu-system-x86 cpio busybox-static kmod xz-utils
+	# end-to-end VM test: a Debian rootfs image (tests/vm/debian/)
+	debootstrap e2fsprogs
 )
 
 missing=()

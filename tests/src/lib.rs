@@ -19,6 +19,7 @@
 use std::time::Duration;
 
 pub mod afpacket;
+pub mod bus;
 pub mod netns;
 pub mod packet;
 pub mod traffic;
@@ -126,4 +127,10 @@ pub fn hostfwd_bin() -> std::path::PathBuf {
         assert!(ok.success(), "building the hostfwd binary failed");
     });
     profile_dir.join("hostfwd")
+}
+
+/// The workspace's `hostfwdctl` client, beside the daemon (built with it by
+/// [`hostfwd_bin`]).
+pub fn hostfwdctl_bin() -> std::path::PathBuf {
+    hostfwd_bin().with_file_name("hostfwdctl")
 }
