@@ -49,9 +49,14 @@ enum Cmd {
     DefaultConfig,
 }
 
+/// `netlink_proto` warns about every response that arrives after its
+/// request's stream was dropped (the end of a dump); not the operator's
+/// concern.
+const DEFAULT_LOG: &str = "info,netlink_proto=error";
+
 fn main() -> ExitCode {
     let fmt = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| DEFAULT_LOG.into()))
         .with_writer(std::io::stderr)
         // Colours only for a person at a terminal, not for journald or files.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
