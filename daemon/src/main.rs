@@ -49,9 +49,10 @@ enum Cmd {
     DefaultConfig,
 }
 
-/// `netlink_proto` warns about every response that arrives after its
-/// request's stream was dropped (the end of a dump); not the operator's
-/// concern.
+/// `netlink_proto` warns ("failed to forward response back to the handle")
+/// when a reply finds its receiver gone, which NetworkManager's link churn
+/// provokes in the E2E VM; nothing an operator can act on.
+/// `RUST_LOG=info,netlink_proto=warn` shows them.
 const DEFAULT_LOG: &str = "info,netlink_proto=error";
 
 fn main() -> ExitCode {
