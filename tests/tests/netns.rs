@@ -233,11 +233,32 @@ fn tc_leaves_foreign_filters_alone() {
 
 // --- The loader killed and restarted ---------------------------------------
 
-fn daemon(s: &Setup, root: &std::path::Path, mode: &str) -> Child {
+/// `web_policy` as a Cilium policy file: the daemon manages the policy.
+const WEB_CCNP: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: web
+spec:
+  nodeSelector: {}
+  ingress:
+  - fromCIDR: [10.77.0.0/24, fd77::/64]
+    toPorts:
+    - ports:
+      - port: \"80\"
+        protocol: TCP
+  - fromEntities: [all]
+    icmps:
+    - fields:
+      - {type: 8, family: IPv4}
+      - {type: 128, family: IPv6}
+";
+
+fn daemon(s: &Setup, root: &std::path::Path, policies: &std::path::Path, mode: &str) -> Child {
     s.topo
         .host
         .cmd(hostfwd_bin())
         .env("HOSTFWD_BPFFS_ROOT", root)
+        .env("HOSTFWD_POLICY_DIR", policies)
         .env("HOSTFWD_DEVICES", "h0")
         .env("HOSTFWD_AUDIT", "false")
         .env("HOSTFWD_DBUS", "none")
@@ -274,9 +295,11 @@ fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
         s.topo.host.run(|| s.dp.detach(h, d).unwrap()).unwrap();
     }
     let root = s.dp.root.clone();
-    let mut first = daemon(&s, &root, mode);
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("web.yaml"), WEB_CCNP).unwrap();
+    let mut first = daemon(&s, &root, policies.path(), mode);
     wait_until("daemon attached both directions", Duration::from_secs(5), || kernel_view(&s, mode).len() == 2);
-    web_policy(&mut s.dp);
+    wait_until("the daemon's policy enforced", Duration::from_secs(5), || !connects(&s, s.other.addr()));
     let mut sess = Session::connect(&s.topo.peer, s.web.addr(), T).unwrap();
     sess.roundtrip(T).unwrap();
     let before = kernel_view(&s, mode);
@@ -300,7 +323,7 @@ fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
             }
             fails
         });
-        let mut second = daemon(&s, &root, mode);
+        let mut second = daemon(&s, &root, policies.path(), mode);
         wait_until("the new daemon's programs replace the old ones", Duration::from_secs(5), || kernel_view(&s, mode) != before);
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
