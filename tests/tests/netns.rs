@@ -289,7 +289,7 @@ fn kernel_view(s: &Setup, mode: &str) -> Vec<String> {
 fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
     // The test's datapath shares the daemon's bpffs root: it adopts the
     // pinned maps, which is how it installs the policy.
-    let mut s = setup(&format!("ns-{mode}-kill"), choice);
+    let s = setup(&format!("ns-{mode}-kill"), choice);
     let h = s.topo.h.ifindex;
     for d in Direction::ALL {
         s.topo.host.run(|| s.dp.detach(h, d).unwrap()).unwrap();
