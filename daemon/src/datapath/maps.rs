@@ -176,6 +176,15 @@ fn delete_where<K: Pod, V: Pod>(map: &MapMut<'_>, name: &'static str, pred: impl
     Ok(())
 }
 
+/// Deletes `keys` with batch deletes; false if one of them was missing (the
+/// kernel stops there) or a delete failed.
+fn delete_keys<K: Pod>(map: &MapMut<'_>, keys: &[K]) -> bool {
+    keys.chunks(BATCH).all(|chunk| {
+        let bytes: Vec<u8> = chunk.iter().flat_map(|k| k.as_bytes().iter().copied()).collect();
+        map.delete_batch(&bytes, chunk.len() as u32, MapFlags::ANY, MapFlags::ANY).is_ok()
+    })
+}
+
 fn keys<K: Pod>(map: &MapMut<'_>) -> Vec<K> {
     map.keys().filter_map(|k| K::from_bytes(&k)).collect()
 }
@@ -368,7 +377,9 @@ impl Datapath {
                 std::thread::sleep(GENERATION_GRACE - since);
             }
         }
-        self.clear_generation(next as u8)?;
+        // Unknown from here until the write below succeeds.
+        let known = self.policy_keys[next as usize].take();
+        self.clear_generation(next as u8, known.as_ref())?;
 
         let maps = PolicyMaps::new(image, next as u8, RULE_CAPACITY);
         let m = &self.skel.maps;
@@ -376,6 +387,7 @@ impl Datapath {
         update_all(&m.hf_ident6, "hf_ident6", &maps.ident6)?;
         update_all(&m.hf_rules, "hf_rules", &maps.rules)?;
         update(&m.hf_policy_meta, "hf_policy_meta", &next, &maps.meta)?;
+        self.policy_keys[next as usize] = Some(GenerationKeys::of(maps));
 
         // The switch: from here on, new packets see the new generation.
         g.policy_gen = next;
@@ -403,8 +415,23 @@ impl Datapath {
         )
     }
 
-    fn clear_generation(&self, gen: u8) -> Result<()> {
+    /// Empties generation `gen`. With the keys this process wrote into it
+    /// (`known`), those are deleted directly; reading the maps back to find
+    /// them costs more than the deletes (every bucket of both generations is
+    /// scanned: ~80 ms for 230k rule entries). Without (maps adopted from an
+    /// earlier process, a failed write), or if a key is missing, the maps
+    /// are read back. This relies on what the generation scheme relies on
+    /// already: one writer of the policy maps at a time.
+    fn clear_generation(&self, gen: u8, known: Option<&GenerationKeys>) -> Result<()> {
         let m = &self.skel.maps;
+        if let Some(k) = known {
+            let deleted = delete_keys(&m.hf_ident4, &k.ident4)
+                && delete_keys(&m.hf_ident6, &k.ident6)
+                && delete_keys(&m.hf_rules, &k.rules);
+            if deleted {
+                return update(&m.hf_policy_meta, "hf_policy_meta", &(gen as u32), &l::PolicyMeta::default());
+            }
+        }
         delete_where::<l::Ident4Key, u32>(&m.hf_ident4, "hf_ident4", |k| k.gen == gen)?;
         delete_where::<l::Ident6Key, u32>(&m.hf_ident6, "hf_ident6", |k| k.gen == gen)?;
         delete_where::<l::RuleKey, l::RuleVal>(&m.hf_rules, "hf_rules", |k| k.gen == gen)?;
@@ -536,6 +563,24 @@ pub(crate) struct PolicyMaps {
     pub ident6: Vec<(l::Ident6Key, u32)>,
     pub rules: Vec<(l::RuleKey, l::RuleVal)>,
     pub meta: l::PolicyMeta,
+}
+
+/// The keys of one generation's policy entries, as written.
+#[derive(Debug, Default)]
+pub(super) struct GenerationKeys {
+    ident4: Vec<l::Ident4Key>,
+    ident6: Vec<l::Ident6Key>,
+    rules: Vec<l::RuleKey>,
+}
+
+impl GenerationKeys {
+    fn of(maps: PolicyMaps) -> GenerationKeys {
+        GenerationKeys {
+            ident4: maps.ident4.into_iter().map(|(k, _)| k).collect(),
+            ident6: maps.ident6.into_iter().map(|(k, _)| k).collect(),
+            rules: maps.rules.into_iter().map(|(k, _)| k).collect(),
+        }
+    }
 }
 
 /// The rule entries of one (identity, direction, protocol).

@@ -121,6 +121,9 @@ pub struct Datapath {
     paths: Paths,
     mode: AttachMode,
     last_policy_swap: Option<Instant>,
+    /// Per generation, the policy keys this process wrote into it (see
+    /// `apply_policy`); `None` when unknown (adopted maps, a failed write).
+    policy_keys: [Option<maps::GenerationKeys>; 2],
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -215,7 +218,7 @@ impl Datapath {
                 map.pin(&pin).map_err(|source| Error::PinMap { map: name.clone(), path: pin.clone(), source })?;
             }
         }
-        let dp = Datapath { skel, paths, mode, last_policy_swap: None };
+        let dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None] };
         dp.init_global()?;
         Ok(dp)
     }

@@ -573,8 +573,11 @@ struct TreeBuilder {
 }
 
 impl TreeBuilder {
-    fn add(&mut self, node: Node, anchor: usize) -> Result<(), (Pos, String)> {
-        self.nodes += node.size();
+    /// Adds `node`, which brings `new_nodes` nodes to the document: 1 for
+    /// a scalar or a collection (whose items were counted as they came),
+    /// the whole subtree for an alias.
+    fn add(&mut self, node: Node, anchor: usize, new_nodes: usize) -> Result<(), (Pos, String)> {
+        self.nodes += new_nodes;
         if self.nodes > MAX_NODES {
             return Err((
                 node.pos,
@@ -605,6 +608,40 @@ impl TreeBuilder {
     }
 }
 
+/// The position of a YAML syntax error at saphyr's `line` and 0-based
+/// `col`. saphyr-parser 0.3 counts the name and parameters of a directive
+/// (`%YAML`, `%TAG`, or a reserved one) in bytes, not characters
+/// (`fetch_while_is_yaml_non_space` returns a byte count, which the scanner
+/// adds to the column), so on a `%` line — directives start in column 1 —
+/// the column is a byte offset into the line, and an error after non-ASCII
+/// text there would point past the line's end. It is converted to
+/// characters, as every other position is.
+fn syntax_error_pos(text: &str, line: usize, col: usize) -> Pos {
+    let column = match line_text(text, line) {
+        Some(l) if l.starts_with('%') => {
+            let mut byte = col.min(l.len());
+            while !l.is_char_boundary(byte) {
+                byte -= 1;
+            }
+            l[..byte].chars().count()
+        }
+        _ => col,
+    };
+    Pos::new(line, column + 1)
+}
+
+/// Line `line` (1-based) of `text` without its break; lines end at `\n`,
+/// `\r\n` or a lone `\r`, as in YAML.
+fn line_text(text: &str, line: usize) -> Option<&str> {
+    let mut rest = text;
+    for _ in 1..line {
+        let i = rest.find(['\n', '\r'])?;
+        let skip = if rest[i..].starts_with("\r\n") { 2 } else { 1 };
+        rest = &rest[i + skip..];
+    }
+    Some(&rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())])
+}
+
 /// Parses a YAML stream into one tree per (non-empty) document. A syntax
 /// error stops the whole file (nothing after it can be trusted).
 fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
@@ -613,7 +650,7 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
     while let Some(next) = parser.next_event() {
         let (event, span) = next.map_err(|e| {
             (
-                Pos::new(e.marker().line(), e.marker().col() + 1),
+                syntax_error_pos(text, e.marker().line(), e.marker().col()),
                 format!("YAML syntax error: {}", e.info()),
             )
         })?;
@@ -639,7 +676,7 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
                         tag,
                     },
                 };
-                b.add(node, anchor)?;
+                b.add(node, anchor, 1)?;
             }
             Event::SequenceStart(anchor, tag) => {
                 let tag = core_tag(tag.as_deref()).map_err(|m| (pos, m))?;
@@ -687,9 +724,8 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
                     ),
                     None => return Err((pos, "unbalanced YAML collection".into())),
                 };
-                // The collection's own size was counted item by item.
-                b.nodes = b.nodes.saturating_sub(node.size() - 1);
-                b.add(node, anchor)?;
+                // Its items were counted as they came.
+                b.add(node, anchor, 1)?;
             }
             Event::Alias(id) => {
                 let node = b
@@ -697,7 +733,8 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
                     .get(&id)
                     .cloned()
                     .ok_or_else(|| (pos, "alias to an unknown anchor".to_string()))?;
-                b.add(node, 0)?;
+                let size = node.size();
+                b.add(node, 0, size)?;
             }
         }
     }
@@ -736,16 +773,26 @@ impl Cx<'_> {
     }
 }
 
+// Paths are built for every rule (its origin) and for errors, in one
+// allocation of the right size (`format!` guesses and grows: several times
+// the cost on a large policy).
 fn field(path: &str, key: &str) -> String {
     if path.is_empty() {
-        key.to_string()
-    } else {
-        format!("{path}.{key}")
+        return key.to_string();
     }
+    let mut s = String::with_capacity(path.len() + 1 + key.len());
+    s.push_str(path);
+    s.push('.');
+    s.push_str(key);
+    s
 }
 
 fn index(path: &str, i: usize) -> String {
-    format!("{path}[{i}]")
+    use std::fmt::Write;
+    let mut s = String::with_capacity(path.len() + 8);
+    s.push_str(path);
+    let _ = write!(s, "[{i}]"); // writing to a String cannot fail
+    s
 }
 
 /// The fields a mapping may have.
@@ -792,6 +839,9 @@ impl<'n> Obj<'n> {
     }
 }
 
+/// Mappings with more keys than this check duplicates with a hash map.
+const SEEN_LINEAR: usize = 16;
+
 fn object<'n>(cx: &mut Cx, node: &'n Node, path: &str, schema: &Schema) -> Option<Obj<'n>> {
     let Value::Map(entries) = &node.value else {
         cx.error(
@@ -811,7 +861,10 @@ fn object<'n>(cx: &mut Cx, node: &'n Node, path: &str, schema: &Schema) -> Optio
         fields: Vec::new(),
         rejected: 0,
     };
-    let mut seen: HashMap<&str, Pos> = HashMap::new();
+    // Every key seen, for duplicates: a short list searched linearly (the
+    // usual mapping has a handful of keys), a hash map past that.
+    let mut seen: Vec<(&str, Pos)> = Vec::new();
+    let mut seen_many: HashMap<&str, Pos> = HashMap::new();
     for (k, v) in entries {
         let Value::Scalar { text: key, .. } = &k.value else {
             cx.error(
@@ -822,20 +875,35 @@ fn object<'n>(cx: &mut Cx, node: &'n Node, path: &str, schema: &Schema) -> Optio
             continue;
         };
         let key = key.as_str();
-        let kpath = field(path, key);
-        if let Some(first) = seen.get(key) {
-            cx.error(k.pos, &kpath, format!("duplicate field (first at {first})"));
+        let first = if seen_many.is_empty() {
+            seen.iter().find(|(s, _)| *s == key).map(|(_, p)| *p)
+        } else {
+            seen_many.get(key).copied()
+        };
+        if let Some(first) = first {
+            cx.error(
+                k.pos,
+                &field(path, key),
+                format!("duplicate field (first at {first})"),
+            );
             continue;
         }
-        seen.insert(key, k.pos);
+        if seen.len() < SEEN_LINEAR {
+            seen.push((key, k.pos));
+        } else {
+            if seen_many.is_empty() {
+                seen_many.extend(seen.iter().copied());
+            }
+            seen_many.insert(key, k.pos);
+        }
         if let Some((_, why)) = schema.unsupported.iter().find(|(u, _)| *u == key) {
             obj.rejected += 1;
-            cx.error(k.pos, &kpath, *why);
+            cx.error(k.pos, &field(path, key), *why);
         } else if let Some((_, hint)) = schema.misplaced.iter().find(|(m, _)| *m == key) {
             obj.rejected += 1;
             cx.error(
                 k.pos,
-                &kpath,
+                &field(path, key),
                 format!("not a field of {}: {hint}", schema.what),
             );
         } else if schema.known.contains(&key) {
@@ -850,7 +918,7 @@ fn object<'n>(cx: &mut Cx, node: &'n Node, path: &str, schema: &Schema) -> Optio
                     schema.known.join(", ")
                 ),
             };
-            cx.error(k.pos, &kpath, msg);
+            cx.error(k.pos, &field(path, key), msg);
         }
     }
     Some(obj)
@@ -920,6 +988,15 @@ fn string(cx: &mut Cx, node: &Node, path: &str) -> Option<String> {
             );
             None
         }
+    }
+}
+
+/// [`string`] with the path built only for an error (list items: most are
+/// fine, and a policy can list thousands).
+fn string_at(cx: &mut Cx, node: &Node, path: impl FnOnce() -> String) -> Option<String> {
+    match node.typed() {
+        Some(Typed::Str(s)) => Some(s.to_string()),
+        _ => string(cx, node, &path()),
     }
 }
 
@@ -1768,22 +1845,20 @@ fn parse_rule(
 
         if let Some((items, lpath)) = peer_list(cx, &obj, entities_key) {
             for (i, item) in items.iter().enumerate() {
-                let ipath = index(&lpath, i);
-                if let Some(s) = string(cx, item, &ipath) {
+                if let Some(s) = string_at(cx, item, || index(&lpath, i)) {
                     match Entity::parse(&s) {
                         Ok(e) => peers.push(Peer::Entity(e)),
-                        Err(msg) => cx.error(item.pos, &ipath, msg),
+                        Err(msg) => cx.error(item.pos, &index(&lpath, i), msg),
                     }
                 }
             }
         }
         if let Some((items, lpath)) = peer_list(cx, &obj, cidr_key) {
             for (i, item) in items.iter().enumerate() {
-                let ipath = index(&lpath, i);
-                if let Some(s) = string(cx, item, &ipath) {
+                if let Some(s) = string_at(cx, item, || index(&lpath, i)) {
                     match parse_cidr(&s, true) {
                         Ok(net) => peers.push(Peer::Cidr(CidrSet::cidr(net))),
-                        Err(msg) => cx.error(item.pos, &ipath, msg),
+                        Err(msg) => cx.error(item.pos, &index(&lpath, i), msg),
                     }
                 }
             }
@@ -1820,15 +1895,13 @@ fn parse_rule(
                 ports.extend(parse_icmp_rule(cx, item, &index(&ipath, i)));
             }
         }
-        let mut seen = std::collections::HashSet::new();
-        ports.retain(|p| seen.insert(*p));
+        dedup_in_order(&mut ports);
 
         // No L3 selector but ports: every peer (Cilium's wildcard selector).
         if !has_peer_field && !ports.is_empty() {
             peers.push(Peer::Entity(Entity::All));
         }
-        let mut seen = std::collections::HashSet::new();
-        peers.retain(|p| seen.insert(p.clone()));
+        dedup_in_order(&mut peers);
 
         Some(PolicyRule {
             path: path.clone(),
@@ -1839,6 +1912,24 @@ fn parse_rule(
             ports,
         })
     })
+}
+
+/// Drops repeated elements, keeping the first of each: by linear search in
+/// the usual short list, with a hash set in a long one.
+fn dedup_in_order<T: Clone + Eq + std::hash::Hash>(v: &mut Vec<T>) {
+    if v.len() <= SEEN_LINEAR {
+        let mut i = 0;
+        while i < v.len() {
+            if v[..i].contains(&v[i]) {
+                v.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(v.len());
+        v.retain(|p| seen.insert(p.clone()));
+    }
 }
 
 /// A peer list field, unless absent or invalid. Present and empty is
@@ -1913,14 +2004,14 @@ fn parse_cidr_set(cx: &mut Cx, node: &Node, path: &str) -> Option<Peer> {
         if let Some(e) = obj.get("except") {
             let epath = obj.path("except");
             for (i, item) in list(cx, e, &epath).unwrap_or_default().iter().enumerate() {
-                let ipath = index(&epath, i);
-                let Some(s) = string(cx, item, &ipath) else {
+                let ipath = || index(&epath, i);
+                let Some(s) = string_at(cx, item, ipath) else {
                     continue;
                 };
                 let ex = match parse_cidr(&s, false) {
                     Ok(n) => n,
                     Err(m) => {
-                        cx.error(item.pos, &ipath, m);
+                        cx.error(item.pos, &ipath(), m);
                         continue;
                     }
                 };
@@ -1932,13 +2023,13 @@ fn parse_cidr_set(cx: &mut Cx, node: &Node, path: &str) -> Option<Peer> {
                     if !same_family {
                         cx.error(
                             item.pos,
-                            &ipath,
+                            &ipath(),
                             format!("{s} is not of the same address family as cidr {cidr}"),
                         );
                         continue;
                     }
                     if !cidr.trunc().contains(&ex.trunc()) {
-                        cx.error(item.pos, &ipath, format!("{s} is not inside cidr {cidr}"));
+                        cx.error(item.pos, &ipath(), format!("{s} is not inside cidr {cidr}"));
                         continue;
                     }
                 }
@@ -1979,19 +2070,19 @@ fn parse_port(cx: &mut Cx, node: &Node, path: &str) -> Option<PortMatch> {
     cx.clean(|cx| {
         let obj = object(cx, node, path, &PORT)?;
         let port = required(cx, &obj, "port", "a port needs port (\"0\" for every port)")
-            .and_then(|p| port_number(cx, p, &obj.path("port")));
+            .and_then(|p| port_number(cx, p, || obj.path("port")));
+        let epath = || obj.path("endPort");
         let end_port = obj.get("endPort").and_then(|e| {
-            let epath = obj.path("endPort");
             match e.typed() {
                 Some(Typed::Int(n)) if (0..=65535).contains(&n) => Some(n as u16),
                 Some(Typed::Int(n)) => {
-                    cx.error(e.pos, &epath, format!("endPort {n} is out of range (0-65535)"));
+                    cx.error(e.pos, &epath(), format!("endPort {n} is out of range (0-65535)"));
                     None
                 }
                 _ => {
                     cx.error(
                         e.pos,
-                        &epath,
+                        &epath(),
                         format!("expected a port number, found {}", e.describe()),
                     );
                     None
@@ -2001,8 +2092,8 @@ fn parse_port(cx: &mut Cx, node: &Node, path: &str) -> Option<PortMatch> {
         let proto = match obj.get("protocol") {
             None => Some(L4Proto::Any),
             Some(p) => {
-                let ppath = obj.path("protocol");
-                string(cx, p, &ppath).and_then(|s| match s.to_ascii_uppercase().as_str() {
+                let ppath = || obj.path("protocol");
+                string_at(cx, p, ppath).and_then(|s| match s.to_ascii_uppercase().as_str() {
                     "TCP" => Some(L4Proto::Tcp),
                     "UDP" => Some(L4Proto::Udp),
                     "SCTP" => Some(L4Proto::Sctp),
@@ -2010,7 +2101,7 @@ fn parse_port(cx: &mut Cx, node: &Node, path: &str) -> Option<PortMatch> {
                     "ICMP" | "ICMPV6" => {
                         cx.error(
                             p.pos,
-                            &ppath,
+                            &ppath(),
                             format!("protocol {s:?} is not matched with toPorts: use icmps (with family IPv4 or IPv6)"),
                         );
                         None
@@ -2018,7 +2109,7 @@ fn parse_port(cx: &mut Cx, node: &Node, path: &str) -> Option<PortMatch> {
                     _ => {
                         cx.error(
                             p.pos,
-                            &ppath,
+                            &ppath(),
                             format!("unknown protocol {s:?} (expected TCP, UDP, SCTP or ANY)"),
                         );
                         None
@@ -2029,17 +2120,16 @@ fn parse_port(cx: &mut Cx, node: &Node, path: &str) -> Option<PortMatch> {
         let (port, proto) = (port?, proto?);
         if let Some(end) = end_port {
             let epos = obj.get("endPort").map_or(obj.pos, |e| e.pos);
-            let epath = obj.path("endPort");
             if port == 0 {
                 cx.error(
                     epos,
-                    &epath,
+                    &epath(),
                     "endPort needs a non-zero port (port 0 already means every port)",
                 );
                 return None;
             }
             if end < port {
-                cx.error(epos, &epath, format!("endPort {end} is below port {port}"));
+                cx.error(epos, &epath(), format!("endPort {end} is below port {port}"));
                 return None;
             }
         }
@@ -2047,7 +2137,7 @@ fn parse_port(cx: &mut Cx, node: &Node, path: &str) -> Option<PortMatch> {
     })
 }
 
-fn port_number(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {
+fn port_number(cx: &mut Cx, node: &Node, path: impl FnOnce() -> String) -> Option<u16> {
     let n = match node.typed() {
         Some(Typed::Int(n)) => n,
         Some(Typed::Str(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
@@ -2056,7 +2146,7 @@ fn port_number(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {
         Some(Typed::Str(s)) if s.bytes().any(|b| b.is_ascii_alphabetic()) => {
             cx.error(
                 node.pos,
-                path,
+                &path(),
                 format!("named port {s:?} cannot be enforced: hostfwd has no pods whose ports it could name (use the port number)"),
             );
             return None;
@@ -2064,7 +2154,7 @@ fn port_number(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {
         _ => {
             cx.error(
                 node.pos,
-                path,
+                &path(),
                 format!("expected a port number, found {}", node.describe()),
             );
             return None;
@@ -2075,7 +2165,7 @@ fn port_number(cx: &mut Cx, node: &Node, path: &str) -> Option<u16> {
         Err(_) => {
             cx.error(
                 node.pos,
-                path,
+                &path(),
                 format!("port {n} is out of range (0-65535)"),
             );
             None
@@ -3012,6 +3102,24 @@ mod tests {
         let errors = errors_of(&text);
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("document too large"), "{errors:?}");
+    }
+
+    #[test]
+    fn syntax_errors_on_directive_lines_are_placed_in_characters() {
+        // Found by the fuzz target: saphyr counts a directive's name in
+        // bytes, so the NUL (the 6th character) was reported at column 10,
+        // past the end of the line.
+        let e = parse_policies("t.yaml", "%\u{e9}\u{e9}\u{e9}\u{e9}\0").expect_err("NUL");
+        assert_eq!((e[0].line, e[0].column), (1, 6), "{e:?}");
+        let e = parse_policies(
+            "t.yaml",
+            "a: b\r\n...\r%\u{e9}\u{e9}\u{e9}\u{e9} p\u{e9}\u{e9} \0",
+        )
+        .expect_err("NUL");
+        assert_eq!((e[0].line, e[0].column), (3, 11), "{e:?}");
+        assert_eq!(line_text("a\rb\r\nc\nd", 3), Some("c"));
+        assert_eq!(line_text("a\n", 2), Some(""));
+        assert_eq!(line_text("a", 2), None);
     }
 
     #[test]

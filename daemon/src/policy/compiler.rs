@@ -10,15 +10,20 @@
 //!    with a containment stack (parent state plus the node's own events, then
 //!    undone when leaving it), so the cost is O(n log n) in the number of
 //!    prefixes, never O(n²). Equal rule sets are interned into one identity.
+//!    Rules with the same peers (all `toEntities: [world]` rules, say) are
+//!    one class for the walk, which tracks sets of classes, so a wide rule
+//!    repeated many times does not make every set large.
 //!    A node gets an entry only where its set differs from what the LPM would
 //!    find above it — this is also how an `except` of an empty set shadows a
 //!    covering ancestor (with the identity of the empty set, which has no rule
 //!    entries).
-//! 2. **Rules per identity and direction.** Deny beats allow. An L3-only deny
-//!    decides alone (one `proto: None` entry). Otherwise an L3-only allow is
-//!    one `proto: None` entry, and per protocol the port intervals are split
-//!    into elementary segments, each Deny if any deny covers it, and each run
-//!    of equal verdicts is written as aligned port prefixes.
+//! 2. **Rules per identity and direction**, computed once per distinct
+//!    (direction, classes with rules in it) and shared by the identities
+//!    that have it. Deny beats allow. An L3-only deny decides alone (one
+//!    `proto: None` entry). Otherwise an L3-only allow is one `proto: None`
+//!    entry, and per protocol the port intervals are split into elementary
+//!    segments, each Deny if any deny covers it, and each run of equal
+//!    verdicts is written as aligned port prefixes.
 //!
 //! IPv4 and the kernel's IPv4-mapped storage: the identity trie is one
 //! 128-bit trie, so an IPv6 prefix containing `::ffff:0:0/96` (e.g. `::/0`)
@@ -49,15 +54,56 @@ pub fn compile(rule_set: &RuleSet) -> Result<MapImage, ValidationError> {
     order.sort_by_key(|r| r.id);
     let flat: Vec<FlatRule> = order.iter().map(|r| FlatRule::new(r)).collect();
 
+    // Rules with the same peers are covered by the same addresses, so the
+    // prefix walk works on classes of them: every `toEntities: [world]`
+    // rule, say, is one class. Sets of classes stay small however many rules
+    // share their peers, and so do the walk's events.
+    let mut class_of: HashMap<Vec<(IpNet, Vec<IpNet>)>, u32, FastHash> = HashMap::default();
+    let mut class_peers: Vec<Vec<(IpNet, Vec<IpNet>)>> = Vec::new();
+    let mut class_rules: Vec<Vec<u32>> = Vec::new();
+    for (ri, rule) in order.iter().enumerate() {
+        let mut peers: Vec<(IpNet, Vec<IpNet>)> = rule
+            .peers
+            .iter()
+            .map(|p| {
+                let cidr = canonical_net(p.cidr);
+                // An IPv4-mapped except of an IPv6 CIDR removes addresses
+                // the CIDR never matches (they are IPv4 to the datapath):
+                // drop it.
+                let mut except: Vec<IpNet> = p
+                    .except
+                    .iter()
+                    .map(|e| canonical_net(*e))
+                    .filter(|e| same_family(cidr, *e))
+                    .collect();
+                except.sort_unstable();
+                except.dedup();
+                (cidr, except)
+            })
+            .collect();
+        peers.sort_unstable();
+        peers.dedup();
+        let class = match class_of.get(&peers) {
+            Some(&c) => c,
+            None => {
+                let c = class_rules.len() as u32;
+                class_of.insert(peers.clone(), c);
+                class_peers.push(peers);
+                class_rules.push(Vec::new());
+                c
+            }
+        };
+        class_rules[class as usize].push(ri as u32);
+    }
+
     // Peer sets become events on prefix-tree nodes, one list per family.
-    let mut set_rule: Vec<u32> = Vec::new();
+    let mut set_class: Vec<u32> = Vec::new();
     let mut ev4: Vec<Event> = Vec::new();
     let mut ev6: Vec<Event> = Vec::new();
-    for (ri, rule) in order.iter().enumerate() {
-        for peer in &rule.peers {
-            let set = set_rule.len() as u32;
-            set_rule.push(ri as u32);
-            let cidr = canonical_net(peer.cidr);
+    for (class, peers) in class_peers.iter().enumerate() {
+        for (cidr, except) in peers {
+            let set = set_class.len() as u32;
+            set_class.push(class as u32);
             let push = |net: IpNet, kind: u8, ev4: &mut Vec<Event>, ev6: &mut Vec<Event>| {
                 let e = Event::new(net, kind, set);
                 match net {
@@ -65,19 +111,14 @@ pub fn compile(rule_set: &RuleSet) -> Result<MapImage, ValidationError> {
                     IpNet::V6(_) => ev6.push(e),
                 }
             };
-            push(cidr, ACTIVATE, &mut ev4, &mut ev6);
-            for except in &peer.except {
-                let except = canonical_net(*except);
-                // An IPv4-mapped except of an IPv6 CIDR removes addresses the
-                // CIDR never matches (they are IPv4 to the datapath): drop it.
-                if same_family(cidr, except) {
-                    push(except, DEACTIVATE, &mut ev4, &mut ev6);
-                }
+            push(*cidr, ACTIVATE, &mut ev4, &mut ev6);
+            for e in except {
+                push(*e, DEACTIVATE, &mut ev4, &mut ev6);
             }
         }
     }
 
-    let mut walker = Walker::new(&set_rule, flat.len());
+    let mut walker = Walker::new(&set_class, class_rules.len());
     let mut out6 = Vec::new();
     ev6.sort_unstable();
     walker.walk(&ev6, EMPTY, &mut out6);
@@ -119,10 +160,67 @@ pub fn compile(rule_set: &RuleSet) -> Result<MapImage, ValidationError> {
         });
     }
 
+    // An identity's entries in one direction depend only on its classes
+    // with rules in that direction, and many identities share those: every
+    // prefix outside the cluster has the `world` rules and differs from its
+    // neighbours only by its own ingress rule. Each distinct (direction,
+    // classes) is compiled once.
+    let class_dirs: Vec<[bool; 2]> = class_rules
+        .iter()
+        .map(|rules| {
+            let mut d = [false; 2];
+            for &r in rules {
+                d[dir_index(flat[r as usize].direction)] = true;
+            }
+            d
+        })
+        .collect();
     let mut rules = Vec::new();
+    let mut done: HashMap<(usize, Vec<u32>), Vec<DirEntry>, FastHash> = HashMap::default();
+    let mut members: Vec<u32> = Vec::new();
     for (identity, &set) in set_of_identity.iter().enumerate().skip(1) {
-        let members = &walker.interner.sets[set as usize];
-        compile_identity(identity as u32, members, &flat, &mut rules);
+        let classes = &walker.interner.sets[set as usize];
+        for direction in Direction::ALL {
+            let d = dir_index(direction);
+            let key = (
+                d,
+                classes
+                    .iter()
+                    .copied()
+                    .filter(|&c| class_dirs[c as usize][d])
+                    .collect::<Vec<u32>>(),
+            );
+            if key.1.is_empty() {
+                continue;
+            }
+            if !done.contains_key(&key) {
+                // The rules of these classes in this direction, in id order.
+                members.clear();
+                for &c in &key.1 {
+                    members.extend(
+                        class_rules[c as usize]
+                            .iter()
+                            .copied()
+                            .filter(|&r| flat[r as usize].direction == direction),
+                    );
+                }
+                members.sort_unstable();
+                let entries = direction_entries(&members, &flat);
+                done.insert(key.clone(), entries);
+            }
+            rules.extend(
+                done[&key]
+                    .iter()
+                    .map(|&(proto, port, action, rule_id)| RuleEntry {
+                        identity: identity as u32,
+                        direction,
+                        proto,
+                        port,
+                        action,
+                        rule_id,
+                    }),
+            );
+        }
     }
     debug_assert!(identities.windows(2).all(|w| w[0].prefix < w[1].prefix));
     debug_assert!(rules.windows(2).all(|w| w[0].sort_key() < w[1].sort_key()));
@@ -239,8 +337,8 @@ fn same_family(a: IpNet, b: IpNet) -> bool {
     )
 }
 
-
-/// Interned rule sets (sorted rule indices). Index 0 is the empty set.
+/// Interned sets of rule classes (sorted class indices). Index 0 is the
+/// empty set.
 struct Interner {
     sets: Vec<Vec<u32>>,
     ids: HashMap<Vec<u32>, u32, FastHash>,
@@ -312,27 +410,28 @@ struct Frame {
 
 /// The prefix-tree walk with its mutable coverage state.
 struct Walker<'a> {
-    set_rule: &'a [u32],
+    /// Per peer set: its class.
+    set_class: &'a [u32],
     /// Per peer set: CIDR entered and no except of it entered.
     active: Vec<bool>,
-    /// Per rule: number of active peer sets.
+    /// Per class: number of active peer sets.
     covered: Vec<u32>,
     /// Peer sets flipped, in order, to restore the parent state.
     undo: Vec<u32>,
-    /// Per rule: last node that touched it, to collect each rule once.
+    /// Per class: last node that touched it, to collect each class once.
     stamp: Vec<u64>,
     node: u64,
     interner: Interner,
 }
 
 impl<'a> Walker<'a> {
-    fn new(set_rule: &'a [u32], rules: usize) -> Walker<'a> {
+    fn new(set_class: &'a [u32], classes: usize) -> Walker<'a> {
         Walker {
-            set_rule,
-            active: vec![false; set_rule.len()],
-            covered: vec![0; rules],
+            set_class,
+            active: vec![false; set_class.len()],
+            covered: vec![0; classes],
             undo: Vec::new(),
-            stamp: vec![0; rules],
+            stamp: vec![0; classes],
             node: 0,
             interner: Interner::new(),
         }
@@ -340,7 +439,7 @@ impl<'a> Walker<'a> {
 
     fn flip(&mut self, set: u32) {
         let s = set as usize;
-        let r = self.set_rule[s] as usize;
+        let r = self.set_class[s] as usize;
         self.active[s] = !self.active[s];
         if self.active[s] {
             self.covered[r] += 1;
@@ -393,7 +492,7 @@ impl<'a> Walker<'a> {
                 if self.active[ev.set as usize] == wanted {
                     continue;
                 }
-                let r = self.set_rule[ev.set as usize];
+                let r = self.set_class[ev.set as usize];
                 if self.stamp[r as usize] != self.node {
                     self.stamp[r as usize] = self.node;
                     touched.push((r, self.covered[r as usize] > 0));
@@ -441,59 +540,59 @@ impl<'a> Walker<'a> {
     }
 }
 
-/// Appends the rule entries of one identity (rules `members`, sorted by id).
-fn compile_identity(identity: u32, members: &[u32], flat: &[FlatRule], out: &mut Vec<RuleEntry>) {
+fn dir_index(d: Direction) -> usize {
+    match d {
+        Direction::Ingress => 0,
+        Direction::Egress => 1,
+    }
+}
+
+/// A rule entry without its identity and direction: (proto, port prefix,
+/// action, rule id).
+type DirEntry = (Option<u8>, Option<(u16, u8)>, Action, u32);
+
+/// The rule entries of an identity in one direction, from its members in
+/// that direction (`members`: rule indices, sorted by id, all of that
+/// direction), in entry order.
+fn direction_entries(members: &[u32], flat: &[FlatRule]) -> Vec<DirEntry> {
+    let mut out = Vec::new();
+    let mut l3_deny = None;
+    let mut l3_allow = None;
     let mut intervals: Vec<(u8, u16, u16, Action, u32)> = Vec::new();
-    for direction in Direction::ALL {
-        let entry = |proto, port, action, rule_id| RuleEntry {
-            identity,
-            direction,
-            proto,
-            port,
-            action,
-            rule_id,
-        };
-        let mut l3_deny = None;
-        let mut l3_allow = None;
-        intervals.clear();
-        for r in members
-            .iter()
-            .map(|&m| &flat[m as usize])
-            .filter(|r| r.direction == direction)
-        {
-            match (r.l3, r.action) {
-                (true, Action::Deny) => {
-                    l3_deny.get_or_insert(r.id);
-                }
-                (true, Action::Allow) => {
-                    l3_allow.get_or_insert(r.id);
-                }
-                (false, action) => {
-                    intervals.extend(r.intervals.iter().map(|&(p, f, l)| (p, f, l, action, r.id)));
-                }
+    for r in members.iter().map(|&m| &flat[m as usize]) {
+        match (r.l3, r.action) {
+            (true, Action::Deny) => {
+                l3_deny.get_or_insert(r.id);
+            }
+            (true, Action::Allow) => {
+                l3_allow.get_or_insert(r.id);
+            }
+            (false, action) => {
+                intervals.extend(r.intervals.iter().map(|&(p, f, l)| (p, f, l, action, r.id)));
             }
         }
-        if let Some(id) = l3_deny {
-            out.push(entry(None, None, Action::Deny, id));
-            continue;
-        }
-        if let Some(id) = l3_allow {
-            out.push(entry(None, None, Action::Allow, id));
-        }
-        intervals.sort_unstable_by_key(|iv| iv.0);
-        for group in intervals.chunk_by(|a, b| a.0 == b.0) {
-            let proto = group[0].0;
-            for (first, last, action, id) in segments(group, l3_allow) {
-                if first == 0 && last == u16::MAX {
-                    out.push(entry(Some(proto), None, action, id));
-                } else {
-                    for (value, plen) in port_prefixes(first, last) {
-                        out.push(entry(Some(proto), Some((value, plen)), action, id));
-                    }
+    }
+    if let Some(id) = l3_deny {
+        out.push((None, None, Action::Deny, id));
+        return out;
+    }
+    if let Some(id) = l3_allow {
+        out.push((None, None, Action::Allow, id));
+    }
+    intervals.sort_unstable_by_key(|iv| iv.0);
+    for group in intervals.chunk_by(|a, b| a.0 == b.0) {
+        let proto = group[0].0;
+        for (first, last, action, id) in segments(group, l3_allow) {
+            if first == 0 && last == u16::MAX {
+                out.push((Some(proto), None, action, id));
+            } else {
+                for (value, plen) in port_prefixes(first, last) {
+                    out.push((Some(proto), Some((value, plen)), action, id));
                 }
             }
         }
     }
+    out
 }
 
 /// Splits one protocol's port intervals into maximal runs of equal verdict:

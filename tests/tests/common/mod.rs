@@ -20,7 +20,10 @@ pub fn ensure_bpffs() {
     ONCE.call_once(|| {
         let st = nix::sys::statfs::statfs("/sys/fs/bpf").expect("statfs /sys/fs/bpf");
         if st.filesystem_type().0 as i64 != 0xcafe4a11 {
-            let ok = std::process::Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]).status().expect("mount");
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "bpf", "bpf", "/sys/fs/bpf"])
+                .status()
+                .expect("mount");
             assert!(ok.success(), "mounting bpffs on /sys/fs/bpf failed");
         }
     });
@@ -28,7 +31,11 @@ pub fn ensure_bpffs() {
 
 pub fn unique_root(tag: &str) -> PathBuf {
     static N: AtomicU32 = AtomicU32::new(0);
-    PathBuf::from(format!("/sys/fs/bpf/hftest-{tag}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)))
+    PathBuf::from(format!(
+        "/sys/fs/bpf/hftest-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// A loaded datapath under a private bpffs root, removed on drop.
@@ -60,16 +67,26 @@ impl TestDp {
     pub fn load(tag: &str, mode: AttachModeChoice) -> TestDp {
         ensure_bpffs();
         let root = unique_root(tag);
-        let dp = Datapath::load(&datapath::Config { bpffs_root: root.clone(), attach_mode: mode })
-            .unwrap_or_else(|e| panic!("loading the datapath under {}: {e}", root.display()));
-        dp.set_global(GlobalSettings { audit: false, drop_non_ip: false, events_per_sec: 100_000, events_burst: 100_000 })
-            .expect("set global");
+        let dp = Datapath::load(&datapath::Config {
+            bpffs_root: root.clone(),
+            attach_mode: mode,
+        })
+        .unwrap_or_else(|e| panic!("loading the datapath under {}: {e}", root.display()));
+        dp.set_global(GlobalSettings {
+            audit: false,
+            drop_non_ip: false,
+            events_per_sec: 100_000,
+            events_burst: 100_000,
+        })
+        .expect("set global");
         TestDp { dp, root }
     }
 
     /// Enforcing both directions on `ifindex`.
     pub fn enforce(&self, ifindex: u32) {
-        self.dp.set_link(ifindex, l::L_ENFORCE_INGRESS | l::L_ENFORCE_EGRESS).expect("set link");
+        self.dp
+            .set_link(ifindex, l::L_ENFORCE_INGRESS | l::L_ENFORCE_EGRESS)
+            .expect("set link");
     }
 
     pub fn audit(&self, on: bool) {
@@ -107,8 +124,20 @@ pub fn allow_tcp(id: u32, dir: Direction, cidrs: &[&str], port: u16) -> Rule {
     }
 }
 
-pub fn rule(id: u32, dir: Direction, action: Action, peers: Vec<CidrSet>, ports: Vec<PortMatch>) -> Rule {
-    Rule { id, direction: dir, action, peers, ports }
+pub fn rule(
+    id: u32,
+    dir: Direction,
+    action: Action,
+    peers: Vec<CidrSet>,
+    ports: Vec<PortMatch>,
+) -> Rule {
+    Rule {
+        id,
+        direction: dir,
+        action,
+        peers,
+        ports,
+    }
 }
 
 #[allow(unused_imports)]
@@ -118,7 +147,10 @@ pub use hostfwd_tests::hostfwd_bin;
 pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -> bool) {
     let end = std::time::Instant::now() + within;
     while !f() {
-        assert!(std::time::Instant::now() < end, "timed out waiting for: {what}");
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for: {what}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
