@@ -169,20 +169,12 @@ impl Error {
         }
     }
 
-    /// The human message.
+    /// The human message: the error's description, else what zbus says.
     pub fn message(&self) -> String {
-        match self {
-            Error::InvalidPolicy(m)
-            | Error::NoSuchLink(m)
-            | Error::NoSuchPolicy(m)
-            | Error::NoPendingConfirm(m)
-            | Error::Busy(m)
-            | Error::AccessDenied(m)
-            | Error::InteractiveAuthorizationRequired(m)
-            | Error::Failed(m) => m.clone(),
-            Error::ZBus(zbus::Error::MethodError(_, Some(m), _)) => m.clone(),
-            Error::ZBus(zbus::Error::FDO(e)) => e.description().unwrap_or_default().to_string(),
-            Error::ZBus(e) => e.to_string(),
+        match (zbus::DBusError::description(self), self) {
+            (Some(m), _) => m.to_string(),
+            (None, Error::ZBus(e)) => e.to_string(),
+            (None, _) => String::new(),
         }
     }
 
