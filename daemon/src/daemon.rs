@@ -705,7 +705,6 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     let mut d = Daemon::new(cfg, cfg_file, dp, hub);
     d.dp.set_global(d.settings())?;
     d.dp.set_failsafe(&d.cfg.failsafe_entries()?)?;
-    let detach_on_exit = d.cfg.detach_on_exit;
 
     let mut mon = Monitor::open().await?;
     d.table = mon.dump().await?;
@@ -791,7 +790,7 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
-    if detach_on_exit {
+    if d.cfg.detach_on_exit {
         for e in d.dp.teardown() {
             tracing::warn!(error = %e, "teardown");
         }
