@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::datapath::{self, AttachModeChoice, Direction};
+use crate::policy::entities::EntityContext;
 
 /// The built-in default (and the documented example).
 pub const DEFAULT_TOML: &str = include_str!("../hostfwd.toml");
@@ -123,6 +124,12 @@ impl Config {
             a if a.contains(':') => Ok(Bus::Address(a.to_string())),
             other => Err(Error::Invalid { field: "dbus".into(), problem: format!("`{other}` is not system, session, none or a D-Bus address (unix:path=…)") }),
         }
+    }
+
+    /// The entities of this configuration for the given host addresses
+    /// (none offline: `host` then resolves to nothing).
+    pub fn entities(&self, host_addrs: std::collections::BTreeSet<std::net::IpAddr>) -> EntityContext {
+        EntityContext { host_addrs, node_cidrs: self.node_cidrs.clone(), cluster_cidrs: self.cluster_cidrs.clone() }
     }
 
     pub fn datapath(&self) -> Result<datapath::Config, Error> {

@@ -17,8 +17,7 @@ use crate::datapath::{Datapath, EventReader};
 use crate::links::{Ifindex, LinkKind, Table};
 use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State, Statistic};
 use crate::netlink::{Event, Monitor};
-use crate::policy::cilium::{Policy, PolicyReport};
-use crate::policy::entities::EntityContext;
+use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
 use crate::policy::store::{self, Source, Sources};
 use crate::reconcile::{self, Action};
@@ -47,8 +46,6 @@ struct Policies {
     /// the policy directory was invalid at start and nothing has been
     /// applied since: the policy in the maps is then left as it is.
     sources: Option<Sources>,
-    /// `sources`, parsed.
-    parsed: Vec<Policy>,
     /// What the last compile said about each policy.
     report: Option<PolicyReport>,
     /// Increments with every change of the policy in force.
@@ -137,10 +134,6 @@ impl Daemon {
         crate::datapath::GlobalSettings { audit: self.audit(), ..self.cfg.settings() }
     }
 
-    fn entity_context(&self) -> EntityContext {
-        EntityContext { host_addrs: self.table.host_addrs(), node_cidrs: self.cfg.node_cidrs.clone(), cluster_cidrs: self.cfg.cluster_cidrs.clone() }
-    }
-
     /// Reads the policy directory at start (a missing one is an empty
     /// set). An invalid set is logged with every error and nothing is
     /// installed: the policy in the maps stays until a reload or an API
@@ -152,7 +145,6 @@ impl Daemon {
                 tracing::info!(dir = %dir.display(), policies = parsed.len(), "policies loaded");
                 self.policies.permanent = p.clone();
                 self.policies.sources = Some(p);
-                self.policies.parsed = parsed;
                 self.policies.installed_for = None;
             }
             Err(e) => tracing::error!(dir = %dir.display(), "policy set rejected, the policy in the maps stays:\n{e}"),
@@ -163,7 +155,7 @@ impl Daemon {
     /// swap). Nothing changes on error.
     fn install(&mut self, sources: &Sources) -> Result<(), manager::Error> {
         let parsed = store::parse(sources).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        let ctx = self.entity_context();
+        let ctx = self.cfg.entities(self.table.host_addrs());
         let host_addrs = ctx.host_addrs.clone();
         let compiled = files::compile_for_node(&parsed, &ctx, &self.cfg.node_labels).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let generation = self.dp.apply_policy(&compiled.image).map_err(|e| manager::Error::Failed(format!("installing the policy: {e}")))?;
@@ -171,7 +163,6 @@ impl Daemon {
             tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
         }
         tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
-        self.policies.parsed = parsed;
         self.policies.report = Some(compiled.report);
         self.policies.installed_for = Some(host_addrs);
         self.policy_failed = false;
@@ -445,12 +436,13 @@ impl Daemon {
     }
 
     fn confirm(&mut self, revision: u64) -> Result<(), manager::Error> {
-        match &self.policies.pending {
-            Some(p) if p.revision == revision => {}
-            Some(p) => return Err(manager::Error::NoPendingConfirm(format!(" with revision {revision} (revision {} does)", p.revision))),
-            None => return Err(manager::Error::NoPendingConfirm(String::new())),
-        }
-        let Some(p) = self.policies.pending.take() else { return Err(manager::Error::NoPendingConfirm(String::new())) };
+        let p = match self.policies.pending.take_if(|p| p.revision == revision) {
+            Some(p) => p,
+            None => {
+                let other = self.policies.pending.as_ref().map(|p| format!(" with revision {revision} (revision {} does)", p.revision));
+                return Err(manager::Error::NoPendingConfirm(other.unwrap_or_default()));
+            }
+        };
         tracing::info!(revision, "policy confirmed");
         match p.persist {
             Some(op) => self.persist(op).map_err(|e| manager::Error::Failed(format!("confirmed, but not persisted: {e}"))),

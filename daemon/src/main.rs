@@ -113,10 +113,10 @@ fn run(cli: Cli) -> Result<(), AnyError> {
 }
 
 fn check_policy(cfg: &Config, files: &[PathBuf]) -> Result<(), AnyError> {
-    use hostfwd::policy::{entities::EntityContext, files as pf};
+    use hostfwd::policy::files as pf;
     let policies = pf::load(files)?;
     // Offline there are no live host addresses: `host` resolves to nothing.
-    let ctx = EntityContext { host_addrs: Default::default(), node_cidrs: cfg.node_cidrs.clone(), cluster_cidrs: cfg.cluster_cidrs.clone() };
+    let ctx = cfg.entities(Default::default());
     let compiled = pf::compile_for_node(&policies, &ctx, &cfg.node_labels)?;
     for p in &compiled.report.policies {
         println!("{}: {}", p.name, p.summary());

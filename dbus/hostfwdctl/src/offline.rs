@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use clap::CommandFactory;
 use hostfwd::config::{Bus, Config};
-use hostfwd::policy::entities::EntityContext;
 use hostfwd::policy::files as pf;
 use serde_json::json;
 
@@ -35,7 +34,7 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
         let cfg = load_config(config)?;
         match pf::load(files) {
             Ok(loaded) => {
-                let ctx = EntityContext { host_addrs: Default::default(), node_cidrs: cfg.node_cidrs.clone(), cluster_cidrs: cfg.cluster_cidrs.clone() };
+                let ctx = cfg.entities(Default::default());
                 match pf::compile_for_node(&loaded, &ctx, &cfg.node_labels) {
                     Ok(c) => {
                         policies = c.report.policies.iter().map(|p| (p.name.clone(), p.summary())).collect();
@@ -100,33 +99,19 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
     Ok((out, exit))
 }
 
-/// Where the daemon would serve its API.
-enum Where {
-    System,
-    Session,
-    Address(String),
-}
-
 /// `detach`: refuses while the daemon owns its name on the bus (it would
 /// attach again), then removes every attachment and pin.
 pub async fn detach(address: Option<&str>, config: Option<&Path>) -> Result<String> {
     let cfg = load_config(config)?;
     let bus = match address {
-        Some(a) => Some(Where::Address(a.to_string())),
-        None => match cfg.bus().map_err(|e| Failure::error(e.to_string()))? {
-            Bus::System => Some(Where::System),
-            Bus::Session => Some(Where::Session),
-            Bus::Address(a) => Some(Where::Address(a)),
-            Bus::None => None,
-        },
+        Some(a) => Bus::Address(a.to_string()),
+        None => cfg.bus().map_err(|e| Failure::error(e.to_string()))?,
     };
-    if let Some(bus) = bus {
-        if let Some(on) = daemon_on(&bus).await {
-            return Err(Failure::error(format!(
-                "busy: the daemon is running (it owns {} on {on}) and would attach again; stop it first (systemctl stop hostfwd)",
-                hostfwd_dbus::BUS_NAME
-            )));
-        }
+    if let Some(on) = daemon_on(&bus).await {
+        return Err(Failure::error(format!(
+            "busy: the daemon is running (it owns {} on {on}) and would attach again; stop it first (systemctl stop hostfwd)",
+            hostfwd_dbus::BUS_NAME
+        )));
     }
     let dpcfg = cfg.datapath().map_err(|e| Failure::error(e.to_string()))?;
     let dp = hostfwd::datapath::Datapath::load(&dpcfg).map_err(|e| Failure::error(format!("loading the datapath: {e}")))?;
@@ -140,12 +125,13 @@ pub async fn detach(address: Option<&str>, config: Option<&Path>) -> Result<Stri
 }
 
 /// `Some(bus description)` when someone owns hostfwd's name on `bus`;
-/// `None` when not, or when there is no such bus to ask.
-async fn daemon_on(bus: &Where) -> Option<String> {
+/// `None` when not, or when there is no such bus to ask (`dbus = "none"`).
+async fn daemon_on(bus: &Bus) -> Option<String> {
     let (builder, desc) = match bus {
-        Where::System => (zbus::connection::Builder::system(), crate::bus::describe(None)),
-        Where::Session => (zbus::connection::Builder::session(), "the session bus".to_string()),
-        Where::Address(a) => (zbus::connection::Builder::address(a.as_str()), crate::bus::describe(Some(a))),
+        Bus::System => (zbus::connection::Builder::system(), crate::bus::describe(None)),
+        Bus::Session => (zbus::connection::Builder::session(), "the session bus".to_string()),
+        Bus::Address(a) => (zbus::connection::Builder::address(a.as_str()), crate::bus::describe(Some(a))),
+        Bus::None => return None,
     };
     let conn = builder.ok()?.method_timeout(std::time::Duration::from_secs(10)).build().await.ok()?;
     let dbus = zbus::fdo::DBusProxy::new(&conn).await.ok()?;
