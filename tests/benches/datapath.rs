@@ -13,16 +13,11 @@ use hostfwd::datapath::{self, AttachModeChoice, Datapath, Direction, GlobalSetti
 use hostfwd::policy::compiler::compile;
 use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch, Rule, RuleSet};
 use hostfwd_bpf::layout as l;
-use hostfwd_tests::{Frame, TcpFlags};
+use hostfwd_tests::{median, Frame, TcpFlags};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 
 const REPEAT: u32 = 200_000;
 const ROUNDS: usize = 5;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn ns(d: Duration) -> f64 {
     d.as_secs_f64() * 1e9

@@ -14,15 +14,10 @@ use std::time::{Duration, Instant};
 
 use hostfwd::links::Change;
 use hostfwd::netlink::{Event, Monitor};
-use hostfwd_tests::{hostfwd_bin, NetNs};
+use hostfwd_tests::{hostfwd_bin, percentile, NetNs};
 
 const SINGLE: usize = 100;
 const STORM: usize = 1000;
-
-fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))

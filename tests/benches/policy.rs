@@ -34,14 +34,10 @@ use std::time::{Duration, Instant};
 use hostfwd::datapath::{self, AttachModeChoice, Datapath, GlobalSettings};
 use hostfwd::policy::cilium::{self, EntityContext, NodeLabels};
 use hostfwd::policy::compile;
+use hostfwd_tests::median;
 
 const RULES_PER_DOC: usize = 100;
 const DOCS_PER_FILE: usize = 10;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -106,6 +106,18 @@ pub(crate) fn require_root() {
     );
 }
 
+/// The `p` quantile (0.0..=1.0) of benchmark samples, nearest rank;
+/// `percentile(v, 0.5)` is the median. Panics on an empty list.
+pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+/// The median of benchmark samples (see [`percentile`]).
+pub fn median(v: Vec<f64>) -> f64 {
+    percentile(v, 0.5)
+}
+
 /// The workspace's `hostfwd` daemon binary, in the profile of the running
 /// test or bench (cargo builds another package's binaries for its own tests
 /// only, so this builds them; `--workspace`, so that the features match the
