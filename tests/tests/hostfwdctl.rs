@@ -686,7 +686,12 @@ fn detach_refuses_while_the_daemon_runs() {
 #[test]
 fn from_a_terminal_the_agent_comes_and_goes() {
     let l = live();
-    let line = format!("{} audit on; echo exit=$?", hostfwdctl_bin().display());
+    // The shell `script` starts runs as nobody without root's capabilities:
+    // it needs a copy it may reach (the checkout may sit below a directory
+    // only root can enter, as in `mktemp -d`).
+    let bin = l.bus.dir().join("hostfwdctl");
+    std::fs::copy(hostfwdctl_bin(), &bin).expect("copy hostfwdctl next to the bus");
+    let line = format!("{} audit on; echo exit=$?", bin.display());
     // `script` gives the command a pseudo-terminal.
     let mut cmd = l.bus.command(Caller::Nobody, "timeout");
     cmd.args(["30", "script", "-qec", &line, "/dev/null"]);
