@@ -14,7 +14,9 @@
 	HF_REASON(3, FRAGMENT, "fragment")                       \
 	HF_REASON(4, POLICY_DENIED, "policy-denied")             \
 	HF_REASON(5, POLICY_DENY_RULE, "policy-deny-rule")       \
-	HF_REASON(6, NON_IP, "non-ip")
+	HF_REASON(6, NON_IP, "non-ip")                           \
+	HF_REASON(7, CONNTRACK_FULL, "conntrack-full")           \
+	HF_REASON(8, MAPPED_ADDRESS, "mapped-address")
 
 enum hf_reason {
 	HF_REASON_NONE = 0,
