@@ -368,7 +368,7 @@ impl Daemon {
         store::check_name(&name).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let dir = self.cfg.policy_dir.clone();
         let mut next = self.policies.sources.clone().unwrap_or_default();
-        let path = store::file_for(&dir, &name, next.get(&name));
+        let path = store::file_for(&dir, &name, self.policies.permanent.get(&name));
         let immediate = options.persist && options.confirm_timeout.is_none();
         let source = Source { name: name.clone(), origin: if immediate { Origin::Permanent } else { Origin::Runtime }, path, text: yaml };
         next.insert(name, source.clone());
@@ -380,7 +380,7 @@ impl Daemon {
         self.busy()?;
         let mut next = self.policies.sources.clone().unwrap_or_default();
         let Some(old) = next.remove(name) else { return Err(manager::Error::NoSuchPolicy(name.to_string())) };
-        let persist = persist.then(|| PersistOp::Remove(Source { path: store::file_for(&self.cfg.policy_dir, name, Some(&old)), ..old }));
+        let persist = persist.then(|| PersistOp::Remove(Source { path: store::file_for(&self.cfg.policy_dir, name, self.policies.permanent.get(name)), ..old }));
         self.change(next, persist, None)
     }
 

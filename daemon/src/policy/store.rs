@@ -75,9 +75,12 @@ pub fn parse(sources: &Sources) -> Result<Vec<Policy>, files::Error> {
     cilium::load_sources(labelled.iter().map(|(l, t)| (l.as_str(), *t))).map_err(files::Error::Invalid)
 }
 
-/// The file a source named `name` is persisted as.
-pub fn file_for(dir: &Path, name: &str, current: Option<&Source>) -> PathBuf {
-    match current {
+/// The file a source named `name` is persisted as (or removed from): the
+/// file of the permanent source of that name (`x.yml` stays `x.yml`), else
+/// `<name>.yaml`. Asked of the permanent set, not of the source in force,
+/// which may be a runtime override of that file.
+pub fn file_for(dir: &Path, name: &str, permanent: Option<&Source>) -> PathBuf {
+    match permanent {
         Some(s) if s.origin == Origin::Permanent => s.path.clone(),
         _ => dir.join(format!("{name}.yaml")),
     }
