@@ -60,7 +60,7 @@ pub fn read_dir(dir: &Path) -> Result<Sources, Error> {
     for path in files::policy_files(dir)? {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         check_name(&name)?;
-        let text = std::fs::read_to_string(&path).map_err(|source| files::Error::Read { path: path.clone(), source })?;
+        let text = files::read(&path)?;
         if let Some(prev) = out.get(&name) {
             return Err(Error::SameName(prev.path.clone(), path));
         }
