@@ -312,7 +312,7 @@ impl Rng {
 fn random_document(rng: &mut Rng) -> String {
     let base = if rng.below(2) == 0 { WEB_ONLY.to_string() } else { ccnp_with_ingress("  - fromCIDR: [10.0.0.0/8, \"2001:db8::/32\"]\n    toPorts: [{ports: [{port: \"22\", endPort: 30, protocol: TCP}]}]\n") };
     let mut chars: Vec<char> = base.chars().collect();
-    let tokens = ["- ", "{", "}", "[", "]", ": ", "\n", "  ", "&a ", "*a", "!!str ", "!!int ", "!foo ", "\t", "%YAML 1.2\n", "---\n", "...\n", "? ", "|\n", "'", "\"", "#", "\0", "é", "\u{feff}", "99999999999999999999", "-1", "0x1F", "ingressDeny", "toFQDNs", "0.0.0.0/0", "::/0"];
+    let tokens = ["- ", "{", "}", "[", "]", ": ", "\n", "  ", "&a ", "*a", "!!str ", "!!int ", "!foo ", "\t", "%YAML 1.2\n", "---\n", "...\n", "? ", "|\n", "'", "\"", "#", "\u{1}", "é", "\u{feff}", "99999999999999999999", "-1", "0x1F", "ingressDeny", "toFQDNs", "0.0.0.0/0", "::/0"];
     for _ in 0..1 + rng.below(6) {
         let at = rng.below(chars.len() + 1);
         match rng.below(6) {
@@ -342,7 +342,9 @@ fn random_document(rng: &mut Rng) -> String {
             }
         }
     }
-    chars.into_iter().collect()
+    // D-Bus strings cannot hold NUL: the bus would drop the connection
+    // that sent one, before the daemon sees it.
+    chars.into_iter().filter(|&c| c != '\0').collect()
 }
 
 fn random_value(rng: &mut Rng) -> Value<'static> {
