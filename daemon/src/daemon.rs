@@ -332,25 +332,37 @@ impl Daemon {
     fn handle(&mut self, req: Request) {
         match req {
             Request::ApplyPolicy { name, yaml, options, reply } => {
-                let _ = reply.send(self.apply_policy(name, yaml, options));
+                let r = self.apply_policy(name, yaml, options);
+                self.answer(reply, r);
             }
             Request::RemovePolicy { name, persist, reply } => {
-                let _ = reply.send(self.remove_policy(&name, persist));
+                let r = self.remove_policy(&name, persist);
+                self.answer(reply, r);
             }
             Request::Confirm { revision, reply } => {
-                let _ = reply.send(self.confirm(revision));
+                let r = self.confirm(revision);
+                self.answer(reply, r);
             }
             Request::Rollback { reply } => {
-                let _ = reply.send(self.rollback("rolled back on request"));
+                let r = self.rollback("rolled back on request");
+                self.answer(reply, r);
             }
             Request::SetAudit { link, enabled, persist, reply } => {
-                let _ = reply.send(self.set_audit(link, enabled, persist));
+                let r = self.set_audit(link, enabled, persist);
+                self.answer(reply, r);
             }
             Request::Reload { reply } => {
-                let _ = reply.send(self.reload());
+                let r = self.reload();
+                self.answer(reply, r);
             }
         }
+    }
+
+    /// Publishes, then replies: a client that reads the properties after
+    /// the reply sees its change (the reply used to go first).
+    fn answer<T>(&mut self, reply: manager::Reply<T>, r: Result<T, manager::Error>) {
         self.publish();
+        let _ = reply.send(r);
     }
 
     fn busy(&self) -> Result<(), manager::Error> {
