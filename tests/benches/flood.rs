@@ -43,6 +43,22 @@ fn attach_ms(ns: &NetNs, root: &Path, tag: &str, runs: usize) -> Vec<f64> {
     out
 }
 
+/// CPU seconds (user + system) of each thread of `pid`, by thread name.
+fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, f64> {
+    let tick = 100.0; // USER_HZ
+    let mut out = std::collections::BTreeMap::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+        // `pid (comm) state …`: comm may hold spaces; fields after it.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+        let secs = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(comm).or_insert(0.0) += secs / tick;
+    }
+    out
+}
+
 fn flood(bus: &TestBus, buscall: &Path, method: &str, file: &str) -> Child {
     bus.command(Caller::Nobody, buscall).args([method, file, "100000000", "8"]).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("buscall")
 }
@@ -72,7 +88,9 @@ fn main() {
         flood(&bus, &buscall, "GetStatistics", "-"),
     ];
     std::thread::sleep(Duration::from_secs(1));
+    let (cpu0, t0) = (cpu_by_thread(daemon.pid()), Instant::now());
     let busy = attach_ms(&ns, &root, "f", runs);
+    let (cpu1, wall) = (cpu_by_thread(daemon.pid()), t0.elapsed().as_secs_f64());
     for f in &mut floods {
         let _ = f.kill();
         let _ = f.wait();
@@ -87,4 +105,13 @@ fn main() {
     println!("|---|---:|---:|---:|");
     println!("| median ms | {im:.1} | {fm:.1} | {:.2}× |", fm / im);
     println!("| p99 ms | {ip:.1} | {fp:.1} | {:.2}× |", fp / ip);
+    println!();
+    println!("The daemon's CPU during the flood phase ({wall:.1} s), by thread, % of one core:");
+    println!();
+    for (name, after) in &cpu1 {
+        let used = after - cpu0.get(name).copied().unwrap_or(0.0);
+        if used > 0.0 {
+            println!("- {name}: {:.0} %", 100.0 * used / wall);
+        }
+    }
 }

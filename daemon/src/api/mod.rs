@@ -48,6 +48,8 @@ pub enum Error {
     RequestName { source: zbus::Error },
     #[error("the name {BUS_NAME} is owned by another process (is another hostfwd running?)")]
     NameTaken,
+    #[error("starting the worker of the open calls: {source}")]
+    Worker { source: std::io::Error },
 }
 
 /// Serves the API on `bus` (`Bus::None`: no API, `Ok(None)`). The objects
@@ -69,7 +71,8 @@ pub async fn serve(handle: Handle, bus: Bus, paths: Paths) -> Result<Option<Conn
         move |source| Error::Serve { path, source }
     };
     let server = conn.object_server();
-    let manager = Manager { handle: handle.clone(), gate: gate::Gate::default(), paths };
+    let gate = gate::Gate::start().map_err(|source| Error::Worker { source })?;
+    let manager = Manager { handle: handle.clone(), gate, paths };
     server.at(MANAGER_PATH, manager).await.map_err(serve_err(MANAGER_PATH))?;
     server.at(MANAGER_PATH, ObjectManager).await.map_err(serve_err(MANAGER_PATH))?;
 
