@@ -6,7 +6,7 @@
 //! Conntrack is assumed empty (the harness flushes it before every case); it
 //! changes no verdict within a case anyway: a repeated first fragment meets
 //! the entry its first copy made, which admits exactly what the policy would
-//! admit again. The fragment table is modelled ([`FragTable`]), so that a
+//! admit again. The fragment table is modelled ([`State`]), so that a
 //! datagram's fragments can be fed in any order.
 
 use std::collections::HashMap;
@@ -103,10 +103,16 @@ impl std::fmt::Display for Outcome {
     }
 }
 
-/// `hf_frags`: (source, destination, identification, protocol) of a first
-/// fragment -> its verdict (reason, rule id), which later fragments follow.
+/// The per-flow state of a case: `hf_frags`, (source, destination,
+/// identification, protocol) of a first fragment -> its verdict (reason,
+/// rule id), which later fragments follow; and whether the datapath may
+/// have written conntrack or fragment entries (only frames that reach the
+/// policy steps do), so that the harness need not flush after every case.
 #[derive(Debug, Clone, Default)]
-pub struct FragTable(HashMap<([u8; 16], [u8; 16], u32, u8), (Option<DropReason>, u32)>);
+pub struct State {
+    frags: HashMap<([u8; 16], [u8; 16], u32, u8), (Option<DropReason>, u32)>,
+    pub touched: bool,
+}
 
 /// Whether `BPF_PROG_TEST_RUN` refuses to build an skb from the frame (so
 /// the program never sees it): shorter than an Ethernet header, or an IP
@@ -122,9 +128,9 @@ pub fn test_run_refuses(frame: &[u8]) -> bool {
     }
 }
 
-/// The verdict for one frame on ifindex 1 in direction `dir`; a first
-/// fragment records its verdict in `frags`.
-pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, frags: &mut FragTable) -> Outcome {
+/// The verdict for one frame on ifindex 1 in direction `dir`, which may
+/// change `state` (a first fragment records its verdict).
+pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> Outcome {
     let malformed = || Outcome::drop(cfg, DropReason::Malformed, 0);
     // 1. VLAN admission: in-band tags, priority tags (VID 0) skipped, the
     //    first tag with a VID decides.
@@ -179,17 +185,18 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, frags: &mut FragTable) 
     // 6. Fragments.
     let key = (p.saddr, p.daddr, p.frag_id, p.proto);
     if p.frag == Frag::Later {
-        return match frags.0.get(&key) {
+        return match state.frags.get(&key) {
             Some((Some(reason), rule_id)) => Outcome::drop(cfg, *reason, *rule_id),
             _ => Outcome::pass(),
         };
     }
+    state.touched = true;
     let (reason, rule_id) = match l4 {
         None => (Some(DropReason::Fragment), 0),
         Some(l4) => decide(&p, &l4, remote, dir, cfg),
     };
     if p.frag == Frag::First {
-        frags.0.insert(key, (reason, rule_id));
+        state.frags.insert(key, (reason, rule_id));
     }
     match reason {
         None => Outcome::pass(),
@@ -464,7 +471,7 @@ mod tests {
     }
 
     fn verdict(f: &[u8]) -> (Option<&'static str>, u32) {
-        let o = judge(f, Direction::Ingress, &cfg(), &mut FragTable::default());
+        let o = judge(f, Direction::Ingress, &cfg(), &mut State::default());
         (o.reason.map(|r| r.name()), o.rule_id)
     }
 
@@ -517,9 +524,9 @@ mod tests {
         assert_eq!(verdict(&f), (Some("policy-denied"), 0));
         for (r, h) in [("10.77.0.2", "10.77.0.1"), ("fd77::2", "fd77::1")] {
             let frags = Frame::tcp(ip(r), ip(h), 1, 81, TcpFlags::SYN).payload(vec![0; 40]).fragments(24);
-            let mut t = FragTable::default();
+            let mut t = State::default();
             let c = cfg();
-            let j = |f: &Vec<u8>, t: &mut FragTable| judge(f, Direction::Ingress, &c, t).reason.map(|r| r.name());
+            let j = |f: &Vec<u8>, t: &mut State| judge(f, Direction::Ingress, &c, t).reason.map(|r| r.name());
             assert_eq!(j(&frags[1], &mut t), None, "later fragment before the first");
             assert_eq!(j(&frags[0], &mut t), Some("policy-deny-rule"));
             assert_eq!(j(&frags[2], &mut t), Some("policy-deny-rule"));
