@@ -155,7 +155,7 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
         off += 4;
         tags += 1;
     }
-    // 2./3. Non-IP; the IP header up to the addresses.
+    // 2./3. Non-IP; the fixed IP header, up to the addresses.
     let parsed = match ethertype {
         ETH_P_IP => parse_ipv4(frame, off),
         ETH_P_IPV6 => parse_ipv6(frame, off),
@@ -165,7 +165,8 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
     let Some(p) = parsed else {
         return malformed();
     };
-    // 4. Only the host's own traffic; the rest of the parse judges only it.
+    // 4. Only the host's own traffic; the rest of the parse (header
+    //    lengths, options, extension chain, L4) judges only it.
     let (local, remote) = match dir {
         Direction::Ingress => (p.daddr, p.saddr),
         Direction::Egress => (p.saddr, p.daddr),
@@ -175,14 +176,17 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
     }
     let l4 = match p.rest {
         Err(L4Error::Malformed) => return malformed(),
-        Err(L4Error::ShortFirstFragment) => None,
-        Ok(l4) => Some(l4),
+        // RFC 1858's tiny fragment: the rest of the datagram could decide
+        // the ports.
+        Err(L4Error::TinyFirstFragment) => return Outcome::drop(cfg, DropReason::Fragment, 0),
+        Ok(l4) => l4,
     };
     // 5. IPv4 addresses in IPv6 clothes, from the other side.
     if p.family == 6 && is_v4_in_v6(&remote) {
         return Outcome::drop(cfg, DropReason::MappedAddress, 0);
     }
-    // 6. Fragments.
+    // 6. Fragments: a later one follows its first, or goes on to the
+    //    kernel's reassembly, which cannot complete without the first.
     let key = (p.saddr, p.daddr, p.frag_id, p.proto);
     if p.frag == Frag::Later {
         return match state.frags.get(&key) {
@@ -191,10 +195,7 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
         };
     }
     state.touched = true;
-    let (reason, rule_id) = match l4 {
-        None => (Some(DropReason::Fragment), 0),
-        Some(l4) => decide(&p, &l4, remote, dir, cfg),
-    };
+    let (reason, rule_id) = decide(&p, &l4, remote, dir, cfg);
     if p.frag == Frag::First {
         state.frags.insert(key, (reason, rule_id));
     }
@@ -209,7 +210,10 @@ fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -
     if p.family == 6 && p.proto == ICMPV6 {
         let infra = match l4.icmp_type {
             133..=137 => p.hop_limit == 255,
-            130..=132 | 143 => p.hop_limit == 1 && p.saddr[0] == 0xfe && p.saddr[1] & 0xc0 == 0x80,
+            // From a link-local or the unspecified address.
+            130..=132 | 143 => {
+                p.hop_limit == 1 && ((p.saddr[0] == 0xfe && p.saddr[1] & 0xc0 == 0x80) || p.saddr == [0; 16])
+            }
             _ => false,
         };
         if infra {
@@ -244,8 +248,8 @@ enum Frag {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum L4Error {
     Malformed,
-    /// A first fragment too short for the ports (or ICMP type and id).
-    ShortFirstFragment,
+    /// A first fragment whose L4 header is malformed (too short).
+    TinyFirstFragment,
 }
 
 /// What policy sees of the L4 header.
@@ -272,15 +276,9 @@ struct Packet {
 }
 
 /// The IPv4 header at `off`; `None` if it is malformed before the
-/// addresses are known.
+/// addresses are known (too short, not version 4).
 fn parse_ipv4(f: &[u8], off: usize) -> Option<Packet> {
     if f.len() < off + 20 || f[off] >> 4 != 4 {
-        return None;
-    }
-    let ihl = usize::from(f[off] & 0x0f) * 4;
-    let tot_len = usize::from(be16(f, off + 2));
-    // tot_len 0: to the end of the packet (BIG TCP, GSO).
-    if ihl < 20 || (tot_len != 0 && (tot_len < ihl || f.len() < off + tot_len)) {
         return None;
     }
     let mut p = Packet {
@@ -293,6 +291,13 @@ fn parse_ipv4(f: &[u8], off: usize) -> Option<Packet> {
         frag_id: u32::from(be16(f, off + 4)),
         rest: Err(L4Error::Malformed),
     };
+    let ihl = usize::from(f[off] & 0x0f) * 4;
+    let tot_len = usize::from(be16(f, off + 2));
+    // tot_len 0: to the end of the packet (BIG TCP, GSO).
+    let end = if tot_len == 0 { f.len() } else { off + tot_len };
+    if ihl < 20 || end < off + ihl || f.len() < end {
+        return Some(p);
+    }
     let frag = be16(f, off + 6);
     if frag & 0x1fff != 0 {
         p.frag = Frag::Later;
@@ -302,14 +307,14 @@ fn parse_ipv4(f: &[u8], off: usize) -> Option<Packet> {
     if frag & 0x2000 != 0 {
         p.frag = Frag::First;
     }
-    p.rest = parse_l4(f, off + ihl, p.proto, 4, p.frag == Frag::First);
+    p.rest = parse_l4(&f[..end], off + ihl, p.proto, 4, p.frag == Frag::First);
     Some(p)
 }
 
 /// The IPv6 header at `off`; `None` if it is malformed before the
-/// addresses are known.
+/// addresses are known (too short, not version 6).
 fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
-    if f.len() < off + 40 || f[off] >> 4 != 6 || f.len() < off + 40 + usize::from(be16(f, off + 4)) {
+    if f.len() < off + 40 || f[off] >> 4 != 6 {
         return None;
     }
     let addr = |at: usize| -> [u8; 16] { f[at..at + 16].try_into().unwrap_or([0; 16]) };
@@ -323,6 +328,16 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
         frag_id: 0,
         rest: Err(L4Error::Malformed),
     };
+    // Payload length 0: a jumbogram or BIG TCP packet, to the end.
+    let end = match usize::from(be16(f, off + 4)) {
+        0 => f.len(),
+        n => off + 40 + n,
+    };
+    if f.len() < end {
+        return Some(p);
+    }
+    // Headers must lie inside the IP packet, not in what follows it.
+    let f = &f[..end];
     let mut next = f[off + 6];
     let mut at = off + 40;
     let mut first = false;
@@ -335,7 +350,7 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
             _ => break,
         };
         if seen == MAX_EXTHDRS {
-            // Still inside the chain after the bound: malformed (or hostile).
+            // More headers than the walk's bound: malformed (or hostile).
             return Some(p);
         }
         let Some(len) = len else {
@@ -370,29 +385,33 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
     Some(p)
 }
 
+/// The L4 header at `off` of the IP packet `f` (cut at its end). Any error
+/// in a first fragment is a tiny fragment.
 fn parse_l4(f: &[u8], off: usize, proto: u8, family: u8, first_fragment: bool) -> Result<L4, L4Error> {
+    let l4 = parse_l4_hdr(f, off, proto, family);
+    match l4 {
+        Err(_) if first_fragment => Err(L4Error::TinyFirstFragment),
+        other => other,
+    }
+}
+
+fn parse_l4_hdr(f: &[u8], off: usize, proto: u8, family: u8) -> Result<L4, L4Error> {
     let avail = f.len().saturating_sub(off);
-    let (ports, whole) = match proto {
-        TCP => (4, 20),
-        UDP => (4, 8),
-        SCTP => (4, 12),
-        ICMP | ICMPV6 => {
-            // ICMP must match the IP family it travels in.
-            if (proto == ICMP) != (family == 4) {
-                return Err(L4Error::Malformed);
-            }
-            (8, 8)
-        }
+    let whole = match proto {
+        TCP => 20,
+        UDP => 8,
+        SCTP => 12,
+        // ICMP must match the IP family it travels in.
+        ICMP | ICMPV6 if (proto == ICMP) != (family == 4) => return Err(L4Error::Malformed),
+        ICMP | ICMPV6 => 8,
         _ => return Ok(L4 { port: 0, icmp_type: 0 }),
     };
-    if first_fragment && avail < ports {
-        return Err(L4Error::ShortFirstFragment);
-    }
     if avail < whole {
         return Err(L4Error::Malformed);
     }
     match proto {
-        TCP if f[off + 12] >> 4 < 5 => Err(L4Error::Malformed),
+        // Data offset: at least the header, at most the segment.
+        TCP if f[off + 12] >> 4 < 5 || avail < usize::from(f[off + 12] >> 4) * 4 => Err(L4Error::Malformed),
         ICMP | ICMPV6 => Ok(L4 { port: be16(f, off), icmp_type: f[off] }),
         _ => Ok(L4 { port: be16(f, off + 2), icmp_type: 0 }),
     }
