@@ -99,7 +99,7 @@ fn kernel(dp: &TestDp, reader: &EventReader, dir: Direction, frame: &[u8]) -> Re
 struct Tally {
     frames: u64,
     refused: u64,
-    /// Model outcomes by reason ("pass" for none).
+    /// Model outcomes by reason, passes by the step that passed them.
     by_reason: BTreeMap<String, u64>,
     /// Disagreements by (expected, got).
     mismatches: BTreeMap<(String, String), u64>,
@@ -136,14 +136,18 @@ fn kernel_agrees_with_the_model_on_random_frames() {
         for case_no in 0..BATCH {
             let case = gen::case(&mut rng, &cfg);
             let mut state = State::default();
+            let mut agreed = true;
             for (i, frame) in case.frames.iter().enumerate() {
                 t.frames += 1;
                 let refused = test_run_refuses(frame);
                 let want = (!refused).then(|| judge(frame, case.dir, &cfg, &mut state));
                 let got = kernel(&dp, &reader, case.dir, frame);
                 if let Some(w) = want {
-                    let name = w.reason.map_or("pass", |r| r.name());
-                    *t.by_reason.entry(name.to_string()).or_default() += 1;
+                    let name = match w.reason {
+                        Some(r) => r.name().to_string(),
+                        None => format!("pass ({})", state.passed_by),
+                    };
+                    *t.by_reason.entry(name).or_default() += 1;
                     if let Some(r) = w.reason {
                         *expected.entry((r.code(), w.audit)).or_default() += 1;
                     }
@@ -156,6 +160,7 @@ fn kernel_agrees_with_the_model_on_random_frames() {
                     _ => false,
                 };
                 if !agree {
+                    agreed = false;
                     let w = want.map_or("refused by test_run".to_string(), |w| w.to_string());
                     let g = got.as_ref().map_or_else(|e| e.clone(), |g| g.to_string());
                     *t.mismatches.entry((w.clone(), g.clone())).or_default() += 1;
@@ -175,7 +180,9 @@ fn kernel_agrees_with_the_model_on_random_frames() {
                     }
                 }
             }
-            if state.touched {
+            // After a disagreement the kernel may have kept state the model
+            // did not expect: flush, so that it stays one disagreement.
+            if state.touched || !agreed {
                 dp.flush_flows().expect("flush flows");
             }
         }

@@ -46,7 +46,7 @@ const PEERS: &[&str] = &[
     "fe80::/10",
     "::ffff:10.77.0.0/120",
 ];
-const DPORTS: &[u16] = &[22, 53, 80, 443, 1500, 8080];
+const DPORTS: &[u16] = &[22, 53, 80, 443, 1000, 1500, 8080];
 const VIDS: &[u16] = &[7, 100, 1000, 4094];
 /// ICMP(v6) types worth hitting: echo, errors, ND, MLD.
 const ICMP4_TYPES: &[u8] = &[0, 3, 8, 11, 13];
@@ -85,9 +85,9 @@ pub fn config(rng: &mut Rng) -> Config {
     }
 }
 
-/// 0 to 5 rules, ids unique by construction.
+/// Up to 6 rules (rarely none), ids unique by construction.
 fn rules(rng: &mut Rng) -> RuleSet {
-    let n = rng.below(6) as u32;
+    let n = if rng.chance(10) { 0 } else { 1 + rng.below(6) as u32 };
     let rules = (0..n)
         .map(|i| {
             let peers = (0..1 + rng.below(2))
@@ -109,7 +109,7 @@ fn rules(rng: &mut Rng) -> RuleSet {
             Rule {
                 id: 1 + i * 10 + rng.below(5) as u32,
                 direction: rng.pick(&Direction::ALL),
-                action: if rng.chance(30) { Action::Deny } else { Action::Allow },
+                action: if rng.chance(45) { Action::Deny } else { Action::Allow },
                 peers,
                 ports,
             }
@@ -163,7 +163,7 @@ fn ip_frames(rng: &mut Rng, cfg: &Config, dir: Direction) -> Vec<Vec<u8>> {
     if !v6 && rng.chance(10) {
         f = f.dont_fragment();
     }
-    let ntags = if rng.chance(60) { 0 } else { 1 + rng.below(5) as usize };
+    let ntags = if rng.chance(75) { 0 } else { 1 + rng.below(5) as usize };
     for _ in 0..ntags {
         f = f.tag(rng.pick(&[0x8100, 0x88a8]), tci(rng, cfg));
     }
@@ -261,7 +261,7 @@ fn random_addr(rng: &mut Rng, v6: bool) -> IpAddr {
 fn base(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Frame {
     let v6 = src.is_ipv6();
     let sport = rng.next() as u16;
-    let dport = if rng.chance(70) { rng.pick(DPORTS) } else { rng.next() as u16 };
+    let dport = if rng.chance(85) { rng.pick(DPORTS) } else { rng.next() as u16 };
     let payload: Vec<u8> = if rng.chance(40) { (0..rng.below(120)).map(|_| rng.next() as u8).collect() } else { vec![] };
     let f = match rng.below(13) {
         0..=2 => {

@@ -112,6 +112,9 @@ impl std::fmt::Display for Outcome {
 pub struct State {
     frags: HashMap<([u8; 16], [u8; 16], u32, u8), (Option<DropReason>, u32)>,
     pub touched: bool,
+    /// The step that let the last frame pass, for the harness's tally of
+    /// what the frames exercised.
+    pub passed_by: &'static str,
 }
 
 /// Whether `BPF_PROG_TEST_RUN` refuses to build an skb from the frame (so
@@ -131,6 +134,7 @@ pub fn test_run_refuses(frame: &[u8]) -> bool {
 /// The verdict for one frame on ifindex 1 in direction `dir`, which may
 /// change `state` (a first fragment records its verdict).
 pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> Outcome {
+    state.passed_by = "";
     let malformed = || Outcome::drop(cfg, DropReason::Malformed, 0);
     // 1. VLAN admission: in-band tags, priority tags (VID 0) skipped, the
     //    first tag with a VID decides.
@@ -147,6 +151,7 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
         let vid = be16(frame, off) & 0x0fff;
         if vid != 0 {
             if cfg.vlan_allow_all || cfg.vlans.contains(&vid) {
+                state.passed_by = "allowed VID";
                 return Outcome::pass();
             }
             return Outcome::drop(cfg, DropReason::VlanFiltered, 0);
@@ -160,7 +165,10 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
         ETH_P_IP => parse_ipv4(frame, off),
         ETH_P_IPV6 => parse_ipv6(frame, off),
         _ if cfg.drop_non_ip => return Outcome::drop(cfg, DropReason::NonIp, 0),
-        _ => return Outcome::pass(),
+        _ => {
+            state.passed_by = "non-IP";
+            return Outcome::pass();
+        }
     };
     let Some(p) = parsed else {
         return malformed();
@@ -172,6 +180,7 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
         Direction::Egress => (p.saddr, p.daddr),
     };
     if !is_local(&local, cfg) {
+        state.passed_by = "not local";
         return Outcome::pass();
     }
     let l4 = match p.rest {
@@ -191,11 +200,19 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
     if p.frag == Frag::Later {
         return match state.frags.get(&key) {
             Some((Some(reason), rule_id)) => Outcome::drop(cfg, *reason, *rule_id),
-            _ => Outcome::pass(),
+            Some((None, _)) => {
+                state.passed_by = "later fragment of a passed one";
+                Outcome::pass()
+            }
+            None => {
+                state.passed_by = "later fragment to reassembly";
+                Outcome::pass()
+            }
         };
     }
     state.touched = true;
-    let (reason, rule_id) = decide(&p, &l4, remote, dir, cfg);
+    let (reason, rule_id, passed_by) = decide(&p, &l4, remote, dir, cfg);
+    state.passed_by = passed_by;
     if p.frag == Frag::First {
         state.frags.insert(key, (reason, rule_id));
     }
@@ -206,7 +223,7 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
 }
 
 /// Steps 7 and 8: link infrastructure, failsafe ports, policy.
-fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -> (Option<DropReason>, u32) {
+fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -> (Option<DropReason>, u32, &'static str) {
     if p.family == 6 && p.proto == ICMPV6 {
         let infra = match l4.icmp_type {
             133..=137 => p.hop_limit == 255,
@@ -217,14 +234,14 @@ fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -
             _ => false,
         };
         if infra {
-            return (None, 0);
+            return (None, 0, "ND/MLD");
         }
     }
     if matches!(p.proto, TCP | UDP | SCTP) && cfg.failsafe.contains(&(dir, p.proto, l4.port)) {
-        return (None, 0);
+        return (None, 0, "failsafe");
     }
     if !cfg.link_enforces(dir) {
-        return (None, 0);
+        return (None, 0, "link not enforcing");
     }
     let remote = if p.family == 4 {
         IpAddr::V4(Ipv4Addr::new(remote[12], remote[13], remote[14], remote[15]))
@@ -232,9 +249,10 @@ fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -
         IpAddr::V6(Ipv6Addr::from(remote))
     };
     match cfg.rules.evaluate(remote, dir, p.proto, l4.port) {
-        Verdict::Allow(_) | Verdict::NotEnforced => (None, 0),
-        Verdict::Deny(id) => (Some(DropReason::PolicyDenyRule), id),
-        Verdict::NoMatch => (Some(DropReason::PolicyDenied), 0),
+        Verdict::Allow(_) => (None, 0, "policy allow"),
+        Verdict::NotEnforced => (None, 0, "policy not enforcing"),
+        Verdict::Deny(id) => (Some(DropReason::PolicyDenyRule), id, ""),
+        Verdict::NoMatch => (Some(DropReason::PolicyDenied), 0, ""),
     }
 }
 
