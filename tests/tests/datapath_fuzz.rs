@@ -30,7 +30,6 @@ const BATCH: usize = 250;
 /// for more.
 const SHOWN: u64 = 12;
 
-
 fn env_u64(name: &str) -> Option<u64> {
     let v = std::env::var(name).ok()?;
     let v = v.trim();
@@ -43,10 +42,20 @@ fn env_u64(name: &str) -> Option<u64> {
 
 /// Puts a batch's configuration into the maps, replacing the previous one.
 fn configure(dp: &mut TestDp, cfg: &Config) {
-    let flags = if cfg.enforce_ingress { l::L_ENFORCE_INGRESS } else { 0 }
-        | if cfg.enforce_egress { l::L_ENFORCE_EGRESS } else { 0 }
-        | if cfg.audit_link { l::L_AUDIT } else { 0 }
-        | if cfg.vlan_allow_all { l::L_VLAN_ALLOW_ALL } else { 0 };
+    let flags = if cfg.enforce_ingress {
+        l::L_ENFORCE_INGRESS
+    } else {
+        0
+    } | if cfg.enforce_egress {
+        l::L_ENFORCE_EGRESS
+    } else {
+        0
+    } | if cfg.audit_link { l::L_AUDIT } else { 0 }
+        | if cfg.vlan_allow_all {
+            l::L_VLAN_ALLOW_ALL
+        } else {
+            0
+        };
     dp.set_link(IF, flags).expect("set link");
     dp.set_global(GlobalSettings {
         audit: cfg.audit_global,
@@ -69,25 +78,44 @@ fn configure(dp: &mut TestDp, cfg: &Config) {
         dp.add_host_addr(a).expect("add host addr");
     }
     dp.set_failsafe(&cfg.failsafe).expect("set failsafe");
-    cfg.rules.validate().unwrap_or_else(|e| panic!("generated rules: {e}"));
+    cfg.rules
+        .validate()
+        .unwrap_or_else(|e| panic!("generated rules: {e}"));
     dp.apply(cfg.rules.rules.clone());
 }
 
 /// What the kernel did with one frame: its verdict and the event of its
 /// drop (reason, rule id, audit), if any.
-fn kernel(dp: &TestDp, reader: &EventReader, dir: Direction, frame: &[u8]) -> Result<Outcome, String> {
-    let run = dp.test_run(dir, frame, 1).map_err(|e| format!("test_run: {e}"))?;
-    let events = reader.poll(Duration::ZERO).map_err(|e| format!("reading events: {e}"))?;
+fn kernel(
+    dp: &TestDp,
+    reader: &EventReader,
+    dir: Direction,
+    frame: &[u8],
+) -> Result<Outcome, String> {
+    let run = dp
+        .test_run(dir, frame, 1)
+        .map_err(|e| format!("test_run: {e}"))?;
+    let events = reader
+        .poll(Duration::ZERO)
+        .map_err(|e| format!("reading events: {e}"))?;
     let dropped = match run.retval {
         PASS => false,
         DROP => true,
         other => return Err(format!("return code {other}")),
     };
     match events.as_slice() {
-        [] => Ok(Outcome { dropped, reason: None, rule_id: 0, audit: false }),
+        [] => Ok(Outcome {
+            dropped,
+            reason: None,
+            rule_id: 0,
+            audit: false,
+        }),
         [e] => Ok(Outcome {
             dropped,
-            reason: Some(DropReason::from_name(&e.reason).ok_or_else(|| format!("unknown reason {}", e.reason))?),
+            reason: Some(
+                DropReason::from_name(&e.reason)
+                    .ok_or_else(|| format!("unknown reason {}", e.reason))?,
+            ),
             rule_id: e.rule_id,
             audit: e.audit,
         }),
@@ -113,7 +141,9 @@ struct Tally {
 fn kernel_agrees_with_the_model_on_random_frames() {
     let frames = env_u64("HOSTFWD_FUZZ_FRAMES").unwrap_or(DEFAULT_FRAMES);
     let seed = env_u64("HOSTFWD_FUZZ_SEED").unwrap_or_else(|| {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
         t.as_nanos() as u64 ^ u64::from(std::process::id()) << 32
     });
     eprintln!("datapath fuzz: HOSTFWD_FUZZ_SEED={seed:#x} HOSTFWD_FUZZ_FRAMES={frames}");
@@ -198,7 +228,10 @@ fn kernel_agrees_with_the_model_on_random_frames() {
                 m
             });
         if t.mismatches.is_empty() {
-            assert_eq!(counted, expected, "drop counters of batch {batch} (HOSTFWD_FUZZ_SEED={seed:#x}), config {cfg:?}");
+            assert_eq!(
+                counted, expected,
+                "drop counters of batch {batch} (HOSTFWD_FUZZ_SEED={seed:#x}), config {cfg:?}"
+            );
         }
         batch += 1;
     }

@@ -6,16 +6,36 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use hostfwd::policy::model::{Action, CidrSet, Direction, IcmpFamily, L4Proto, PortMatch, Rule, RuleSet};
+use hostfwd::policy::model::{
+    Action, CidrSet, Direction, IcmpFamily, L4Proto, PortMatch, Rule, RuleSet,
+};
 
 use super::model::Config;
 use super::Rng;
 use crate::packet::{Ext6, Frame, IcmpError, Nd, TcpFlags};
 
 /// Candidate host addresses; each batch configures a subset.
-const HOSTS: &[&str] = &["10.77.0.1", "10.77.0.3", "fd77::1", "fe80::1", "2001:db8:1::1"];
-const REMOTES4: &[&str] = &["10.77.0.2", "10.77.0.9", "10.1.2.3", "192.0.2.9", "198.51.100.7"];
-const REMOTES6: &[&str] = &["fd77::2", "fd77::1:5", "2001:db8::9", "fe80::2", "2001:db8:1::77"];
+const HOSTS: &[&str] = &[
+    "10.77.0.1",
+    "10.77.0.3",
+    "fd77::1",
+    "fe80::1",
+    "2001:db8:1::1",
+];
+const REMOTES4: &[&str] = &[
+    "10.77.0.2",
+    "10.77.0.9",
+    "10.1.2.3",
+    "192.0.2.9",
+    "198.51.100.7",
+];
+const REMOTES6: &[&str] = &[
+    "fd77::2",
+    "fd77::1:5",
+    "2001:db8::9",
+    "fe80::2",
+    "2001:db8:1::77",
+];
 const MULTICAST4: &[&str] = &["224.0.0.1", "239.1.1.1", "255.255.255.255"];
 const MULTICAST6: &[&str] = &["ff02::1", "ff02::1:ff00:1", "ff05::fb"];
 /// IPv6 spellings of IPv4 and near misses: mapped, compatible, the
@@ -50,7 +70,9 @@ const DPORTS: &[u16] = &[22, 53, 80, 443, 1000, 1500, 8080];
 const VIDS: &[u16] = &[7, 100, 1000, 4094];
 /// ICMP(v6) types worth hitting: echo, errors, ND, MLD.
 const ICMP4_TYPES: &[u8] = &[0, 3, 8, 11, 13];
-const ICMP6_TYPES: &[u8] = &[1, 2, 3, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 143, 144];
+const ICMP6_TYPES: &[u8] = &[
+    1, 2, 3, 128, 129, 130, 131, 132, 133, 134, 135, 136, 137, 143, 144,
+];
 /// Values for an IPv6 next-header field: extension headers (AH included),
 /// "no next header", transports, ICMP of both families.
 const NEXTHDRS: &[u8] = &[0, 43, 44, 51, 59, 60, 6, 17, 58, 1, 132];
@@ -62,7 +84,11 @@ fn ip(s: &str) -> IpAddr {
 /// One batch's configuration: policy, enforcement, audit, VLANs, host
 /// addresses, failsafe ports.
 pub fn config(rng: &mut Rng) -> Config {
-    let host_addrs = HOSTS.iter().filter(|_| rng.chance(70)).map(|s| ip(s)).collect();
+    let host_addrs = HOSTS
+        .iter()
+        .filter(|_| rng.chance(70))
+        .map(|s| ip(s))
+        .collect();
     let vlans = VIDS.iter().copied().filter(|_| rng.chance(40)).collect();
     let failsafe_pool = [
         (Direction::Ingress, 6, 22),
@@ -70,7 +96,10 @@ pub fn config(rng: &mut Rng) -> Config {
         (Direction::Ingress, 17, 53),
         (Direction::Ingress, 132, 80),
     ];
-    let failsafe = failsafe_pool.into_iter().filter(|_| rng.chance(25)).collect();
+    let failsafe = failsafe_pool
+        .into_iter()
+        .filter(|_| rng.chance(25))
+        .collect();
     Config {
         enforce_ingress: rng.chance(80),
         enforce_egress: rng.chance(70),
@@ -87,15 +116,23 @@ pub fn config(rng: &mut Rng) -> Config {
 
 /// Up to 6 rules (rarely none), ids unique by construction.
 fn rules(rng: &mut Rng) -> RuleSet {
-    let n = if rng.chance(10) { 0 } else { 1 + rng.below(6) as u32 };
+    let n = if rng.chance(10) {
+        0
+    } else {
+        1 + rng.below(6) as u32
+    };
     let rules = (0..n)
         .map(|i| {
             let peers = (0..1 + rng.below(2))
                 .map(|_| {
                     let cidr: ipnet::IpNet = rng.pick(PEERS).parse().expect("peer literal");
                     let except = match cidr.to_string().as_str() {
-                        "10.77.0.0/24" if rng.chance(30) => vec!["10.77.0.9/32".parse().expect("literal")],
-                        "fd77::/64" if rng.chance(30) => vec!["fd77::2/128".parse().expect("literal")],
+                        "10.77.0.0/24" if rng.chance(30) => {
+                            vec!["10.77.0.9/32".parse().expect("literal")]
+                        }
+                        "fd77::/64" if rng.chance(30) => {
+                            vec!["fd77::2/128".parse().expect("literal")]
+                        }
                         _ => vec![],
                     };
                     CidrSet::new(cidr, except)
@@ -109,7 +146,11 @@ fn rules(rng: &mut Rng) -> RuleSet {
             Rule {
                 id: 1 + i * 10 + rng.below(5) as u32,
                 direction: rng.pick(&Direction::ALL),
-                action: if rng.chance(45) { Action::Deny } else { Action::Allow },
+                action: if rng.chance(45) {
+                    Action::Deny
+                } else {
+                    Action::Allow
+                },
                 peers,
                 ports,
             }
@@ -120,12 +161,20 @@ fn rules(rng: &mut Rng) -> RuleSet {
 
 fn port_match(rng: &mut Rng) -> PortMatch {
     match rng.below(5) {
-        0 => PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: rng.pick(ICMP4_TYPES) },
-        1 => PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: rng.pick(ICMP6_TYPES) },
+        0 => PortMatch::Icmp {
+            family: IcmpFamily::V4,
+            icmp_type: rng.pick(ICMP4_TYPES),
+        },
+        1 => PortMatch::Icmp {
+            family: IcmpFamily::V6,
+            icmp_type: rng.pick(ICMP6_TYPES),
+        },
         _ => {
             let proto = rng.pick(&[L4Proto::Tcp, L4Proto::Udp, L4Proto::Sctp, L4Proto::Any]);
             let port: u16 = rng.pick(&[0, 22, 53, 80, 443, 1000]);
-            let end = rng.chance(30).then(|| port.saturating_add(rng.below(2000) as u16));
+            let end = rng
+                .chance(30)
+                .then(|| port.saturating_add(rng.below(2000) as u16));
             PortMatch::l4(proto, port, end)
         }
     }
@@ -163,7 +212,11 @@ fn ip_frames(rng: &mut Rng, cfg: &Config, dir: Direction) -> Vec<Vec<u8>> {
     if !v6 && rng.chance(10) {
         f = f.dont_fragment();
     }
-    let ntags = if rng.chance(75) { 0 } else { 1 + rng.below(5) as usize };
+    let ntags = if rng.chance(75) {
+        0
+    } else {
+        1 + rng.below(5) as usize
+    };
     for _ in 0..ntags {
         f = f.tag(rng.pick(&[0x8100, 0x88a8]), tci(rng, cfg));
     }
@@ -176,7 +229,11 @@ fn ip_frames(rng: &mut Rng, cfg: &Config, dir: Direction) -> Vec<Vec<u8>> {
         f = f.ipv6_ext(&chain);
     }
     let o = f.offsets();
-    let shape = Shape { l3: o.l3, l4: o.l4, v6 };
+    let shape = Shape {
+        l3: o.l3,
+        l4: o.l4,
+        v6,
+    };
     let mut frames = vec![];
     let body = o.len - o.l4;
     let size = rng.pick(&[8, 16, 32, 48]);
@@ -193,7 +250,10 @@ fn ip_frames(rng: &mut Rng, cfg: &Config, dir: Direction) -> Vec<Vec<u8>> {
             pieces.push(again);
         }
         // The fragment header sits between the chain and L4.
-        let shape = Shape { l4: shape.l4 + if v6 { 8 } else { 0 }, ..shape };
+        let shape = Shape {
+            l4: shape.l4 + if v6 { 8 } else { 0 },
+            ..shape
+        };
         frames.extend(pieces.into_iter().take(8).map(|p| mutate(rng, p, shape)));
     } else {
         frames.push(mutate(rng, f.build(), shape));
@@ -217,16 +277,32 @@ fn ext6(rng: &mut Rng) -> Ext6 {
         0 => Ext6::HopByHop,
         1 | 2 => Ext6::DestOpts,
         3 => Ext6::Routing,
-        4 => Ext6::Fragment { offset: 0, more: false, id: rng.next() as u32 },
-        _ => Ext6::Fragment { offset: rng.below(3) as u16, more: rng.chance(50), id: rng.next() as u32 },
+        4 => Ext6::Fragment {
+            offset: 0,
+            more: false,
+            id: rng.next() as u32,
+        },
+        _ => Ext6::Fragment {
+            offset: rng.below(3) as u16,
+            more: rng.chance(50),
+            id: rng.next() as u32,
+        },
     }
 }
 
 /// The host side: host addresses (configured or not), multicast, someone
 /// else's address (forwarded), IPv4 in IPv6 clothes, anything.
 fn local_addr(rng: &mut Rng, v6: bool) -> IpAddr {
-    let hosts: Vec<&str> = HOSTS.iter().copied().filter(|h| h.contains(':') == v6).collect();
-    let (remotes, multicast) = if v6 { (REMOTES6, MULTICAST6) } else { (REMOTES4, MULTICAST4) };
+    let hosts: Vec<&str> = HOSTS
+        .iter()
+        .copied()
+        .filter(|h| h.contains(':') == v6)
+        .collect();
+    let (remotes, multicast) = if v6 {
+        (REMOTES6, MULTICAST6)
+    } else {
+        (REMOTES4, MULTICAST4)
+    };
     match rng.below(10) {
         0..=4 => ip(rng.pick(&hosts)),
         5 | 6 => ip(rng.pick(multicast)),
@@ -239,7 +315,11 @@ fn local_addr(rng: &mut Rng, v6: bool) -> IpAddr {
 /// The other side: peers in and out of the rules' CIDRs, link-local,
 /// IPv4 in IPv6 clothes, anything.
 fn remote_addr(rng: &mut Rng, v6: bool) -> IpAddr {
-    let (remotes, multicast) = if v6 { (REMOTES6, MULTICAST6) } else { (REMOTES4, MULTICAST4) };
+    let (remotes, multicast) = if v6 {
+        (REMOTES6, MULTICAST6)
+    } else {
+        (REMOTES4, MULTICAST4)
+    };
     match rng.below(10) {
         0..=5 => ip(rng.pick(remotes)),
         6 if v6 => ip(rng.pick(V4_IN_V6)),
@@ -251,7 +331,9 @@ fn remote_addr(rng: &mut Rng, v6: bool) -> IpAddr {
 
 fn random_addr(rng: &mut Rng, v6: bool) -> IpAddr {
     if v6 {
-        IpAddr::V6(Ipv6Addr::from(u128::from(rng.next()) << 64 | u128::from(rng.next())))
+        IpAddr::V6(Ipv6Addr::from(
+            u128::from(rng.next()) << 64 | u128::from(rng.next()),
+        ))
     } else {
         IpAddr::V4(Ipv4Addr::from(rng.next() as u32))
     }
@@ -261,12 +343,26 @@ fn random_addr(rng: &mut Rng, v6: bool) -> IpAddr {
 fn base(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Frame {
     let v6 = src.is_ipv6();
     let sport = rng.next() as u16;
-    let dport = if rng.chance(85) { rng.pick(DPORTS) } else { rng.next() as u16 };
-    let payload: Vec<u8> = if rng.chance(40) { (0..rng.below(120)).map(|_| rng.next() as u8).collect() } else { vec![] };
+    let dport = if rng.chance(85) {
+        rng.pick(DPORTS)
+    } else {
+        rng.next() as u16
+    };
+    let payload: Vec<u8> = if rng.chance(40) {
+        (0..rng.below(120)).map(|_| rng.next() as u8).collect()
+    } else {
+        vec![]
+    };
     let f = match rng.below(13) {
         0..=2 => {
             let flags = if rng.chance(50) {
-                rng.pick(&[TcpFlags::SYN, TcpFlags::SYN_ACK, TcpFlags::ACK, TcpFlags::RST, TcpFlags::FIN | TcpFlags::ACK])
+                rng.pick(&[
+                    TcpFlags::SYN,
+                    TcpFlags::SYN_ACK,
+                    TcpFlags::ACK,
+                    TcpFlags::RST,
+                    TcpFlags::FIN | TcpFlags::ACK,
+                ])
             } else {
                 TcpFlags(rng.next() as u8)
             };
@@ -277,8 +373,17 @@ fn base(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Frame {
         6 if rng.chance(50) => Frame::echo_request(src, dst, sport, 1),
         6 => Frame::echo_reply(src, dst, sport, 1),
         7 => {
-            let err = rng.pick(&[IcmpError::TooBig { mtu: 1280 }, IcmpError::TimeExceeded, IcmpError::PortUnreachable]);
-            Frame::icmp_error(src, dst, err, &Frame::tcp(dst, src, dport, sport, TcpFlags::SYN))
+            let err = rng.pick(&[
+                IcmpError::TooBig { mtu: 1280 },
+                IcmpError::TimeExceeded,
+                IcmpError::PortUnreachable,
+            ]);
+            Frame::icmp_error(
+                src,
+                dst,
+                err,
+                &Frame::tcp(dst, src, dport, sport, TcpFlags::SYN),
+            )
         }
         8 => match (src, dst) {
             (IpAddr::V6(s), IpAddr::V6(d)) => {
@@ -295,7 +400,11 @@ fn base(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Frame {
         9 | 10 => {
             // Any ICMP(v6) type by hand: MLD and ND types with any hop
             // limit, and types nothing knows.
-            let t = if rng.chance(80) { rng.pick(if v6 { ICMP6_TYPES } else { ICMP4_TYPES }) } else { rng.next() as u8 };
+            let t = if rng.chance(80) {
+                rng.pick(if v6 { ICMP6_TYPES } else { ICMP4_TYPES })
+            } else {
+                rng.next() as u8
+            };
             let mut body = vec![t, rng.below(3) as u8, 0, 0, 0, 0, 0, 0];
             body.extend(&payload);
             return Frame::raw_ip(src, dst, if v6 { 58 } else { 1 }).payload(body);
@@ -306,7 +415,11 @@ fn base(rng: &mut Rng, src: IpAddr, dst: IpAddr) -> Frame {
             return Frame::raw_ip(src, dst, if v6 { 1 } else { 58 }).payload(body);
         }
         _ => {
-            let proto = if rng.chance(70) { rng.pick(&[47, 50, 59, 0, 43, 44, 51, 60, 103]) } else { rng.next() as u8 };
+            let proto = if rng.chance(70) {
+                rng.pick(&[47, 50, 59, 0, 43, 44, 51, 60, 103])
+            } else {
+                rng.next() as u8
+            };
             let body: Vec<u8> = (0..rng.below(48)).map(|_| rng.next() as u8).collect();
             return Frame::raw_ip(src, dst, proto).payload(body);
         }
@@ -351,7 +464,11 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>, s: Shape) -> Vec<u8> {
             }
             1 => {
                 // Version and IHL nibbles.
-                let b = if rng.chance(50) { rng.next() as u8 } else { f[l3] & 0xf0 | rng.below(16) as u8 };
+                let b = if rng.chance(50) {
+                    rng.next() as u8
+                } else {
+                    f[l3] & 0xf0 | rng.below(16) as u8
+                };
                 set8(&mut f, l3, b);
             }
             2 if !s.v6 => {
@@ -371,7 +488,11 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>, s: Shape) -> Vec<u8> {
                     if is_ext && rng.chance(50) {
                         set8(&mut f, at + 1, rng.pick(&[0, 1, 2, 255, any]));
                     } else {
-                        let v = if rng.chance(80) { rng.pick(NEXTHDRS) } else { any };
+                        let v = if rng.chance(80) {
+                            rng.pick(NEXTHDRS)
+                        } else {
+                            any
+                        };
                         set8(&mut f, at, v);
                     }
                 }
@@ -382,7 +503,11 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>, s: Shape) -> Vec<u8> {
             }
             3 => set8(&mut f, l3 + 7, rng.pick(&[0, 1, 254, 255])),
             4 => set8(&mut f, s.l4 + 12, (rng.below(16) as u8) << 4), // TCP data offset
-            5 => set8(&mut f, s.l4, rng.pick(if s.v6 { ICMP6_TYPES } else { ICMP4_TYPES })),
+            5 => set8(
+                &mut f,
+                s.l4,
+                rng.pick(if s.v6 { ICMP6_TYPES } else { ICMP4_TYPES }),
+            ),
             6 => {
                 let at = l3 + rng.index(f.len().saturating_sub(l3).max(1));
                 set8(&mut f, at, rng.next() as u8);
@@ -401,7 +526,16 @@ fn mutate(rng: &mut Rng, mut f: Vec<u8>, s: Shape) -> Vec<u8> {
         f.extend((0..1 + rng.below(24)).map(|_| rng.next() as u8));
     } else if rng.chance(60) {
         // A cut at (or near) a layer boundary, or anywhere.
-        let marks = [s.l3 - 4, s.l3, s.l3 + 20, s.l3 + 40, s.l4, s.l4 + 4, s.l4 + 8, s.l4 + 20];
+        let marks = [
+            s.l3 - 4,
+            s.l3,
+            s.l3 + 20,
+            s.l3 + 40,
+            s.l4,
+            s.l4 + 4,
+            s.l4 + 8,
+            s.l4 + 20,
+        ];
         let at = if rng.chance(70) {
             (rng.pick(&marks) + rng.below(7) as usize).saturating_sub(3)
         } else {
@@ -450,7 +584,10 @@ fn non_ip(rng: &mut Rng, cfg: &Config) -> Vec<u8> {
         f.extend(tci(rng, cfg).to_be_bytes());
     }
     let any = rng.next() as u16;
-    f.extend(rng.pick(&[0x0806u16, 0x88cc, 0x8035, 0x0042, any]).to_be_bytes());
+    f.extend(
+        rng.pick(&[0x0806u16, 0x88cc, 0x8035, 0x0042, any])
+            .to_be_bytes(),
+    );
     f.extend((0..rng.below(60)).map(|_| rng.next() as u8));
     f
 }
@@ -463,7 +600,11 @@ fn garbage_ip(rng: &mut Rng) -> Vec<u8> {
     f.extend((0..n).map(|_| rng.next() as u8));
     if rng.chance(70) {
         // Mostly with the right version, so that the parse gets further.
-        f[14] = if f[13] == 0x00 { 0x40 | (f[14] & 0x0f) } else { 0x60 | (f[14] & 0x0f) };
+        f[14] = if f[13] == 0x00 {
+            0x40 | (f[14] & 0x0f)
+        } else {
+            0x60 | (f[14] & 0x0f)
+        };
     }
     f
 }
@@ -477,7 +618,9 @@ mod tests {
         let run = |seed| {
             let mut rng = Rng(seed);
             let cfg = config(&mut rng);
-            (0..200).map(|_| case(&mut rng, &cfg).frames).collect::<Vec<_>>()
+            (0..200)
+                .map(|_| case(&mut rng, &cfg).frames)
+                .collect::<Vec<_>>()
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));

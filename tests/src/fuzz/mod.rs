@@ -9,6 +9,7 @@ pub mod model;
 // The project's seeded generator, the daemon's own file rather than a copy
 // (it is test-only there, so not part of its library).
 #[path = "../../../daemon/src/test_rng.rs"]
+#[allow(clippy::should_implement_trait)]
 mod test_rng;
 
 pub use test_rng::Rng;

@@ -78,12 +78,22 @@ pub struct Outcome {
 
 impl Outcome {
     fn pass() -> Outcome {
-        Outcome { dropped: false, reason: None, rule_id: 0, audit: false }
+        Outcome {
+            dropped: false,
+            reason: None,
+            rule_id: 0,
+            audit: false,
+        }
     }
 
     fn drop(cfg: &Config, reason: DropReason, rule_id: u32) -> Outcome {
         let audit = cfg.audit();
-        Outcome { dropped: !audit, reason: Some(reason), rule_id, audit }
+        Outcome {
+            dropped: !audit,
+            reason: Some(reason),
+            rule_id,
+            audit,
+        }
     }
 }
 
@@ -96,12 +106,19 @@ impl std::fmt::Display for Outcome {
                 "{} {}{}{}",
                 if self.dropped { "drop" } else { "pass" },
                 r.name(),
-                if self.rule_id != 0 { format!(" rule {}", self.rule_id) } else { String::new() },
+                if self.rule_id != 0 {
+                    format!(" rule {}", self.rule_id)
+                } else {
+                    String::new()
+                },
                 if self.audit { " (audit)" } else { "" }
             ),
         }
     }
 }
+
+/// `hf_frag_key`: source, destination, identification, protocol.
+type FragKey = ([u8; 16], [u8; 16], u32, u8);
 
 /// The per-flow state of a case: `hf_frags`, (source, destination,
 /// identification, protocol) of a first fragment -> its verdict (reason,
@@ -110,7 +127,7 @@ impl std::fmt::Display for Outcome {
 /// policy steps do), so that the harness need not flush after every case.
 #[derive(Debug, Clone, Default)]
 pub struct State {
-    frags: HashMap<([u8; 16], [u8; 16], u32, u8), (Option<DropReason>, u32)>,
+    frags: HashMap<FragKey, (Option<DropReason>, u32)>,
     pub touched: bool,
     /// The step that let the last frame pass, for the harness's tally of
     /// what the frames exercised.
@@ -223,13 +240,20 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
 }
 
 /// Steps 7 and 8: link infrastructure, failsafe ports, policy.
-fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -> (Option<DropReason>, u32, &'static str) {
+fn decide(
+    p: &Packet,
+    l4: &L4,
+    remote: [u8; 16],
+    dir: Direction,
+    cfg: &Config,
+) -> (Option<DropReason>, u32, &'static str) {
     if p.family == 6 && p.proto == ICMPV6 {
         let infra = match l4.icmp_type {
             133..=137 => p.hop_limit == 255,
             // From a link-local or the unspecified address.
             130..=132 | 143 => {
-                p.hop_limit == 1 && ((p.saddr[0] == 0xfe && p.saddr[1] & 0xc0 == 0x80) || p.saddr == [0; 16])
+                p.hop_limit == 1
+                    && ((p.saddr[0] == 0xfe && p.saddr[1] & 0xc0 == 0x80) || p.saddr == [0; 16])
             }
             _ => false,
         };
@@ -244,7 +268,9 @@ fn decide(p: &Packet, l4: &L4, remote: [u8; 16], dir: Direction, cfg: &Config) -
         return (None, 0, "link not enforcing");
     }
     let remote = if p.family == 4 {
-        IpAddr::V4(Ipv4Addr::new(remote[12], remote[13], remote[14], remote[15]))
+        IpAddr::V4(Ipv4Addr::new(
+            remote[12], remote[13], remote[14], remote[15],
+        ))
     } else {
         IpAddr::V6(Ipv6Addr::from(remote))
     };
@@ -319,7 +345,10 @@ fn parse_ipv4(f: &[u8], off: usize) -> Option<Packet> {
     let frag = be16(f, off + 6);
     if frag & 0x1fff != 0 {
         p.frag = Frag::Later;
-        p.rest = Ok(L4 { port: 0, icmp_type: 0 });
+        p.rest = Ok(L4 {
+            port: 0,
+            icmp_type: 0,
+        });
         return Some(p);
     }
     if frag & 0x2000 != 0 {
@@ -383,7 +412,10 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
             if fo & 0xfff8 != 0 {
                 p.frag = Frag::Later;
                 p.proto = next;
-                p.rest = Ok(L4 { port: 0, icmp_type: 0 });
+                p.rest = Ok(L4 {
+                    port: 0,
+                    icmp_type: 0,
+                });
                 return Some(p);
             }
             // M=0 at offset 0: an atomic fragment, a whole packet.
@@ -396,7 +428,10 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
     }
     p.proto = next;
     p.rest = if next == NEXTHDR_NONE {
-        Ok(L4 { port: 0, icmp_type: 0 })
+        Ok(L4 {
+            port: 0,
+            icmp_type: 0,
+        })
     } else {
         parse_l4(f, at, next, 6, first)
     };
@@ -405,7 +440,13 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
 
 /// The L4 header at `off` of the IP packet `f` (cut at its end). Any error
 /// in a first fragment is a tiny fragment.
-fn parse_l4(f: &[u8], off: usize, proto: u8, family: u8, first_fragment: bool) -> Result<L4, L4Error> {
+fn parse_l4(
+    f: &[u8],
+    off: usize,
+    proto: u8,
+    family: u8,
+    first_fragment: bool,
+) -> Result<L4, L4Error> {
     let l4 = parse_l4_hdr(f, off, proto, family);
     match l4 {
         Err(_) if first_fragment => Err(L4Error::TinyFirstFragment),
@@ -422,16 +463,29 @@ fn parse_l4_hdr(f: &[u8], off: usize, proto: u8, family: u8) -> Result<L4, L4Err
         // ICMP must match the IP family it travels in.
         ICMP | ICMPV6 if (proto == ICMP) != (family == 4) => return Err(L4Error::Malformed),
         ICMP | ICMPV6 => 8,
-        _ => return Ok(L4 { port: 0, icmp_type: 0 }),
+        _ => {
+            return Ok(L4 {
+                port: 0,
+                icmp_type: 0,
+            })
+        }
     };
     if avail < whole {
         return Err(L4Error::Malformed);
     }
     match proto {
         // Data offset: at least the header, at most the segment.
-        TCP if f[off + 12] >> 4 < 5 || avail < usize::from(f[off + 12] >> 4) * 4 => Err(L4Error::Malformed),
-        ICMP | ICMPV6 => Ok(L4 { port: be16(f, off), icmp_type: f[off] }),
-        _ => Ok(L4 { port: be16(f, off + 2), icmp_type: 0 }),
+        TCP if f[off + 12] >> 4 < 5 || avail < usize::from(f[off + 12] >> 4) * 4 => {
+            Err(L4Error::Malformed)
+        }
+        ICMP | ICMPV6 => Ok(L4 {
+            port: be16(f, off),
+            icmp_type: f[off],
+        }),
+        _ => Ok(L4 {
+            port: be16(f, off + 2),
+            icmp_type: 0,
+        }),
     }
 }
 
@@ -456,7 +510,8 @@ fn is_mapped(a: &[u8; 16]) -> bool {
 
 /// IPv4-mapped, or IPv4-compatible (`::/96` but `::` and `::1`).
 fn is_v4_in_v6(a: &[u8; 16]) -> bool {
-    let compat = a[..12].iter().all(|&b| b == 0) && a[12..] != [0, 0, 0, 0] && a[12..] != [0, 0, 0, 1];
+    let compat =
+        a[..12].iter().all(|&b| b == 0) && a[12..] != [0, 0, 0, 0] && a[12..] != [0, 0, 0, 1];
     is_mapped(a) || compat
 }
 
@@ -493,15 +548,30 @@ mod tests {
     /// Ingress TCP/80 allowed from 10.77.0.0/24 and fd77::/64, TCP/81 denied
     /// by rule 9; host 10.77.0.1 and fd77::1.
     fn cfg() -> Config {
-        let peers = vec![CidrSet::cidr("10.77.0.0/24".parse().expect("net")), CidrSet::cidr("fd77::/64".parse().expect("net"))];
+        let peers = vec![
+            CidrSet::cidr("10.77.0.0/24".parse().expect("net")),
+            CidrSet::cidr("fd77::/64".parse().expect("net")),
+        ];
         Config {
             enforce_ingress: true,
             enforce_egress: true,
             host_addrs: vec![ip("10.77.0.1"), ip("fd77::1")],
             vlans: vec![7],
             rules: RuleSet::new(vec![
-                Rule { id: 3, direction: Direction::Ingress, action: Action::Allow, peers: peers.clone(), ports: vec![PortMatch::l4(L4Proto::Tcp, 80, None)] },
-                Rule { id: 9, direction: Direction::Ingress, action: Action::Deny, peers, ports: vec![PortMatch::l4(L4Proto::Tcp, 81, None)] },
+                Rule {
+                    id: 3,
+                    direction: Direction::Ingress,
+                    action: Action::Allow,
+                    peers: peers.clone(),
+                    ports: vec![PortMatch::l4(L4Proto::Tcp, 80, None)],
+                },
+                Rule {
+                    id: 9,
+                    direction: Direction::Ingress,
+                    action: Action::Deny,
+                    peers,
+                    ports: vec![PortMatch::l4(L4Proto::Tcp, 81, None)],
+                },
             ]),
             ..Config::default()
         }
@@ -519,7 +589,11 @@ mod tests {
             assert_eq!(verdict(&syn(80).build()), (None, 0));
             assert_eq!(verdict(&syn(81).build()), (Some("policy-deny-rule"), 9));
             assert_eq!(verdict(&syn(82).build()), (Some("policy-denied"), 0));
-            assert_eq!(verdict(&Frame::tcp(ip(h), ip(r), 1, 82, TcpFlags::SYN).build()), (None, 0), "forwarded");
+            assert_eq!(
+                verdict(&Frame::tcp(ip(h), ip(r), 1, 82, TcpFlags::SYN).build()),
+                (None, 0),
+                "forwarded"
+            );
         }
     }
 
@@ -527,12 +601,24 @@ mod tests {
     fn tag_stacks() {
         let syn = Frame::tcp(ip("10.77.0.2"), ip("10.77.0.1"), 1, 82, TcpFlags::SYN);
         assert_eq!(verdict(&syn.clone().vlan(7).build()), (None, 0));
-        assert_eq!(verdict(&syn.clone().vlan(8).build()), (Some("vlan-filtered"), 0));
+        assert_eq!(
+            verdict(&syn.clone().vlan(8).build()),
+            (Some("vlan-filtered"), 0)
+        );
         let prio = syn.clone().priority_tag(1).tag(0x88a8, 0).priority_tag(3);
-        assert_eq!(verdict(&prio.clone().vlan(8).build()), (Some("vlan-filtered"), 0));
+        assert_eq!(
+            verdict(&prio.clone().vlan(8).build()),
+            (Some("vlan-filtered"), 0)
+        );
         assert_eq!(verdict(&prio.clone().build()), (Some("policy-denied"), 0));
-        assert_eq!(verdict(&prio.clone().priority_tag(0).build()), (Some("policy-denied"), 0));
-        assert_eq!(verdict(&prio.clone().priority_tag(0).vlan(7).build()), (Some("malformed"), 0));
+        assert_eq!(
+            verdict(&prio.clone().priority_tag(0).build()),
+            (Some("policy-denied"), 0)
+        );
+        assert_eq!(
+            verdict(&prio.clone().priority_tag(0).vlan(7).build()),
+            (Some("malformed"), 0)
+        );
         let cut = syn.vlan(7).build();
         assert_eq!(verdict(&cut[..17]), (Some("malformed"), 0));
     }
@@ -546,9 +632,19 @@ mod tests {
             b[16..18].copy_from_slice(&0u16.to_be_bytes()); // tot_len 0
             b
         };
-        assert_eq!(verdict(&cut(Frame::tcp(r, h, 1, 80, TcpFlags::SYN))), (Some("malformed"), 0));
-        assert_eq!(verdict(&cut(Frame::tcp(r, far, 1, 80, TcpFlags::SYN))), (None, 0));
-        let chain = |n| Frame::tcp(ip("fd77::2"), ip("fd77::1"), 1, 80, TcpFlags::SYN).ipv6_ext(&vec![Ext6::DestOpts; n]).build();
+        assert_eq!(
+            verdict(&cut(Frame::tcp(r, h, 1, 80, TcpFlags::SYN))),
+            (Some("malformed"), 0)
+        );
+        assert_eq!(
+            verdict(&cut(Frame::tcp(r, far, 1, 80, TcpFlags::SYN))),
+            (None, 0)
+        );
+        let chain = |n| {
+            Frame::tcp(ip("fd77::2"), ip("fd77::1"), 1, 80, TcpFlags::SYN)
+                .ipv6_ext(&vec![Ext6::DestOpts; n])
+                .build()
+        };
         assert_eq!(verdict(&chain(8)), (None, 0));
         assert_eq!(verdict(&chain(9)), (Some("malformed"), 0));
     }
@@ -560,19 +656,33 @@ mod tests {
         let f = Frame::udp(ip("::1"), ip("fd77::1"), 1, 80).build();
         assert_eq!(verdict(&f), (Some("policy-denied"), 0));
         for (r, h) in [("10.77.0.2", "10.77.0.1"), ("fd77::2", "fd77::1")] {
-            let frags = Frame::tcp(ip(r), ip(h), 1, 81, TcpFlags::SYN).payload(vec![0; 40]).fragments(24);
+            let frags = Frame::tcp(ip(r), ip(h), 1, 81, TcpFlags::SYN)
+                .payload(vec![0; 40])
+                .fragments(24);
             let mut t = State::default();
             let c = cfg();
-            let j = |f: &Vec<u8>, t: &mut State| judge(f, Direction::Ingress, &c, t).reason.map(|r| r.name());
-            assert_eq!(j(&frags[1], &mut t), None, "later fragment before the first");
+            let j = |f: &Vec<u8>, t: &mut State| {
+                judge(f, Direction::Ingress, &c, t).reason.map(|r| r.name())
+            };
+            assert_eq!(
+                j(&frags[1], &mut t),
+                None,
+                "later fragment before the first"
+            );
             assert_eq!(j(&frags[0], &mut t), Some("policy-deny-rule"));
             assert_eq!(j(&frags[2], &mut t), Some("policy-deny-rule"));
             // A first fragment with 2 bytes of UDP (IP length fixed up).
-            let short = Frame::udp(ip(r), ip(h), 1, 81).payload(vec![0; 40]).fragments(8);
+            let short = Frame::udp(ip(r), ip(h), 1, 81)
+                .payload(vec![0; 40])
+                .fragments(8);
             let mut first = short[0].clone();
             first.truncate(first.len() - 6);
             let len = first.len() - 14;
-            let (at, len) = if r.contains(':') { (18, len - 40) } else { (16, len) };
+            let (at, len) = if r.contains(':') {
+                (18, len - 40)
+            } else {
+                (16, len)
+            };
             first[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
             assert_eq!(j(&first, &mut t), Some("fragment"));
         }
