@@ -3,6 +3,16 @@
 //! frame's bytes and the configuration, with the policy step taken from the
 //! rule set's own reference evaluator ([`RuleSet::evaluate`]).
 //!
+//! The order: (1) VLAN admission over up to four in-band tags, priority tags
+//! skipped; (2) non-IP; (3) the fixed IP header up to the addresses, whose
+//! errors are everybody's; (4) only the host's own packets go on, and for
+//! them alone the rest of the parse (header lengths, options, extension
+//! chain of at most eight headers, L4 header, all inside the IP packet) can
+//! make them malformed, or a tiny first fragment; (5) IPv4-mapped and
+//! -compatible remote IPv6 addresses; (6) later fragments follow their
+//! first or pass on to reassembly; (7) ND/MLD as the RFCs send them; (8)
+//! failsafe ports, enforcement, policy. Audit turns every drop into a pass.
+//!
 //! Conntrack is assumed empty (the harness flushes it before every case); it
 //! changes no verdict within a case anyway: a repeated first fragment meets
 //! the entry its first copy made, which admits exactly what the policy would
@@ -686,5 +696,53 @@ mod tests {
             first[at..at + 2].copy_from_slice(&(len as u16).to_be_bytes());
             assert_eq!(j(&first, &mut t), Some("fragment"));
         }
+    }
+
+    #[test]
+    fn header_errors_after_the_addresses_concern_the_host_only() {
+        let (h, r, far) = (ip("10.77.0.1"), ip("10.77.0.2"), ip("192.0.2.9"));
+        let with = |dst, at: usize, v: u8| {
+            let mut b = Frame::tcp(r, dst, 1, 80, TcpFlags::SYN).build();
+            b[at] = v;
+            b
+        };
+        // IHL 4, a total length below the header: the host's, or not.
+        assert_eq!(verdict(&with(h, 14, 0x44)), (Some("malformed"), 0));
+        assert_eq!(verdict(&with(far, 14, 0x44)), (None, 0));
+        assert_eq!(verdict(&with(h, 17, 19)), (Some("malformed"), 0));
+        assert_eq!(verdict(&with(far, 17, 19)), (None, 0));
+        // Not IPv4 at all: nobody's addresses.
+        assert_eq!(verdict(&with(far, 14, 0x55)), (Some("malformed"), 0));
+        // Total length 0: to the end of the packet.
+        assert_eq!(verdict(&with(h, 17, 0)), (None, 0));
+        // ICMP cut by the total length, the rest of it in the padding.
+        let mut b = Frame::echo_request(r, h, 7, 1).build();
+        b[16..18].copy_from_slice(&24u16.to_be_bytes());
+        assert_eq!(verdict(&b), (Some("malformed"), 0));
+    }
+
+    #[test]
+    fn nd_and_mld_pass_only_as_the_rfcs_send_them() {
+        let icmp6 = |src: &str, t: u8, hop: u8| {
+            Frame::raw_ip(ip(src), ip("fd77::1"), 58)
+                .payload(vec![t, 0, 0, 0, 0, 0, 0, 0])
+                .ttl(hop)
+                .build()
+        };
+        assert_eq!(verdict(&icmp6("fd77::2", 135, 255)), (None, 0));
+        assert_eq!(
+            verdict(&icmp6("fd77::2", 135, 254)),
+            (Some("policy-denied"), 0)
+        );
+        assert_eq!(verdict(&icmp6("fe80::2", 143, 1)), (None, 0));
+        assert_eq!(verdict(&icmp6("::", 131, 1)), (None, 0));
+        assert_eq!(
+            verdict(&icmp6("fd77::2", 143, 1)),
+            (Some("policy-denied"), 0)
+        );
+        assert_eq!(
+            verdict(&icmp6("fe80::2", 143, 2)),
+            (Some("policy-denied"), 0)
+        );
     }
 }
