@@ -33,7 +33,17 @@ fn attach_ms(ns: &NetNs, root: &Path, tag: &str, runs: usize) -> Vec<f64> {
     for i in 0..runs {
         let name = format!("lat{tag}{i}");
         let t0 = Instant::now();
-        ns.ip(&["link", "add", &name, "type", "veth", "peer", "name", &format!("lp{tag}{i}")]).expect("ip link add");
+        ns.ip(&[
+            "link",
+            "add",
+            &name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("lp{tag}{i}"),
+        ])
+        .expect("ip link add");
         let ifindex = ns.ifindex(&name).expect("ifindex");
         let pin = root.join(format!("links/tcx-{ifindex}-ingress"));
         let attached = wait_for(|| pin.exists(), Duration::from_secs(30)).expect("attached");
@@ -47,30 +57,49 @@ fn attach_ms(ns: &NetNs, root: &Path, tag: &str, runs: usize) -> Vec<f64> {
 fn cpu_by_thread(pid: u32) -> std::collections::BTreeMap<String, f64> {
     let tick = 100.0; // USER_HZ
     let mut out = std::collections::BTreeMap::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else { continue };
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue;
+        };
         // `pid (comm) state …`: comm may hold spaces; fields after it.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
         let comm = stat[open + 1..close].to_string();
         let f: Vec<&str> = stat[close + 2..].split_whitespace().collect();
-        let secs = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0) + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        let secs = f.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + f.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
         *out.entry(comm).or_insert(0.0) += secs / tick;
     }
     out
 }
 
 fn flood(bus: &TestBus, buscall: &Path, method: &str, file: &str) -> Child {
-    bus.command(Caller::Nobody, buscall).args([method, file, "100000000", "8"]).stdin(Stdio::null()).stdout(Stdio::null()).spawn().expect("buscall")
+    bus.command(Caller::Nobody, buscall)
+        .args([method, file, "100000000", "8"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("buscall")
 }
 
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let runs: usize = std::env::var("HOSTFWD_BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
+    let runs: usize = std::env::var("HOSTFWD_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(40);
     let bus = TestBus::start().expect("test bus");
     let ns = NetNs::new().expect("netns");
-    let daemon = bus.start_daemon(&ns, "lat*", &[("RUST_LOG", "error")]).expect("daemon");
+    let daemon = bus
+        .start_daemon(&ns, "lat*", &[("RUST_LOG", "error")])
+        .expect("daemon");
     let root = daemon.bpffs_root.clone();
     let buscall = bus.dir().join("buscall");
     std::fs::copy(env!("CARGO_BIN_EXE_buscall"), &buscall).expect("copy buscall");
@@ -84,7 +113,12 @@ fn main() {
     let idle = attach_ms(&ns, &root, "i", runs);
 
     let mut floods = vec![
-        flood(&bus, &buscall, "ValidatePolicy", &doc_file.display().to_string()),
+        flood(
+            &bus,
+            &buscall,
+            "ValidatePolicy",
+            &doc_file.display().to_string(),
+        ),
         flood(&bus, &buscall, "GetStatistics", "-"),
     ];
     std::thread::sleep(Duration::from_secs(1));

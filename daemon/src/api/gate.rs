@@ -55,7 +55,11 @@ impl Gate {
                 job();
             }
         })?;
-        Ok(Gate { jobs, in_flight: Arc::default(), uids: Arc::default() })
+        Ok(Gate {
+            jobs,
+            in_flight: Arc::default(),
+            uids: Arc::default(),
+        })
     }
 }
 
@@ -83,15 +87,23 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Gate {
     /// Runs `job` for the sender of `hdr` under the bounds above.
-    pub async fn run<T: Send + 'static>(&self, conn: &Connection, hdr: &Header<'_>, what: &str, job: impl FnOnce() -> T + Send + 'static) -> Result<T, BusError> {
+    pub async fn run<T: Send + 'static>(
+        &self,
+        conn: &Connection,
+        hdr: &Header<'_>,
+        what: &str,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, BusError> {
         let uid = self.caller_uid(conn, hdr).await?;
         let _slot = self.enter(uid, what)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || BusError::Failed(format!("{what}: the worker is gone"));
-        self.jobs.send(Box::new(move || {
-            // The caller may have gone: nobody to answer.
-            let _ = tx.send(job());
-        })).map_err(|_| gone())?;
+        self.jobs
+            .send(Box::new(move || {
+                // The caller may have gone: nobody to answer.
+                let _ = tx.send(job());
+            }))
+            .map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
 
@@ -103,20 +115,29 @@ impl Gate {
             return Err(zbus::fdo::Error::LimitsExceeded(format!("{what}: uid {uid} has {PER_CALLER} calls in flight already (at most {PER_CALLER}); retry when one returns")).into());
         }
         *n += 1;
-        Ok(Slot { uid, in_flight: self.in_flight.clone() })
+        Ok(Slot {
+            uid,
+            in_flight: self.in_flight.clone(),
+        })
     }
 }
 
 impl Gate {
     /// The uid of the connection that sent `hdr`, from the bus.
     async fn caller_uid(&self, conn: &Connection, hdr: &Header<'_>) -> Result<u32, BusError> {
-        let failed = |e: zbus::Error| BusError::Failed(format!("asking the bus for the caller's uid: {e}"));
-        let sender = hdr.sender().ok_or_else(|| BusError::Failed("a call without a sender".into()))?;
+        let failed =
+            |e: zbus::Error| BusError::Failed(format!("asking the bus for the caller's uid: {e}"));
+        let sender = hdr
+            .sender()
+            .ok_or_else(|| BusError::Failed("a call without a sender".into()))?;
         if let Some(uid) = lock(&self.uids).get(sender.as_str()) {
             return Ok(*uid);
         }
         let proxy = zbus::fdo::DBusProxy::new(conn).await.map_err(failed)?;
-        let uid = proxy.get_connection_unix_user(sender.clone().into()).await.map_err(|e| failed(e.into()))?;
+        let uid = proxy
+            .get_connection_unix_user(sender.clone().into())
+            .await
+            .map_err(|e| failed(e.into()))?;
         let mut uids = lock(&self.uids);
         if uids.len() >= UID_CACHE {
             uids.clear();
@@ -133,9 +154,17 @@ mod tests {
     #[test]
     fn each_user_has_a_bounded_number_of_slots_freed_on_drop() {
         let g = Gate::start().expect("worker");
-        let a: Vec<Slot> = (0..PER_CALLER).map(|_| g.enter(65534, "x").expect("within the bound")).collect();
-        let err = g.enter(65534, "ValidatePolicy").err().expect("over the bound");
-        assert!(err.to_string().contains("LimitsExceeded") || err.to_string().contains("in flight"), "{err}");
+        let a: Vec<Slot> = (0..PER_CALLER)
+            .map(|_| g.enter(65534, "x").expect("within the bound"))
+            .collect();
+        let err = g
+            .enter(65534, "ValidatePolicy")
+            .err()
+            .expect("over the bound");
+        assert!(
+            err.to_string().contains("LimitsExceeded") || err.to_string().contains("in flight"),
+            "{err}"
+        );
         // Another user is not affected.
         let b = g.enter(1000, "x").expect("another user");
         drop(a);
@@ -148,11 +177,17 @@ mod tests {
     fn jobs_run_on_a_thread_at_the_lowest_priority() {
         let g = Gate::start().expect("worker");
         let (tx, rx) = mpsc::channel();
-        g.jobs.send(Box::new(move || {
-            // SAFETY: plain syscalls on the calling thread.
-            let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
-            let _ = tx.send((std::thread::current().name().map(str::to_string), nice));
-        })).expect("send");
-        assert_eq!(rx.recv().expect("ran"), (Some("hostfwd-open".to_string()), NICE));
+        g.jobs
+            .send(Box::new(move || {
+                // SAFETY: plain syscalls on the calling thread.
+                let nice =
+                    unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) };
+                let _ = tx.send((std::thread::current().name().map(str::to_string), nice));
+            }))
+            .expect("send");
+        assert_eq!(
+            rx.recv().expect("ran"),
+            (Some("hostfwd-open".to_string()), NICE)
+        );
     }
 }

@@ -597,11 +597,18 @@ struct TreeBuilder {
 }
 
 fn too_many_nodes(pos: Pos) -> (Pos, String) {
-    (pos, format!("document too large: more than {MAX_NODES} nodes (after expanding aliases)"))
+    (
+        pos,
+        format!("document too large: more than {MAX_NODES} nodes (after expanding aliases)"),
+    )
 }
 
 fn too_deep(pos: Pos, alias: bool) -> (Pos, String) {
-    let why = if alias { " (after expanding this alias)" } else { "" };
+    let why = if alias {
+        " (after expanding this alias)"
+    } else {
+        ""
+    };
     (pos, format!("nesting deeper than {MAX_DEPTH}{why}"))
 }
 
@@ -610,13 +617,27 @@ impl TreeBuilder {
     /// the document: 1 for a scalar or a collection (whose items were
     /// counted as they came), the whole subtree for an alias (checked by
     /// the caller before it was copied). `size` is the node's own size.
-    fn add(&mut self, node: Node, anchor: usize, new_nodes: usize, size: usize, height: usize) -> Result<(), (Pos, String)> {
+    fn add(
+        &mut self,
+        node: Node,
+        anchor: usize,
+        new_nodes: usize,
+        size: usize,
+        height: usize,
+    ) -> Result<(), (Pos, String)> {
         self.nodes += new_nodes;
         if self.nodes > MAX_NODES {
             return Err(too_many_nodes(node.pos));
         }
         if anchor != 0 {
-            self.anchors.insert(anchor, Anchored { node: node.clone(), size, height });
+            self.anchors.insert(
+                anchor,
+                Anchored {
+                    node: node.clone(),
+                    size,
+                    height,
+                },
+            );
         }
         let Some(frame) = self.stack.last_mut() else {
             self.root = Some(node);
@@ -638,7 +659,13 @@ impl TreeBuilder {
         if self.stack.len() >= MAX_DEPTH {
             return Err(too_deep(pos, false));
         }
-        self.stack.push(Frame { pos, anchor, start_nodes: self.nodes, height: 0, kind });
+        self.stack.push(Frame {
+            pos,
+            anchor,
+            start_nodes: self.nodes,
+            height: 0,
+            kind,
+        });
         Ok(())
     }
 
@@ -694,7 +721,8 @@ fn pos_of_byte(text: &str, offset: usize) -> Pos {
     }
     let before = &text[..end];
     // Line breaks as in YAML: `\n`, `\r\n` or a lone `\r`.
-    let line = 1 + before.matches('\n').count() + before.matches('\r').count() - before.matches("\r\n").count();
+    let line = 1 + before.matches('\n').count() + before.matches('\r').count()
+        - before.matches("\r\n").count();
     let start = before.rfind(['\n', '\r']).map_or(0, |i| i + 1);
     Pos::new(line, before[start..].chars().count() + 1)
 }
@@ -754,7 +782,14 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
                 if tag.is_some_and(|t| t != CoreTag::Map) {
                     return Err((pos, "a mapping cannot be tagged as a scalar or list".into()));
                 }
-                b.open(pos, anchor, FrameKind::Map { entries: Vec::new(), key: None })?;
+                b.open(
+                    pos,
+                    anchor,
+                    FrameKind::Map {
+                        entries: Vec::new(),
+                        key: None,
+                    },
+                )?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
                 let Some(frame) = b.stack.pop() else {
@@ -764,7 +799,10 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
                     FrameKind::Seq(items) => Value::Seq(items),
                     FrameKind::Map { entries, .. } => Value::Map(entries),
                 };
-                let node = Node { pos: frame.pos, value };
+                let node = Node {
+                    pos: frame.pos,
+                    value,
+                };
                 // Its items were counted as they came.
                 let size = b.nodes - frame.start_nodes + 1;
                 b.add(node, frame.anchor, 1, size, frame.height + 1)?;
@@ -806,7 +844,13 @@ struct Cx<'f> {
 
 impl<'f> Cx<'f> {
     fn new(file: &'f str) -> Cx<'f> {
-        Cx { file, errors: Vec::new(), reported: 0, rules: 0, cidrs: 0 }
+        Cx {
+            file,
+            errors: Vec::new(),
+            reported: 0,
+            rules: 0,
+            cidrs: 0,
+        }
     }
 
     fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
@@ -838,7 +882,13 @@ impl<'f> Cx<'f> {
     fn count_rule(&mut self, pos: Pos, path: &str) -> bool {
         self.rules += 1;
         if self.rules == MAX_RULES_PER_SOURCE + 1 {
-            self.error(pos, path, format!("too many rules in one source (more than {MAX_RULES_PER_SOURCE}): split it"));
+            self.error(
+                pos,
+                path,
+                format!(
+                    "too many rules in one source (more than {MAX_RULES_PER_SOURCE}): split it"
+                ),
+            );
         }
         self.rules <= MAX_RULES_PER_SOURCE
     }
@@ -847,7 +897,13 @@ impl<'f> Cx<'f> {
     fn count_cidr(&mut self, pos: Pos, path: &str) -> bool {
         self.cidrs += 1;
         if self.cidrs == MAX_CIDRS_PER_SOURCE + 1 {
-            self.error(pos, path, format!("too many CIDRs in one source (more than {MAX_CIDRS_PER_SOURCE}): split it"));
+            self.error(
+                pos,
+                path,
+                format!(
+                    "too many CIDRs in one source (more than {MAX_CIDRS_PER_SOURCE}): split it"
+                ),
+            );
         }
         self.cidrs <= MAX_CIDRS_PER_SOURCE
     }
@@ -858,14 +914,19 @@ impl<'f> Cx<'f> {
         // A stable sort keeps the order of errors at one place.
         self.errors.sort_by_key(|e| (e.line, e.column));
         if self.reported > self.errors.len() {
-            let last = self.errors.last().map_or(Pos::new(1, 1), |e| Pos::new(e.line, e.column));
+            let last = self
+                .errors
+                .last()
+                .map_or(Pos::new(1, 1), |e| Pos::new(e.line, e.column));
             let more = self.reported - self.errors.len();
             self.errors.push(PolicyError {
                 file: self.file.to_string(),
                 line: last.line,
                 column: last.column,
                 path: String::new(),
-                message: format!("{more} more errors not shown (at most {MAX_ERRORS} are reported)"),
+                message: format!(
+                    "{more} more errors not shown (at most {MAX_ERRORS} are reported)"
+                ),
             });
         }
         self.errors

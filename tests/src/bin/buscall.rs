@@ -24,7 +24,10 @@ const MANAGER: &str = "org.hostfwd.Firewall1.Manager";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("buscall: runtime: {e}");
@@ -45,12 +48,15 @@ async fn run(args: &[String]) -> Result<(), String> {
         return Err("usage: buscall METHOD FILE|- COUNT PARALLEL".into());
     };
     let count: usize = count.parse().map_err(|_| format!("bad COUNT {count}"))?;
-    let parallel: usize = parallel.parse().map_err(|_| format!("bad PARALLEL {parallel}"))?;
+    let parallel: usize = parallel
+        .parse()
+        .map_err(|_| format!("bad PARALLEL {parallel}"))?;
     let text = match file.as_str() {
         "-" => None,
         f => Some(std::fs::read_to_string(f).map_err(|e| format!("reading {f}: {e}"))?),
     };
-    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS").map_err(|_| "DBUS_SYSTEM_BUS_ADDRESS is not set".to_string())?;
+    let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
+        .map_err(|_| "DBUS_SYSTEM_BUS_ADDRESS is not set".to_string())?;
     let conn = zbus::connection::Builder::address(address.as_str())
         .and_then(|b| Ok(b.method_timeout(std::time::Duration::from_secs(600))))
         .map_err(|e| format!("bus address {address}: {e}"))?
@@ -62,14 +68,32 @@ async fn run(args: &[String]) -> Result<(), String> {
         let text = text.clone();
         async move {
             let reply = match &text {
-                Some(t) => conn.call_method(Some(DEST), PATH, Some(MANAGER), method.as_str(), &(t.as_str(),)).await,
-                None => conn.call_method(Some(DEST), PATH, Some(MANAGER), method.as_str(), &()).await,
+                Some(t) => {
+                    conn.call_method(
+                        Some(DEST),
+                        PATH,
+                        Some(MANAGER),
+                        method.as_str(),
+                        &(t.as_str(),),
+                    )
+                    .await
+                }
+                None => {
+                    conn.call_method(Some(DEST), PATH, Some(MANAGER), method.as_str(), &())
+                        .await
+                }
             };
             match reply {
-                Ok(m) if method == "ValidatePolicy" => match m.body().deserialize::<Vec<String>>() {
-                    Ok(errors) => format!("ok {} {}", errors.len(), errors.first().map(String::as_str).unwrap_or("")),
-                    Err(e) => format!("error reply: {e}"),
-                },
+                Ok(m) if method == "ValidatePolicy" => {
+                    match m.body().deserialize::<Vec<String>>() {
+                        Ok(errors) => format!(
+                            "ok {} {}",
+                            errors.len(),
+                            errors.first().map(String::as_str).unwrap_or("")
+                        ),
+                        Err(e) => format!("error reply: {e}"),
+                    }
+                }
                 Ok(_) => "ok".to_string(),
                 Err(zbus::Error::MethodError(name, msg, _)) => {
                     let msg: String = msg.unwrap_or_default().chars().take(300).collect();
