@@ -860,9 +860,14 @@ fn random_documents_and_arguments_leave_the_daemon_alive_and_its_policy_unchange
                     "refused call {i} ({what}: {e:?}) changed the policy; seed {seed}"
                 );
             }
-            Ok(_) => {
+            Ok(reply) => {
                 accepted += 1;
                 let now = s.state();
+                // A change is published before its reply.
+                if matches!(what, "ApplyPolicy" | "RemovePolicy") {
+                    let revision: u64 = reply.body().deserialize().expect("t");
+                    assert_eq!(now.revision, revision, "call {i} ({what}): the reply came before the change was published; seed {seed}");
+                }
                 if now.pending.0 != 0 {
                     s.call("ConfirmPolicy", &(now.pending.0,))
                         .expect("confirm the accepted change");
