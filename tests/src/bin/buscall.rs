@@ -58,7 +58,7 @@ async fn run(args: &[String]) -> Result<(), String> {
     let address = std::env::var("DBUS_SYSTEM_BUS_ADDRESS")
         .map_err(|_| "DBUS_SYSTEM_BUS_ADDRESS is not set".to_string())?;
     let conn = zbus::connection::Builder::address(address.as_str())
-        .and_then(|b| Ok(b.method_timeout(std::time::Duration::from_secs(600))))
+        .map(|b| b.method_timeout(std::time::Duration::from_secs(600)))
         .map_err(|e| format!("bus address {address}: {e}"))?
         .build()
         .await
