@@ -269,6 +269,14 @@ static __always_inline bool hf_is_ipv6_ext(__u8 nexthdr)
 	       nexthdr == HF_NEXTHDR_FRAGMENT;
 }
 
+/* An extension header (8 bytes at least) must lie inside the IP packet:
+ * the frame may be padded beyond it. */
+static __always_inline bool hf_ext_outside(const struct hf_pkt *p, __u32 off,
+					   bool inner)
+{
+	return !inner && p->l3_end < off + 8;
+}
+
 static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 					 struct hf_pkt *p, bool inner)
 {
@@ -292,30 +300,28 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 	nexthdr = ip6.nexthdr;
 	off += sizeof(ip6);
 
-	for (i = 0; i <= HF_IPV6_MAX_EXTHDRS; i++) {
+	for (i = 0; i < HF_IPV6_MAX_EXTHDRS; i++) {
 		__u8 eh[8] HF_ALIGNED;
 
-		if (!hf_is_ipv6_ext(nexthdr))
-			goto done;
-		/* Still inside the chain after the bound: malformed. */
-		if (i == HF_IPV6_MAX_EXTHDRS)
-			return HF_PARSE_MALFORMED;
-		/* The chain lies inside the IP packet (the frame may be
-		 * padded beyond it). */
-		if (!inner && p->l3_end < off + 8)
-			return HF_PARSE_MALFORMED;
 		switch (nexthdr) {
+		case HF_NEXTHDR_HOP:
+		case HF_NEXTHDR_ROUTING:
+		case HF_NEXTHDR_DEST:
+			if (hf_ext_outside(p, off, inner) || hf_load(skb, off, eh, 2))
+				return HF_PARSE_MALFORMED;
+			nexthdr = eh[0];
+			off += ((__u32)eh[1] + 1) * 8;
+			continue;
 		case HF_NEXTHDR_AUTH:
-			if (hf_load(skb, off, eh, 2))
+			if (hf_ext_outside(p, off, inner) || hf_load(skb, off, eh, 2))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			off += ((__u32)eh[1] + 2) * 4;
-			break;
+			continue;
 		case HF_NEXTHDR_FRAGMENT: {
 			__u16 fo;
-			if (inner)
-				return HF_PARSE_MALFORMED;
-			if (hf_load(skb, off, eh, 8))
+			if (inner || hf_ext_outside(p, off, inner) ||
+			    hf_load(skb, off, eh, 8))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			fo = ((__u16)eh[2] << 8) | eh[3];
@@ -330,17 +336,16 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 			}
 			if (fo & 1)
 				p->frag = HF_FRAG_FIRST;
-			break;
+			continue;
 		}
-		default: /* hop-by-hop, routing, destination options */
-			if (hf_load(skb, off, eh, 2))
-				return HF_PARSE_MALFORMED;
-			nexthdr = eh[0];
-			off += ((__u32)eh[1] + 1) * 8;
-			break;
+		default:
+			goto done;
 		}
 	}
-	return HF_PARSE_MALFORMED;
+	/* The bound reached: a chain that goes on is malformed (or hostile),
+	 * one whose last header was the bound's is not. */
+	if (hf_is_ipv6_ext(nexthdr))
+		return HF_PARSE_MALFORMED;
 done:
 	p->proto = nexthdr;
 	p->l4_off = off;
