@@ -220,7 +220,7 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 		return HF_PASS;
 
 	/* 4. Only traffic to (ingress) or from (egress) the host itself. */
-	if (!hf_is_local(dir == HF_DIR_INGRESS ? p.daddr : p.saddr))
+	if (!hf_is_local(skb, dir, dir == HF_DIR_INGRESS ? p.daddr : p.saddr))
 		return HF_PASS;
 
 	c.gen = c.g->policy_gen & 1;
