@@ -470,3 +470,67 @@ fn sctp_ports_are_policy() {
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3868).build()), PASS);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3869).build()), DROP);
 }
+
+/// What the kernel delivers to the host: by packet type on ingress, then by
+/// the local set (interface addresses, directed broadcasts, local routes in
+/// the hf_local_nets trie). Everything else is forwarded and passes.
+#[test]
+fn local_delivery_by_packet_type_and_local_routes() {
+    let mut dp = setup("local");
+    dp.apply(vec![
+        allow_tcp(10, IN, &["10.77.0.0/24", "fd77::/64"], 80),
+        allow_tcp(11, OUT, &["10.77.0.0/24", "fd77::/64"], 443),
+    ]);
+    let (h, r, far) = addrs(false);
+    let bcast = ip("10.77.0.255");
+    let other_mac = [2, 0, 0, 0, 0, 2];
+    let mut sport = 1000;
+    let mut udp_in = |dst, mac: Option<[u8; 6]>| {
+        sport += 1;
+        let f = Frame::udp(if dst == ip("fd09::7") { ip("fd77::2") } else { r }, dst, sport, 9999);
+        run(&dp, IN, &mac.map_or(f.clone(), |m| f.macs([2, 0, 0, 0, 0, 1], m)).build())
+    };
+    // A directed broadcast sent as one (broadcast MAC) reaches the host.
+    assert_eq!(udp_in(bcast, Some([0xff; 6])), DROP, "PACKET_BROADCAST is judged");
+    assert_eq!(udp_in(ip("10.77.0.200"), Some([0x01, 0, 0x5e, 0, 0, 1])), DROP, "PACKET_MULTICAST is judged");
+    // Routed to it (unicast MAC): the local table decides.
+    assert_eq!(udp_in(bcast, None), PASS, "not local yet");
+    dp.add_local(net("10.77.0.255/32")).unwrap();
+    assert_eq!(udp_in(bcast, None), DROP, "the broadcast route");
+    // A frame for another host's MAC is the kernel's to drop, not ours.
+    assert_eq!(udp_in(h, Some(other_mac)), PASS, "PACKET_OTHERHOST");
+    assert_eq!(udp_in(h, None), DROP, "the same packet to our MAC");
+
+    // `ip route add local 10.9.0.0/24 dev lo` (and an IPv6 one): the trie,
+    // consulted only while one exists.
+    assert!(!dp.local_nets_in_use().unwrap());
+    assert_eq!(udp_in(ip("10.9.0.7"), None), PASS, "forwarded");
+    dp.add_local(net("10.9.0.0/24")).unwrap();
+    dp.add_local(net("fd09::/64")).unwrap();
+    assert!(dp.local_nets_in_use().unwrap());
+    assert_eq!(udp_in(ip("10.9.0.7"), None), DROP, "inside a local route");
+    assert_eq!(udp_in(ip("10.9.1.7"), None), PASS, "outside it");
+    assert_eq!(udp_in(ip("fd09::7"), None), DROP, "inside the IPv6 local route");
+    // Egress judges the source the same way, whatever the packet type.
+    let out = |src, port| run(&dp, OUT, &Frame::tcp(src, far, port, 443, TcpFlags::SYN).macs([2, 0, 0, 0, 0, 1], other_mac).build());
+    assert_eq!(out(ip("10.9.0.7"), 2001), DROP, "egress from a local prefix");
+    assert_eq!(out(ip("10.9.1.7"), 2002), PASS, "egress of forwarded traffic");
+    let local = dp.local_nets();
+    for n in ["10.77.0.1/32", "10.77.0.255/32", "10.9.0.0/24", "fd09::/64"] {
+        assert!(local.contains(&net(n)), "{n} in {local:?}");
+    }
+
+    let gen = dp.host_gen().unwrap();
+    dp.remove_local(net("10.9.0.0/24")).unwrap();
+    assert!(dp.host_gen().unwrap() != gen, "a removal starts a new generation of host addresses");
+    assert_eq!(udp_in(ip("10.9.0.7"), None), PASS, "route removed");
+    assert!(dp.local_nets_in_use().unwrap(), "the IPv6 one is left");
+    dp.remove_local(net("fd09::/64")).unwrap();
+    assert!(!dp.local_nets_in_use().unwrap(), "the trie is out of the path again");
+    assert_eq!(udp_in(ip("fd09::7"), None), PASS);
+    // Settings written afterwards keep the flag to the trie's content.
+    dp.add_local(net("10.9.0.0/24")).unwrap();
+    dp.audit(true);
+    dp.audit(false);
+    assert!(dp.local_nets_in_use().unwrap(), "set_global keeps G_LOCAL_NETS");
+}
