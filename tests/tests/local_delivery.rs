@@ -53,8 +53,8 @@ impl Drop for Running {
 /// Starts the daemon in `ns` on `devices`, enforcing [`POLICY`], sharing the
 /// bpffs root (and so the maps) of `dp`; returns once it enforces: its
 /// programs are on every device and a denied datagram to `probe` no longer
-/// reaches a listener.
-fn start(ns: &NetNs, dp: &TestDp, devices: &[(&str, u32)], sender: &UdpSocket, probe: IpAddr) -> Running {
+/// from `peer` reaches a listener.
+fn start(ns: &NetNs, dp: &TestDp, devices: &[(&str, u32)], peer: &NetNs, probe: IpAddr) -> Running {
     let policies = tempfile::tempdir().expect("tempdir");
     std::fs::write(policies.path().join("local.yaml"), POLICY).expect("policy file");
     let names: Vec<&str> = devices.iter().map(|d| d.0).collect();
@@ -63,6 +63,7 @@ fn start(ns: &NetNs, dp: &TestDp, devices: &[(&str, u32)], sender: &UdpSocket, p
         .arg("run")
         .env("HOSTFWD_BPFFS_ROOT", &dp.root)
         .env("HOSTFWD_POLICY_DIR", policies.path())
+        .env("HOSTFWD_STATE_DIR", policies.path().join("state"))
         .env("HOSTFWD_DEVICES", names.join(","))
         .env("HOSTFWD_AUDIT", "false")
         .env("HOSTFWD_DBUS", "none")
@@ -79,12 +80,17 @@ fn start(ns: &NetNs, dp: &TestDp, devices: &[(&str, u32)], sender: &UdpSocket, p
         got == want
     });
     let listener = ns.udp_bind(SocketAddr::new(probe, DENIED)).expect("probe listener");
-    wait_until("the daemon's policy enforced", SETTLE, || !delivered(sender, &listener, SocketAddr::new(probe, DENIED)));
+    wait_until("the daemon's policy enforced", SETTLE, || !delivered(peer, &listener, SocketAddr::new(probe, DENIED)));
     running
 }
 
-/// Sends one datagram to `dst` and reports whether `listener` got it.
-fn delivered(sender: &UdpSocket, listener: &UdpSocket, dst: SocketAddr) -> bool {
+/// Sends one datagram from `from` to `dst` and reports whether `listener`
+/// got it. A new socket each time: a new flow, which conntrack has not
+/// admitted before (a flow that passed before the policy would stay
+/// admitted).
+fn delivered(from: &NetNs, listener: &UdpSocket, dst: SocketAddr) -> bool {
+    let sender = from.udp_bind(any(0)).expect("sender");
+    sender.set_broadcast(true).expect("SO_BROADCAST");
     let tag = format!("hf-local-{dst}-{:?}", std::time::Instant::now());
     sender.send_to(tag.as_bytes(), dst).unwrap_or_else(|e| panic!("send to {dst}: {e}"));
     arrived(listener, &tag)
@@ -109,13 +115,6 @@ fn any(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port)
 }
 
-/// A sender in `ns` that may send to broadcast addresses.
-fn sender(ns: &NetNs) -> UdpSocket {
-    let s = ns.udp_bind(any(0)).expect("sender");
-    s.set_broadcast(true).expect("SO_BROADCAST");
-    s
-}
-
 /// The subnet's directed broadcast, sent as a broadcast (PACKET_BROADCAST
 /// at h0) and routed to as a unicast frame to h0's MAC (PACKET_HOST, the
 /// local table's broadcast route): judged both ways.
@@ -123,14 +122,13 @@ fn sender(ns: &NetNs) -> UdpSocket {
 fn directed_broadcast_is_judged() {
     let topo = Topology::new().unwrap();
     let dp = TestDp::load("ld-bcast", AttachModeChoice::Auto);
-    let tx = sender(&topo.peer);
-    let _d = start(&topo.host, &dp, &[("h0", topo.h.ifindex)], &tx, topo.h.v4.into());
+    let _d = start(&topo.host, &dp, &[("h0", topo.h.ifindex)], &topo.peer, topo.h.v4.into());
     wait_until("the broadcast route in the local set", SETTLE, || dp.local_nets().contains(&net("10.77.0.255/32")));
     let bcast: IpAddr = ip("10.77.0.255");
     let allowed = topo.host.udp_bind(any(ALLOWED)).unwrap();
     let denied = topo.host.udp_bind(any(DENIED)).unwrap();
-    assert!(!delivered(&tx, &denied, SocketAddr::new(bcast, DENIED)), "broadcast to a denied port reached the host");
-    assert!(delivered(&tx, &allowed, SocketAddr::new(bcast, ALLOWED)), "broadcast to the allowed port");
+    assert!(!delivered(&topo.peer, &denied, SocketAddr::new(bcast, DENIED)), "broadcast to a denied port reached the host");
+    assert!(delivered(&topo.peer, &allowed, SocketAddr::new(bcast, ALLOWED)), "broadcast to the allowed port");
 
     let (h, p) = (&topo.h, &topo.p);
     let unicast = |port: u16, tag: &str| {
@@ -148,8 +146,7 @@ fn directed_broadcast_is_judged() {
 fn local_route_prefix_is_judged() {
     let topo = Topology::new().unwrap();
     let dp = TestDp::load("ld-route", AttachModeChoice::Auto);
-    let tx = sender(&topo.peer);
-    let _d = start(&topo.host, &dp, &[("h0", topo.h.ifindex)], &tx, topo.h.v4.into());
+    let _d = start(&topo.host, &dp, &[("h0", topo.h.ifindex)], &topo.peer, topo.h.v4.into());
     assert!(!dp.local_nets_in_use().unwrap(), "no local prefix yet: the trie is not consulted");
     topo.peer.ip(&["route", "add", "10.9.0.0/24", "via", "10.77.0.1"]).unwrap();
     topo.host.ip(&["route", "add", "local", "10.9.0.0/24", "dev", "lo"]).unwrap();
@@ -159,8 +156,8 @@ fn local_route_prefix_is_judged() {
     let addr: IpAddr = ip("10.9.0.7");
     let allowed = topo.host.udp_bind(SocketAddr::new(addr, ALLOWED)).unwrap();
     let denied = topo.host.udp_bind(SocketAddr::new(addr, DENIED)).unwrap();
-    assert!(!delivered(&tx, &denied, denied.local_addr().unwrap()), "a denied port of a local prefix reached the host");
-    assert!(delivered(&tx, &allowed, allowed.local_addr().unwrap()), "the allowed port of a local prefix");
+    assert!(!delivered(&topo.peer, &denied, denied.local_addr().unwrap()), "a denied port of a local prefix reached the host");
+    assert!(delivered(&topo.peer, &allowed, allowed.local_addr().unwrap()), "the allowed port of a local prefix");
 
     topo.host.ip(&["route", "del", "local", "10.9.0.0/24", "dev", "lo"]).unwrap();
     wait_until("the route left the trie, and the trie the path", SETTLE, || {
@@ -189,18 +186,16 @@ fn forwarded_traffic_passes_unjudged() {
     let h1 = topo.host.ifindex("h1").unwrap();
 
     let dp = TestDp::load("ld-fwd", AttachModeChoice::Auto);
-    let tx = sender(&topo.peer);
-    let _d = start(&topo.host, &dp, &[("h0", topo.h.ifindex), ("h1", h1)], &tx, topo.h.v4.into());
+    let _d = start(&topo.host, &dp, &[("h0", topo.h.ifindex), ("h1", h1)], &topo.peer, topo.h.v4.into());
     wait_until("the far subnet's broadcast route in the local set", SETTLE, || {
         dp.local_nets().contains(&net("10.78.0.255/32"))
     });
 
     // Through the host: judged nowhere (7002 is denied to the host).
     let far_rx = far.udp_bind(any(DENIED)).unwrap();
-    assert!(delivered(&tx, &far_rx, SocketAddr::new(ip("10.78.0.2"), DENIED)), "forwarded datagram");
-    let far_tx = far.udp_bind(any(0)).unwrap();
+    assert!(delivered(&topo.peer, &far_rx, SocketAddr::new(ip("10.78.0.2"), DENIED)), "forwarded datagram");
     let peer_rx = topo.peer.udp_bind(any(DENIED)).unwrap();
-    assert!(delivered(&far_tx, &peer_rx, SocketAddr::new(topo.p.v4.into(), DENIED)), "forwarded the other way");
+    assert!(delivered(&far, &peer_rx, SocketAddr::new(topo.p.v4.into(), DENIED)), "forwarded the other way");
     let srv = hostfwd_tests::EchoServer::tcp(&far, SocketAddr::new(ip("10.78.0.2"), 9000)).unwrap();
     let mut sess = hostfwd_tests::Session::connect(&topo.peer, srv.addr(), T).expect("TCP through the host");
     sess.roundtrip(T).expect("forwarded session");
@@ -209,7 +204,7 @@ fn forwarded_traffic_passes_unjudged() {
     // directed broadcast, both reached through h0.
     let host_rx = topo.host.udp_bind(any(DENIED)).unwrap();
     let host_ok = topo.host.udp_bind(any(ALLOWED)).unwrap();
-    assert!(!delivered(&tx, &host_rx, SocketAddr::new(ip("10.78.0.1"), DENIED)), "the host's far-side address");
-    assert!(!delivered(&tx, &host_rx, SocketAddr::new(ip("10.78.0.255"), DENIED)), "routed directed broadcast of the far subnet");
-    assert!(delivered(&tx, &host_ok, SocketAddr::new(ip("10.78.0.255"), ALLOWED)), "the allowed port of it");
+    assert!(!delivered(&topo.peer, &host_rx, SocketAddr::new(ip("10.78.0.1"), DENIED)), "the host's far-side address");
+    assert!(!delivered(&topo.peer, &host_rx, SocketAddr::new(ip("10.78.0.255"), DENIED)), "routed directed broadcast of the far subnet");
+    assert!(delivered(&topo.peer, &host_ok, SocketAddr::new(ip("10.78.0.255"), ALLOWED)), "the allowed port of it");
 }

@@ -422,6 +422,12 @@ impl Datapath {
         update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)
     }
 
+    /// The generation of host addresses (`hf_global.host_gen`): it moves
+    /// with every removal from the local set.
+    pub fn host_gen(&self) -> Result<u32> {
+        Ok(self.global()?.map_or(0, |g| g.host_gen))
+    }
+
     /// Whether the datapath consults `hf_local_nets` (`G_LOCAL_NETS`).
     pub fn local_nets_in_use(&self) -> Result<bool> {
         Ok(self.global()?.is_some_and(|g| g.flags & l::G_LOCAL_NETS != 0))
