@@ -534,3 +534,30 @@ fn local_delivery_by_packet_type_and_local_routes() {
     dp.audit(false);
     assert!(dp.local_nets_in_use().unwrap(), "set_global keeps G_LOCAL_NETS");
 }
+
+/// A full local map is an error that names the map and the address: an
+/// address left out would pass unjudged.
+#[test]
+fn a_full_local_map_is_an_error() {
+    let dp = setup("localfull");
+    // The hash already holds the two host addresses of `setup`.
+    let n16 = |i: u32| std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
+    for i in 0..l::HOST_ADDRS_MAX_ENTRIES - 2 {
+        dp.add_local(ipnet::IpNet::from(IpAddr::V6(n16(i)))).expect("room in hf_host_addrs");
+    }
+    let extra = ipnet::IpNet::from(ip("10.77.0.9"));
+    let e = dp.add_local(extra).unwrap_err();
+    assert!(matches!(e, hostfwd::datapath::Error::LocalFull { map: "hf_host_addrs", net, .. } if net == extra), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("hf_host_addrs") && msg.contains("10.77.0.9/32"), "{msg}");
+    // An update of an address already there is no new entry.
+    dp.add_local(ipnet::IpNet::from(ip("10.77.0.1"))).expect("rewriting an entry of a full map");
+
+    for i in 0..l::LOCAL_NETS_MAX_ENTRIES {
+        dp.add_local(net(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256))).expect("room in hf_local_nets");
+    }
+    let extra = net("192.0.2.0/24");
+    let e = dp.add_local(extra).unwrap_err();
+    assert!(matches!(e, hostfwd::datapath::Error::LocalFull { map: "hf_local_nets", net, .. } if net == extra), "{e:?}");
+    assert!(e.to_string().contains("192.0.2.0/24"), "{e}");
+}
