@@ -49,11 +49,15 @@ pub const CT_SYN_SENT: u8 = 1;
 pub const CT_ESTABLISHED: u8 = 2;
 pub const CT_CLOSING: u8 = 3;
 pub const CT_OTHER: u8 = 4;
+pub const CT_SYN_RECV: u8 = 5;
+pub const CT_PICKUP: u8 = 6;
 
 pub const CT_SEEN_REPLY: u8 = 1 << 0;
 pub const CT_FIN_ORIG: u8 = 1 << 1;
 pub const CT_FIN_REPLY: u8 = 1 << 2;
 pub const CT_DENIED: u8 = 1 << 3;
+pub const CT_SEQ_ORIG: u8 = 1 << 4;
+pub const CT_SEQ_REPLY: u8 = 1 << 5;
 
 /// Plain-old-data map keys and values: safe to view as bytes.
 ///
@@ -117,7 +121,7 @@ macro_rules! pod {
 pod! {
     Global = "hf_global" {
         policy_gen: u32, flags: u32, events_per_sec: u32, events_burst: u32, host_gen: u32, tick_ns: u32,
-        jiffies_epoch: u64,
+        jiffies_epoch: u64, epoch: u32, pad: u32,
     }
     Link = "hf_link" { flags: u32 }
     VlanKey = "hf_vlan_key" { ifindex: u32, vid: u16, pad: u16 }
@@ -132,7 +136,10 @@ pod! {
     FailsafeKey = "hf_failsafe_key" { dir: u8, proto: u8, port: u16 }
     Ct4Key = "hf_ct4_key" { addr_a: [u8; 4], addr_b: [u8; 4], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
     Ct6Key = "hf_ct6_key" { addr_a: [u8; 16], addr_b: [u8; 16], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
-    CtVal = "hf_ct_val" { last_seen_ns: u64, ifindex: u32, state: u8, flags: u8, origin_dir: u8, origin_a: u8, host_gen: u32, pad: u32 }
+    CtVal = "hf_ct_val" {
+        last_seen_ns: u64, ifindex: u32, host_gen: u32, epoch: u32, seq_next: [u32; 2], pol_port: u16,
+        state: u8, flags: u8, origin_dir: u8, origin_a: u8, pad: [u8; 6],
+    }
     FragKey = "hf_frag_key" { saddr: [u8; 16], daddr: [u8; 16], id: u32, proto: u8, pad: [u8; 3] }
     FragVal = "hf_frag_val" { ts_ns: u64, rule_id: u32, reason: u8, pad: [u8; 3] }
     CounterKey = "hf_counter_key" { ifindex: u32, dir: u8, reason: u8, audit: u8, pad: u8 }

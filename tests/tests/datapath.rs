@@ -4,52 +4,15 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
+use common::web::*;
 use common::*;
-use hostfwd::datapath::{AttachModeChoice, Direction, EventReader, GlobalSettings};
-use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, L4Proto, PortMatch};
+use hostfwd::datapath::{EventReader, GlobalSettings};
+use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
 use hostfwd_tests::packet::{garbage, truncations, Ext6, Frame, IcmpError, Nd, TcpFlags};
-
-const IF: u32 = 1;
-const IN: Direction = Direction::Ingress;
-const OUT: Direction = Direction::Egress;
-
-/// (host, remote, far remote outside the allowed CIDR) per family.
-fn addrs(v6: bool) -> (IpAddr, IpAddr, IpAddr) {
-    if v6 {
-        (ip("fd77::1"), ip("fd77::2"), ip("2001:db8::9"))
-    } else {
-        (ip("10.77.0.1"), ip("10.77.0.2"), ip("192.0.2.9"))
-    }
-}
-
-fn setup(tag: &str) -> TestDp {
-    let dp = TestDp::load(tag, AttachModeChoice::Auto);
-    dp.enforce(IF);
-    for v6 in [false, true] {
-        dp.add_host_addr(addrs(v6).0).expect("host addr");
-    }
-    dp
-}
-
-fn run(dp: &TestDp, dir: Direction, frame: &[u8]) -> i32 {
-    dp.test_run(dir, frame, 1).expect("test run").retval
-}
-
-/// Ingress default-deny with TCP/80 allowed from the remote's /24 (/64).
-fn web_policy(dp: &mut TestDp) {
-    dp.apply(vec![
-        allow_tcp(10, IN, &["10.77.0.0/24", "fd77::/64"], 80),
-        rule(11, IN, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::cidr(net("::/0"))], vec![
-            PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 8 },
-            PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: 128 },
-        ]),
-    ]);
-}
 
 #[test]
 fn unconfigured_link_passes_everything() {
@@ -140,6 +103,7 @@ fn replies_to_host_initiated_flows_pass_under_default_deny() {
         assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 40001, 443, TcpFlags::SYN).build()), PASS);
         assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 443, 40001, TcpFlags::SYN_ACK).build()), PASS, "reply v6={v6}");
         assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 443, 40001, TcpFlags::ACK).build()), PASS, "established v6={v6}");
+        assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 40001, 443, TcpFlags::ACK).build()), PASS, "handshake done v6={v6}");
         // UDP (DNS-like) and ping replies too.
         assert_eq!(run(&dp, OUT, &Frame::udp(h, far, 40002, 5353).build()), PASS);
         assert_eq!(run(&dp, IN, &Frame::udp(far, h, 5353, 40002).build()), PASS, "udp reply v6={v6}");
@@ -151,35 +115,45 @@ fn replies_to_host_initiated_flows_pass_under_default_deny() {
     let ct = dp.conntrack().unwrap();
     let (h, _, far) = addrs(false);
     let e = ct.iter().find(|e| e.src == h && e.dst == far && e.dport == 443).expect("conntrack entry");
-    assert_eq!((e.state, e.origin), (l::CT_ESTABLISHED, OUT));
+    assert_eq!((e.state, e.origin, e.host_started), (l::CT_ESTABLISHED, OUT, true));
 }
 
 #[test]
-fn established_flow_survives_enabling_a_policy() {
+fn established_flow_survives_enabling_a_policy_that_allows_it() {
     let mut dp = setup("survive");
     for v6 in [false, true] {
-        let (h, _, far) = addrs(v6);
-        // No policy yet: an inbound session to port 9000 is set up and tracked.
-        assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::SYN).build()), PASS);
-        assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 9000, 3333, TcpFlags::SYN_ACK).build()), PASS);
+        let (h, r, _) = addrs(v6);
+        // No policy yet: an inbound session to port 80 is set up and tracked.
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3333, 80, TcpFlags::SYN).build()), PASS);
+        assert_eq!(run(&dp, OUT, &Frame::tcp(h, r, 80, 3333, TcpFlags::SYN_ACK).build()), PASS);
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3333, 80, TcpFlags::ACK).build()), PASS);
     }
     web_policy(&mut dp);
     for v6 in [false, true] {
-        let (h, _, far) = addrs(v6);
-        assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::ACK).build()), PASS, "kept v6={v6}");
-        assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3334, 9000, TcpFlags::SYN).build()), DROP, "new v6={v6}");
+        let (h, r, _) = addrs(v6);
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3333, 80, TcpFlags::ACK).build()), PASS, "kept v6={v6}");
+        assert_eq!(run(&dp, OUT, &Frame::tcp(h, r, 80, 3333, TcpFlags::ACK).build()), PASS, "replies kept v6={v6}");
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3334, 81, TcpFlags::SYN).build()), DROP, "new v6={v6}");
     }
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 2);
 }
 
 #[test]
 fn tcp_close_then_reuse_is_evaluated_again() {
     let mut dp = setup("close");
+    dp.set_failsafe(&[(IN, 6, 9000)]).unwrap();
     let (h, _, far) = addrs(false);
+    // Failsafe: the session is admitted however the policy reads.
     assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::SYN).build()), PASS);
     assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 9000, 3333, TcpFlags::SYN_ACK).build()), PASS);
     web_policy(&mut dp);
-    assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::RST).build()), PASS);
-    // Same tuple, new SYN after the reset: a new connection, denied.
+    // The far side's next sequence number is 1001 (its SYN at 1000).
+    assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::RST).seq(1001, 0).build()), PASS);
+    let e = dp.conntrack().unwrap().into_iter().find(|e| e.sport == 3333).expect("entry");
+    assert_eq!(e.state, l::CT_CLOSING);
+    // Same tuple, new SYN after the reset: a new connection, judged again
+    // (and without the failsafe port, denied).
+    dp.set_failsafe(&[]).unwrap();
     assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::SYN).build()), DROP);
 }
 
@@ -338,12 +312,17 @@ fn malformed_packets_are_dropped_with_their_reason() {
     // IPv4 options are fine.
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 1, 80, TcpFlags::SYN).ipv4_options(&[1, 1, 1, 0]).build()), PASS);
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 1, 81, TcpFlags::SYN).ipv4_options(&[1, 1, 1, 0]).build()), DROP);
-    // Garbage after an IPv4/IPv6 ethertype.
+    // Garbage after an IPv4/IPv6 ethertype, addressed to the host: dropped.
+    // The same garbage to another address is forwarded traffic, which is
+    // not the host's to judge, malformed or not.
     for seed in 1..50u64 {
         let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
         f.extend(garbage(60, seed));
         f[14] = 0x40 | (f[14] & 0x0f).min(4); // version 4, IHL < 5
+        f[30..34].copy_from_slice(&[10, 77, 0, 1]);
         assert_eq!(run(&dp, IN, &f), DROP, "garbage seed {seed}");
+        f[30..34].copy_from_slice(&[10, 77, 0, 99]);
+        assert_eq!(run(&dp, IN, &f), PASS, "forwarded garbage seed {seed}");
     }
     assert_eq!(dp.drops(DropReason::Malformed) - before, 2 + 49);
 }
@@ -385,14 +364,21 @@ fn fragments_follow_their_first_fragment() {
         for (i, f) in denied.iter().enumerate() {
             assert_eq!(run(&dp, IN, f), DROP, "denied fragment {i} v6={v6}");
         }
-        // Out of order: a later fragment before its first is unknown.
-        assert_eq!(run(&dp, IN, &late[1]), DROP, "later fragment first v6={v6}");
+        // Out of order: a later fragment before its first goes on to the
+        // kernel's reassembly, which cannot finish without the first.
+        assert_eq!(run(&dp, IN, &late[1]), PASS, "later fragment first v6={v6}");
         assert_eq!(run(&dp, IN, &late[0]), PASS);
         assert_eq!(run(&dp, IN, &late[2]), PASS, "after the first arrived v6={v6}");
+        // The denied datagram's later fragments, out of order too, carry
+        // its verdict once its first fragment was seen.
+        let denied2 = Frame::udp(r, h, 1000, 54).payload(vec![1; 200]).ident(0x4444).fragments(64);
+        assert_eq!(run(&dp, IN, &denied2[2]), PASS, "before its first v6={v6}");
+        assert_eq!(run(&dp, IN, &denied2[0]), DROP);
+        assert_eq!(run(&dp, IN, &denied2[1]), DROP, "after its first v6={v6}");
     }
-    assert_eq!(dp.drops(DropReason::Fragment), 2);
+    assert_eq!(dp.drops(DropReason::Fragment), 0);
     // The later fragments of the denied datagram carry its reason.
-    assert!(dp.drops(DropReason::PolicyDenied) >= 6);
+    assert!(dp.drops(DropReason::PolicyDenied) >= 8);
 }
 
 #[test]

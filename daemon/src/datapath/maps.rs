@@ -57,6 +57,8 @@ pub struct ConntrackEntry {
     pub flags: u8,
     pub origin: Direction,
     pub ifindex: u32,
+    /// In the host's own maps (`hf_ct*_out`): a flow the host started.
+    pub host_started: bool,
 }
 
 /// Between two policy swaps, packets that read the old generation must have
@@ -217,7 +219,7 @@ fn net_from_key(k: l::LocalNetKey) -> Option<IpNet> {
 
 /// A conntrack entry from its canonical key: endpoint a or b is the source,
 /// as recorded by the entry.
-fn ct_entry(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, v: &l::CtVal) -> ConntrackEntry {
+fn ct_entry(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, v: &l::CtVal, host_started: bool) -> ConntrackEntry {
     let ((src, sport), (dst, dport)) = if v.origin_a != 0 { (a, b) } else { (b, a) };
     ConntrackEntry {
         src,
@@ -229,6 +231,7 @@ fn ct_entry(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, v: &l::CtVal) -> Conn
         flags: v.flags,
         origin: dir_from_code(v.origin_dir),
         ifindex: v.ifindex,
+        host_started,
     }
 }
 
@@ -267,9 +270,14 @@ impl Datapath {
     pub fn set_global(&self, s: GlobalSettings) -> Result<()> {
         let mut g = self.global()?.unwrap_or_default();
         // G_LOCAL_NETS follows hf_local_nets (set_local_nets_flag), not settings.
-        g.flags = (g.flags & l::G_LOCAL_NETS)
+        let flags = (g.flags & l::G_LOCAL_NETS)
             | (if s.audit { l::G_AUDIT } else { 0 })
             | (if s.drop_non_ip { l::G_DROP_NON_IP } else { 0 });
+        if flags != g.flags {
+            // Audit on or off: every tracked flow is judged again.
+            g.epoch = g.epoch.wrapping_add(1);
+        }
+        g.flags = flags;
         g.events_per_sec = s.events_per_sec;
         g.events_burst = s.events_burst;
         // Mark the slot as written even with every setting off.
@@ -301,7 +309,17 @@ impl Datapath {
         if ifindex < l::LINK_SLOTS {
             update(&self.skel.maps.hf_link_slots, "hf_link_slots", &ifindex, &l::Link { flags: flags | l::L_CONFIGURED })?;
         }
-        Ok(())
+        // Enforcement or audit of a link changed: flows are judged again.
+        self.bump_epoch()
+    }
+
+    /// Starts a new verdict epoch: every tracked flow is judged again on its
+    /// next packet (conntrack entries remember the epoch of their verdict).
+    fn bump_epoch(&self) -> Result<()> {
+        let mut g = self.global()?.unwrap_or_default();
+        g.epoch = g.epoch.wrapping_add(1);
+        g.events_burst = g.events_burst.max(1);
+        update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)
     }
 
     pub fn remove_link(&self, ifindex: u32) -> Result<()> {
@@ -453,13 +471,18 @@ impl Datapath {
         let map = &self.skel.maps.hf_failsafe;
         let want: Vec<l::FailsafeKey> =
             entries.iter().map(|&(d, proto, port)| l::FailsafeKey { dir: dir_code(d), proto, port }).collect();
-        for k in keys::<l::FailsafeKey>(map) {
-            if !want.contains(&k) {
-                delete(map, "hf_failsafe", &k)?;
+        let have = keys::<l::FailsafeKey>(map);
+        for k in &have {
+            if !want.contains(k) {
+                delete(map, "hf_failsafe", k)?;
             }
         }
         for k in &want {
             update(map, "hf_failsafe", k, &1u8)?;
+        }
+        if have.len() != want.len() || want.iter().any(|k| !have.contains(k)) {
+            // A flow admitted only by a failsafe port that is gone is judged again.
+            self.bump_epoch()?;
         }
         Ok(())
     }
@@ -501,8 +524,11 @@ impl Datapath {
         update(&m.hf_policy_meta, "hf_policy_meta", &next, &maps.meta)?;
         self.policy_keys[next as usize] = Some(GenerationKeys::of(maps));
 
-        // The switch: from here on, new packets see the new generation.
+        // The switch: from here on, new packets see the new generation,
+        // and tracked flows are judged again against it (a new epoch, in
+        // the same write).
         g.policy_gen = next;
+        g.epoch = g.epoch.wrapping_add(1);
         g.events_burst = g.events_burst.max(1);
         update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)?;
         self.last_policy_swap = Some(Instant::now());
@@ -590,23 +616,27 @@ impl Datapath {
         Ok(per_cpu.iter().filter_map(|b| l::Ratelimit::from_bytes(b)).map(|r| r.suppressed).sum())
     }
 
-    /// Every conntrack entry (both families), oriented as its first packet.
+    /// Every conntrack entry (both families, flows from outside and the
+    /// host's own), oriented as its first packet.
     pub fn conntrack(&self) -> Result<Vec<ConntrackEntry>> {
         let mut out = Vec::new();
-        let map = &self.skel.maps.hf_ct4;
-        for k in keys::<l::Ct4Key>(map) {
-            if let Some(v) = lookup::<l::Ct4Key, l::CtVal>(map, "hf_ct4", &k)? {
-                let a = IpAddr::V4(k.addr_a.into());
-                let b = IpAddr::V4(k.addr_b.into());
-                out.push(ct_entry((a, k.port_a), (b, k.port_b), k.proto, &v));
+        let m = &self.skel.maps;
+        for (map, name, host_started) in [(&m.hf_ct4, "hf_ct4", false), (&m.hf_ct4_out, "hf_ct4_out", true)] {
+            for k in keys::<l::Ct4Key>(map) {
+                if let Some(v) = lookup::<l::Ct4Key, l::CtVal>(map, name, &k)? {
+                    let a = IpAddr::V4(k.addr_a.into());
+                    let b = IpAddr::V4(k.addr_b.into());
+                    out.push(ct_entry((a, k.port_a), (b, k.port_b), k.proto, &v, host_started));
+                }
             }
         }
-        let map = &self.skel.maps.hf_ct6;
-        for k in keys::<l::Ct6Key>(map) {
-            if let Some(v) = lookup::<l::Ct6Key, l::CtVal>(map, "hf_ct6", &k)? {
-                let a = IpAddr::V6(k.addr_a.into());
-                let b = IpAddr::V6(k.addr_b.into());
-                out.push(ct_entry((a, k.port_a), (b, k.port_b), k.proto, &v));
+        for (map, name, host_started) in [(&m.hf_ct6, "hf_ct6", false), (&m.hf_ct6_out, "hf_ct6_out", true)] {
+            for k in keys::<l::Ct6Key>(map) {
+                if let Some(v) = lookup::<l::Ct6Key, l::CtVal>(map, name, &k)? {
+                    let a = IpAddr::V6(k.addr_a.into());
+                    let b = IpAddr::V6(k.addr_b.into());
+                    out.push(ct_entry((a, k.port_a), (b, k.port_b), k.proto, &v, host_started));
+                }
             }
         }
         Ok(out)
@@ -614,14 +644,19 @@ impl Datapath {
 
     /// Empties the maps that hold per-flow state (conntrack, fragments).
     pub fn flush_flows(&self) -> Result<()> {
-        for k in keys::<l::Ct4Key>(&self.skel.maps.hf_ct4) {
-            delete(&self.skel.maps.hf_ct4, "hf_ct4", &k)?;
+        let m = &self.skel.maps;
+        for (map, name) in [(&m.hf_ct4, "hf_ct4"), (&m.hf_ct4_out, "hf_ct4_out")] {
+            for k in keys::<l::Ct4Key>(map) {
+                delete(map, name, &k)?;
+            }
         }
-        for k in keys::<l::Ct6Key>(&self.skel.maps.hf_ct6) {
-            delete(&self.skel.maps.hf_ct6, "hf_ct6", &k)?;
+        for (map, name) in [(&m.hf_ct6, "hf_ct6"), (&m.hf_ct6_out, "hf_ct6_out")] {
+            for k in keys::<l::Ct6Key>(map) {
+                delete(map, name, &k)?;
+            }
         }
-        for k in keys::<l::FragKey>(&self.skel.maps.hf_frags) {
-            delete(&self.skel.maps.hf_frags, "hf_frags", &k)?;
+        for k in keys::<l::FragKey>(&m.hf_frags) {
+            delete(&m.hf_frags, "hf_frags", &k)?;
         }
         Ok(())
     }
