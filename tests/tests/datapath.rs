@@ -12,7 +12,7 @@ use hostfwd::datapath::{EventReader, GlobalSettings};
 use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
-use hostfwd_tests::packet::{garbage, truncations, Ext6, Frame, IcmpError, Nd, TcpFlags};
+use hostfwd_tests::packet::{garbage, truncations, DEFAULT_DST_MAC, DEFAULT_SRC_MAC, Ext6, Frame, IcmpError, Nd, TcpFlags};
 
 #[test]
 fn unconfigured_link_passes_everything() {
@@ -316,7 +316,9 @@ fn malformed_packets_are_dropped_with_their_reason() {
     // The same garbage to another address is forwarded traffic, which is
     // not the host's to judge, malformed or not.
     for seed in 1..50u64 {
-        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        // To the test-run device's MAC: a frame for another MAC is
+        // PACKET_OTHERHOST, not the host's.
+        let mut f = [&DEFAULT_DST_MAC[..], &DEFAULT_SRC_MAC[..], &[0x08, 0x00]].concat();
         f.extend(garbage(60, seed));
         f[14] = 0x40 | (f[14] & 0x0f).min(4); // version 4, IHL < 5
         f[30..34].copy_from_slice(&[10, 77, 0, 1]);
@@ -529,7 +531,7 @@ fn a_full_local_map_is_an_error() {
     // The hash already holds the two host addresses of `setup`.
     let n16 = |i: u32| std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
     for i in 0..l::HOST_ADDRS_MAX_ENTRIES - 2 {
-        dp.add_local(ipnet::IpNet::from(IpAddr::V6(n16(i)))).expect("room in hf_host_addrs");
+        dp.add_local(ipnet::IpNet::from(std::net::IpAddr::V6(n16(i)))).expect("room in hf_host_addrs");
     }
     let extra = ipnet::IpNet::from(ip("10.77.0.9"));
     let e = dp.add_local(extra).unwrap_err();
