@@ -182,6 +182,8 @@ static __always_inline int hf_parse_l4_hdr(struct __sk_buff *skb,
 		/* ICMP must match the IP family it travels in. */
 		if ((p->proto == IPPROTO_ICMP) != (p->family == 4))
 			return HF_PARSE_MALFORMED;
+		if (!inner && p->l3_end < off + 8)
+			return HF_PARSE_MALFORMED;
 		if (hf_load(skb, off, hdr, 8))
 			return HF_PARSE_MALFORMED;
 		p->icmp_type = hdr[0];
@@ -260,6 +262,13 @@ static __always_inline int hf_parse_ipv4(struct __sk_buff *skb, __u32 off,
 	return hf_parse_l4(skb, p, inner);
 }
 
+static __always_inline bool hf_is_ipv6_ext(__u8 nexthdr)
+{
+	return nexthdr == HF_NEXTHDR_HOP || nexthdr == HF_NEXTHDR_ROUTING ||
+	       nexthdr == HF_NEXTHDR_DEST || nexthdr == HF_NEXTHDR_AUTH ||
+	       nexthdr == HF_NEXTHDR_FRAGMENT;
+}
+
 static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 					 struct hf_pkt *p, bool inner)
 {
@@ -283,24 +292,25 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 	nexthdr = ip6.nexthdr;
 	off += sizeof(ip6);
 
-	for (i = 0; i < HF_IPV6_MAX_EXTHDRS; i++) {
+	for (i = 0; i <= HF_IPV6_MAX_EXTHDRS; i++) {
 		__u8 eh[8] HF_ALIGNED;
 
+		if (!hf_is_ipv6_ext(nexthdr))
+			goto done;
+		/* Still inside the chain after the bound: malformed. */
+		if (i == HF_IPV6_MAX_EXTHDRS)
+			return HF_PARSE_MALFORMED;
+		/* The chain lies inside the IP packet (the frame may be
+		 * padded beyond it). */
+		if (!inner && p->l3_end < off + 8)
+			return HF_PARSE_MALFORMED;
 		switch (nexthdr) {
-		case HF_NEXTHDR_HOP:
-		case HF_NEXTHDR_ROUTING:
-		case HF_NEXTHDR_DEST:
-			if (hf_load(skb, off, eh, 2))
-				return HF_PARSE_MALFORMED;
-			nexthdr = eh[0];
-			off += ((__u32)eh[1] + 1) * 8;
-			continue;
 		case HF_NEXTHDR_AUTH:
 			if (hf_load(skb, off, eh, 2))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			off += ((__u32)eh[1] + 2) * 4;
-			continue;
+			break;
 		case HF_NEXTHDR_FRAGMENT: {
 			__u16 fo;
 			if (inner)
@@ -320,13 +330,16 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 			}
 			if (fo & 1)
 				p->frag = HF_FRAG_FIRST;
-			continue;
+			break;
 		}
-		default:
-			goto done;
+		default: /* hop-by-hop, routing, destination options */
+			if (hf_load(skb, off, eh, 2))
+				return HF_PARSE_MALFORMED;
+			nexthdr = eh[0];
+			off += ((__u32)eh[1] + 1) * 8;
+			break;
 		}
 	}
-	/* Still inside the extension-header chain after the bound. */
 	return HF_PARSE_MALFORMED;
 done:
 	p->proto = nexthdr;
