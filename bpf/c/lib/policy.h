@@ -17,11 +17,14 @@
 static __always_inline bool hf_is_local(struct __sk_buff *skb, __u8 dir,
 					const __u8 addr[16])
 {
+	const __u32 *a = (const __u32 *)addr;
 	const struct hf_global *g;
 	struct hf_local_net_key lk;
 	struct hf_addr_key k;
 	__u32 zero = 0;
-	bool v4 = addr[10] == 0xff && addr[11] == 0xff && !addr[0] && !addr[1];
+	/* IPv4-mapped (::ffff:0:0/96), all of the prefix: an IPv6 address
+	 * that only looks like it is no IPv4 multicast or loopback. */
+	bool v4 = a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
 
 	if (dir == HF_DIR_INGRESS) {
 		/* The link-layer verdict: frames to a broadcast or multicast
