@@ -473,9 +473,9 @@ fn local_delivery_by_packet_type_and_local_routes() {
     let bcast = ip("10.77.0.255");
     let other_mac = [2, 0, 0, 0, 0, 2];
     let mut sport = 1000;
-    let mut udp_in = |dst, mac: Option<[u8; 6]>| {
+    let mut udp_in = |dst: std::net::IpAddr, mac: Option<[u8; 6]>| {
         sport += 1;
-        let f = Frame::udp(if dst == ip("fd09::7") { ip("fd77::2") } else { r }, dst, sport, 9999);
+        let f = Frame::udp(if dst.is_ipv6() { ip("fd77::2") } else { r }, dst, sport, 9999);
         run(&dp, IN, &mac.map_or(f.clone(), |m| f.macs([2, 0, 0, 0, 0, 1], m)).build())
     };
     // A directed broadcast sent as one (broadcast MAC) reaches the host.
@@ -485,6 +485,10 @@ fn local_delivery_by_packet_type_and_local_routes() {
     assert_eq!(udp_in(bcast, None), PASS, "not local yet");
     dp.add_local(net("10.77.0.255/32")).unwrap();
     assert_eq!(udp_in(bcast, None), DROP, "the broadcast route");
+    assert_eq!(udp_in(ip("127.0.0.5"), None), DROP, "127.0.0.0/8 without a map entry");
+    // Only the whole ::ffff:0:0/96 is IPv4: this is neither 224.0.0.1 nor 127.0.0.1.
+    assert_eq!(udp_in(ip("0:0:1::ffff:e000:1"), None), PASS, "IPv6 that looks like mapped multicast");
+    assert_eq!(udp_in(ip("0:0:1::ffff:7f00:1"), None), PASS, "IPv6 that looks like mapped loopback");
     // A frame for another host's MAC is the kernel's to drop, not ours.
     assert_eq!(udp_in(h, Some(other_mac)), PASS, "PACKET_OTHERHOST");
     assert_eq!(udp_in(h, None), DROP, "the same packet to our MAC");
