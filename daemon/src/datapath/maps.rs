@@ -188,7 +188,7 @@ fn delete_keys<K: Pod>(map: &MapMut<'_>, keys: &[K]) -> bool {
     })
 }
 
-fn keys<K: Pod>(map: &MapMut<'_>) -> Vec<K> {
+fn keys<K: Pod>(map: &impl MapCore) -> Vec<K> {
     map.keys().filter_map(|k| K::from_bytes(&k)).collect()
 }
 
@@ -233,6 +233,38 @@ fn ct_entry(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, v: &l::CtVal, host_st
         ifindex: v.ifindex,
         host_started,
     }
+}
+
+/// Every drop counter of `map` (`hf_counters`: the loaded one, or its pin
+/// read by another process), summed over CPUs, in key order.
+fn read_counters(map: &impl MapCore) -> Result<Vec<CounterEntry>> {
+    let mut out = Vec::new();
+    for k in keys::<l::CounterKey>(map) {
+        // A key deleted since it was listed is no counter any more.
+        let per_cpu = map
+            .lookup_percpu(k.as_bytes(), MapFlags::ANY)
+            .map_err(|source| Error::MapRead { map: "hf_counters", source })?
+            .unwrap_or_default();
+        let packets = per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum();
+        out.push(CounterEntry {
+            ifindex: k.ifindex,
+            dir: dir_from_code(k.dir),
+            reason: DropReason::from_code(k.reason),
+            reason_code: k.reason,
+            audit: k.audit != 0,
+            packets,
+        });
+    }
+    out.sort_by_key(|c| (c.ifindex, c.dir as u8, c.reason_code, c.audit));
+    Ok(out)
+}
+
+/// The drop counters from the pinned map under `paths`, without loading
+/// the datapath (readers beside the one writer).
+pub fn pinned_counters(paths: &super::Paths) -> Result<Vec<CounterEntry>> {
+    let path = paths.map("hf_counters");
+    let map = libbpf_rs::MapHandle::from_pinned_path(&path).map_err(|source| Error::OpenPinned { path, source })?;
+    read_counters(&map)
 }
 
 fn dir_from_code(c: u8) -> Direction {
@@ -578,25 +610,7 @@ impl Datapath {
 
     /// Drop counters summed over CPUs.
     pub fn counters(&self) -> Result<Vec<CounterEntry>> {
-        let map = &self.skel.maps.hf_counters;
-        let mut out = Vec::new();
-        for k in keys::<l::CounterKey>(map) {
-            let per_cpu = map
-                .lookup_percpu(k.as_bytes(), MapFlags::ANY)
-                .map_err(|source| Error::MapRead { map: "hf_counters", source })?
-                .unwrap_or_default();
-            let packets = per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum();
-            out.push(CounterEntry {
-                ifindex: k.ifindex,
-                dir: dir_from_code(k.dir),
-                reason: DropReason::from_code(k.reason),
-                reason_code: k.reason,
-                audit: k.audit != 0,
-                packets,
-            });
-        }
-        out.sort_by_key(|c| (c.ifindex, c.dir as u8, c.reason_code, c.audit));
-        Ok(out)
+        read_counters(&self.skel.maps.hf_counters)
     }
 
     /// Sum of a drop counter over links, directions and audit flag.

@@ -23,7 +23,7 @@ use libbpf_rs::{MapCore, OpenObject, ProgramAttachType};
 pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
 pub use events::{Event, EventReader};
-pub use maps::{ConntrackEntry, CounterEntry, GlobalSettings};
+pub use maps::{pinned_counters, ConntrackEntry, CounterEntry, GlobalSettings};
 pub use paths::Paths;
 
 /// The user-visible name of a direction (`ingress`, `egress`).
