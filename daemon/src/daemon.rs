@@ -83,6 +83,9 @@ pub struct Daemon {
     sets: BTreeMap<Ifindex, vlan::AllowSet>,
     /// Links whose configuration or attachment failed in the last pass.
     failed: BTreeSet<u32>,
+    /// Local addresses or prefixes the last pass could not write (a full
+    /// map): traffic to them passes unjudged, so the state is degraded.
+    local_failed: usize,
     started: bool,
     saved: Persisted,
     /// Global audit set through the API (runtime or persisted); the
@@ -119,6 +122,7 @@ impl Daemon {
             decisions: BTreeMap::new(),
             sets: BTreeMap::new(),
             failed: BTreeSet::new(),
+            local_failed: 0,
             started: false,
             policies: Policies::default(),
             policy_failed: false,
@@ -223,7 +227,7 @@ impl Daemon {
             }
         };
         let actions = reconcile::plan(&desired, &actual);
-        self.failed = self.execute(&actions);
+        (self.failed, self.local_failed) = self.execute(&actions);
         self.refresh_policy();
         if !actions.is_empty() {
             tracing::debug!(n = actions.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "reconciled");
@@ -236,7 +240,7 @@ impl Daemon {
     fn state(&self) -> State {
         if !self.started {
             State::Starting
-        } else if !self.failed.is_empty() || self.policy_failed {
+        } else if !self.failed.is_empty() || self.local_failed > 0 || self.policy_failed {
             State::Degraded
         } else if self.audit() {
             State::Audit
@@ -576,13 +580,14 @@ impl Daemon {
     /// (a VLAN tag opened or closed on a lower device, a detach, a removal).
     /// Setting a link's configuration and adding host addresses need no
     /// attach to have happened, so they do not wait. Returns the links
-    /// whose actions failed.
-    fn execute(&self, actions: &[Action]) -> BTreeSet<u32> {
+    /// whose actions failed and the number of failed local-set actions.
+    fn execute(&self, actions: &[Action]) -> (BTreeSet<u32>, usize) {
         // A link whose configuration could not be written must not get a
         // program (it would pass everything): skip its remaining actions.
         let failed = Mutex::new(BTreeSet::new());
         let mut broken = BTreeSet::new();
         let mut batch: Vec<&Action> = Vec::new();
+        let mut local_failed = 0;
         for a in actions {
             if a.ifindex().is_some_and(|i| broken.contains(&i)) {
                 continue;
@@ -592,10 +597,17 @@ impl Daemon {
                     batch.push(a);
                     continue;
                 }
-                Action::SetLink(..) | Action::AddHostAddr(..) => {}
+                Action::SetLink(..) | Action::AddLocal(..) => {}
                 _ => self.run_parallel(std::mem::take(&mut batch), &failed),
             }
             if let Err(e) = self.dp.execute(a) {
+                if let Action::AddLocal(_) | Action::RemoveLocal(_) = a {
+                    // Not a link's problem: an address the datapath does
+                    // not know is one whose traffic passes unjudged.
+                    tracing::error!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
+                    local_failed += 1;
+                    continue;
+                }
                 tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
                 if let Action::SetLink(i, _) | Action::AllowVlan(i, _) = a {
                     broken.insert(*i);
@@ -606,7 +618,7 @@ impl Daemon {
             }
         }
         self.run_parallel(batch, &failed);
-        failed.into_inner().unwrap_or_else(|p| p.into_inner())
+        (failed.into_inner().unwrap_or_else(|p| p.into_inner()), local_failed)
     }
 
     fn run_parallel(&self, batch: Vec<&Action>, failed: &Mutex<BTreeSet<u32>>) {

@@ -254,8 +254,12 @@ fn links_below_and_above_the_slot_array() {
         ns.ip(&["link", "add", name, "index", &index.to_string(), "type", "veth", "peer", "name", &peer]).unwrap();
         ns.ip(&["link", "set", name, "up"]).unwrap();
     }
-    let denied = Frame::tcp(ip("10.77.0.2"), ip(HOST4), 1000, 9999, TcpFlags::SYN).build();
-    for ifindex in [small, big] {
+    for (name, ifindex) in [("hfsmall", small), ("hfbig", big)] {
+        // To the device's MAC: the test run classifies the frame against
+        // it, and a frame for another MAC is not the host's (OTHERHOST).
+        let denied = Frame::tcp(ip("10.77.0.2"), ip(HOST4), 1000, 9999, TcpFlags::SYN)
+            .macs(hostfwd_tests::packet::DEFAULT_SRC_MAC, ns.mac(name).unwrap())
+            .build();
         let run = |dp: &TestDp| ns.run(|| run_on_device(dp, ifindex, &denied)).unwrap();
         assert_eq!(run(&dp), PASS, "ifindex {ifindex}: not configured, passed untouched");
         dp.set_link(ifindex, l::L_ENFORCE_INGRESS).unwrap();

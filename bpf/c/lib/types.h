@@ -234,4 +234,17 @@ struct hf_event {
 	__u8 pad[5];
 };
 
+/* Local prefixes shorter than a full address (`ip route add local
+ * 10.9.0.0/24 dev lo`): an LPM trie, consulted only while HF_G_LOCAL_NETS
+ * is set, so hosts without such routes pay nothing. Full-length local
+ * addresses (interface addresses, directed broadcasts, anycast) stay in
+ * the hf_host_addrs hash. IPv4 is IPv4-mapped: prefixlen 96 + the IPv4
+ * length. */
+#define HF_G_LOCAL_NETS (1U << 2) /* hf_global.flags: hf_local_nets in use */
+
+struct hf_local_net_key {
+	__u32 prefixlen; /* LPM trie key: the length comes first, in bits */
+	__u8 addr[16];
+};
+
 #endif

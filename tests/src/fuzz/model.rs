@@ -206,7 +206,7 @@ pub fn judge(frame: &[u8], dir: Direction, cfg: &Config, state: &mut State) -> O
         Direction::Ingress => (p.daddr, p.saddr),
         Direction::Egress => (p.saddr, p.daddr),
     };
-    if !is_local(&local, cfg) {
+    if !is_local(frame, dir, &local, cfg) {
         state.passed_by = "not local";
         return Outcome::pass();
     }
@@ -499,12 +499,23 @@ fn parse_l4_hdr(f: &[u8], off: usize, proto: u8, family: u8) -> Result<L4, L4Err
     }
 }
 
-/// Traffic of the host itself: one of its addresses, multicast or the IPv4
-/// broadcast. IPv4-mapped addresses are the IPv4 ones (the datapath keeps
-/// IPv4 mapped, so it cannot tell them apart).
-fn is_local(addr: &[u8; 16], cfg: &Config) -> bool {
+/// Traffic of the host itself. On ingress the packet type first, as the
+/// test run's `eth_type_trans` sets it against loopback's all-zero MAC: a
+/// broadcast or multicast MAC is the host's, another unicast MAC is not
+/// (PACKET_OTHERHOST). Then the address: one of the host's, multicast, the
+/// IPv4 broadcast or 127.0.0.0/8. IPv4-mapped addresses are the IPv4 ones
+/// (the datapath keeps IPv4 mapped, so it cannot tell them apart).
+fn is_local(frame: &[u8], dir: Direction, addr: &[u8; 16], cfg: &Config) -> bool {
+    if dir == Direction::Ingress {
+        if frame[0] & 1 != 0 {
+            return true;
+        }
+        if frame[..6] != [0; 6] {
+            return false;
+        }
+    }
     if is_mapped(addr) {
-        if addr[12] & 0xf0 == 0xe0 || addr[12..] == [0xff; 4] {
+        if addr[12] & 0xf0 == 0xe0 || addr[12..] == [0xff; 4] || addr[12] == 127 {
             return true;
         }
     } else if addr[0] == 0xff {
