@@ -28,13 +28,12 @@ static __always_inline bool hf_is_local(struct __sk_buff *skb, __u8 dir,
 
 	if (dir == HF_DIR_INGRESS) {
 		/* The link-layer verdict: frames to a broadcast or multicast
-		 * MAC are never forwarded, only delivered (or dropped); frames
-		 * to another host's MAC the kernel drops in ip_rcv. */
+		 * MAC are never forwarded, only delivered (or dropped). */
 		if (skb->pkt_type == PACKET_BROADCAST ||
 		    skb->pkt_type == PACKET_MULTICAST)
 			return true;
-		if (skb->pkt_type == PACKET_OTHERHOST)
-			return false;
+		/* PACKET_OTHERHOST says nothing: a macvlan on this device
+		 * takes frames to its own MAC, and delivers them locally. */
 	}
 	if (v4) {
 		if ((addr[12] & 0xf0) == 0xe0)

@@ -41,7 +41,7 @@ struct hf_global {
 	__u32 flags;          /* HF_G_* */
 	__u32 events_per_sec; /* per-CPU event budget; 0 disables events */
 	__u32 events_burst;   /* bucket size; 0 means events_per_sec */
-	__u32 host_gen;       /* bumped after every removal from hf_host_addrs */
+	__u32 host_gen;       /* bumped after every removal from the local set */
 	__u32 tick_ns;        /* length of a jiffy; 0: use the coarse clock */
 	__u64 jiffies_epoch;  /* jiffies at boot (INITIAL_JIFFIES) */
 	/* Bumped by user space after every change of what decides a verdict

@@ -400,10 +400,12 @@ fn parse_ipv6(f: &[u8], off: usize) -> Option<Packet> {
     let mut first = false;
     let mut seen = 0;
     loop {
+        // Every extension header takes 8 bytes at least, inside the packet.
         let len = match next {
-            0 | 43 | 60 => f.get(at + 1).map(|&l| (usize::from(l) + 1) * 8),
-            51 => f.get(at + 1).map(|&l| (usize::from(l) + 2) * 4),
-            44 => (f.len() >= at + 8).then_some(8),
+            0 | 43 | 60 | 51 | 44 if f.len() < at + 8 => None,
+            0 | 43 | 60 => Some((usize::from(f[at + 1]) + 1) * 8),
+            51 => Some((usize::from(f[at + 1]) + 2) * 4),
+            44 => Some(8),
             _ => break,
         };
         if seen == MAX_EXTHDRS {
@@ -500,18 +502,14 @@ fn parse_l4_hdr(f: &[u8], off: usize, proto: u8, family: u8) -> Result<L4, L4Err
 }
 
 /// Traffic of the host itself. On ingress the packet type first, as the
-/// test run's `eth_type_trans` sets it against loopback's all-zero MAC: a
-/// broadcast or multicast MAC is the host's, another unicast MAC is not
-/// (PACKET_OTHERHOST). Then the address: one of the host's, multicast, the
+/// test run's `eth_type_trans` sets it: a broadcast or multicast MAC is the
+/// host's. Then the address: one of the host's, multicast, the
 /// IPv4 broadcast or 127.0.0.0/8. IPv4-mapped addresses are the IPv4 ones
 /// (the datapath keeps IPv4 mapped, so it cannot tell them apart).
 fn is_local(frame: &[u8], dir: Direction, addr: &[u8; 16], cfg: &Config) -> bool {
     if dir == Direction::Ingress {
         if frame[0] & 1 != 0 {
             return true;
-        }
-        if frame[..6] != [0; 6] {
-            return false;
         }
     }
     if is_mapped(addr) {
