@@ -173,6 +173,19 @@ impl Datapath {
     /// (state such as conntrack and counters survives restarts), and pins the
     /// rest. Nothing is attached yet.
     pub fn load(cfg: &Config) -> Result<Self> {
+        Self::load_with(cfg, true)
+    }
+
+    /// The maps alone, pinned or new, without loading the programs: no
+    /// verifier run (a second or more on a slow machine), for readers such
+    /// as `hostfwd inspect`. Attachments are still listed (hostfwd's
+    /// programs are known by name); attaching and detaching need
+    /// [`Datapath::load`].
+    pub fn load_maps(cfg: &Config) -> Result<Self> {
+        Self::load_with(cfg, false)
+    }
+
+    fn load_with(cfg: &Config, programs: bool) -> Result<Self> {
         route_libbpf_logs();
         let paths = Paths::new(&cfg.bpffs_root);
         ensure_bpffs_dir(&paths.maps_dir())?;
@@ -202,6 +215,11 @@ impl Datapath {
                     tracing::warn!(map = %name, path = %pin.display(), error = %e, "pinned map is incompatible; replacing it");
                     let _ = fs::remove_file(&pin);
                 }
+            }
+        }
+        if !programs {
+            for mut prog in open.open_object_mut().progs_mut() {
+                prog.set_autoload(false);
             }
         }
         if let AttachMode::Tc { .. } = mode {
