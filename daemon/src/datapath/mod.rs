@@ -8,6 +8,7 @@
 mod attach;
 mod events;
 mod maps;
+pub mod order;
 pub mod paths;
 
 use std::fs;
@@ -72,6 +73,8 @@ pub enum Error {
     Detach { ifindex: u32, dir: &'static str, mode: AttachMode, source: libbpf_rs::Error },
     #[error("pinning the tcx link for {dir} on ifindex {ifindex} at {path}: {source}")]
     PinLink { ifindex: u32, dir: &'static str, path: PathBuf, source: libbpf_rs::Error },
+    #[error("renaming pin {from} over {to}: {source}")]
+    RenamePin { from: PathBuf, to: PathBuf, source: io::Error },
     #[error("querying attachments on ifindex {ifindex}: {source}")]
     Query { ifindex: u32, source: io::Error },
     #[error("listing network interfaces: {0}")]
@@ -318,8 +321,10 @@ impl Datapath {
     /// (attachments from the hooks and pins, the rest from the maps).
     /// Legacy tc attachments are found in the caller's network namespace.
     pub fn actual(&self) -> Result<crate::reconcile::Actual> {
+        let list = self.attachments()?;
         Ok(crate::reconcile::Actual {
-            attachments: self.attachments()?.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
+            ahead: list.iter().filter(|a| !a.ahead.is_empty()).map(|a| ((a.ifindex, a.dir), a.ahead.clone())).collect(),
+            attachments: list.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
             links: self.links()?,
             vlans: self.vlans().into_iter().collect(),
             host_addrs: self.host_addrs().into_iter().collect(),
@@ -337,6 +342,7 @@ impl Datapath {
             A::AllowVlan(i, vid) => self.allow_vlan(i, vid),
             A::DisallowVlan(i, vid) => self.disallow_vlan(i, vid),
             A::Attach(i, d) => self.attach(i, d),
+            A::MoveToFront(i, d) => self.move_to_front(i, d),
             A::Detach(i, d) => self.detach(i, d),
         }
     }
