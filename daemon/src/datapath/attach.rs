@@ -129,7 +129,7 @@ impl Datapath {
                         }
                     }
                 }
-                let mut link = self.tcx_attach_front(ifindex, dir).map_err(err)?;
+                let mut link = self.tcx_attach_front(prog, ifindex).map_err(err)?;
                 link.pin(&pin).map_err(|source| Error::PinLink { ifindex, dir: dir_name(dir), path: pin, source })
             }
             AttachMode::Tc { priority, handle } => {
@@ -150,10 +150,9 @@ impl Datapath {
         }
     }
 
-    /// A new tcx link for this load's `dir` program on `ifindex`, in front
-    /// of every program already there (BPF_F_BEFORE relative to nothing).
-    fn tcx_attach_front(&self, ifindex: u32, dir: Direction) -> libbpf_rs::Result<Link> {
-        let prog = self.prog(dir);
+    /// A new tcx link for `prog` on `ifindex`, in front of every program
+    /// already there (BPF_F_BEFORE relative to nothing).
+    fn tcx_attach_front(&self, prog: &libbpf_rs::ProgramMut<'static>, ifindex: u32) -> libbpf_rs::Result<Link> {
         // SAFETY: a zeroed bpf_tcx_opts is valid once sz is set.
         let mut opts: libbpf_sys::bpf_tcx_opts = unsafe { std::mem::zeroed() };
         opts.sz = std::mem::size_of::<libbpf_sys::bpf_tcx_opts>() as _;
@@ -174,8 +173,10 @@ impl Datapath {
     /// Puts hostfwd back in front of the tcx hook of `ifindex`/`dir`
     /// without a moment off the hook: a new link in front of all first,
     /// pinned under a temporary name and renamed over the old pin (bpffs
-    /// renames atomically), and only then the old link released. The new
-    /// link runs this load's program, so this also adopts an old one.
+    /// renames atomically), and only then the old link released. tcx takes
+    /// a program once per hook, so the new link starts with the spare copy
+    /// (same code, same maps) and is switched in place to this load's
+    /// program once the old link is gone; this also adopts an old load.
     pub fn move_to_front(&self, ifindex: u32, dir: Direction) -> Result<()> {
         let AttachMode::Tcx = self.mode else { return self.attach(ifindex, dir) };
         let err = |source| Error::Attach { ifindex, dir: dir_name(dir), mode: self.mode, source };
@@ -195,7 +196,7 @@ impl Datapath {
             // Nothing of ours to move: an ordinary attach is in front anyway.
             _ => return self.attach(ifindex, dir),
         };
-        let mut new = self.tcx_attach_front(ifindex, dir).map_err(err)?;
+        let mut new = self.tcx_attach_front(self.spare_prog(dir)?, ifindex).map_err(err)?;
         if let Err(source) = new.pin(&tmp) {
             // Dropping `new` detaches it: back to the old state.
             return Err(Error::PinLink { ifindex, dir: dir_name(dir), path: tmp, source });
@@ -206,7 +207,11 @@ impl Datapath {
         }
         // The old link's pin is gone with the rename; this detaches it even
         // if another process still holds it open.
-        old.detach().map_err(|source| Error::Detach { ifindex, dir: dir_name(dir), mode: self.mode, source })
+        old.detach().map_err(|source| Error::Detach { ifindex, dir: dir_name(dir), mode: self.mode, source })?;
+        drop(old);
+        // Should this fail, the spare copy stays in front (it filters the
+        // same) and the next pass updates it in place.
+        new.update_prog(self.prog(dir)).map_err(err)
     }
 
     /// Removes hostfwd's attachment for `dir` from `ifindex`; absent is fine.

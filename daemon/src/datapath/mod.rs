@@ -20,6 +20,7 @@ use std::time::Instant;
 use hostfwd_bpf::skel::{HostfwdSkel, HostfwdSkelBuilder, OpenHostfwdSkel};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject, ProgramAttachType};
+use std::os::fd::AsFd;
 
 pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
@@ -63,6 +64,8 @@ pub enum Error {
     Load(#[source] libbpf_rs::Error),
     #[error("pinning map {map} at {path}: {source}")]
     PinMap { map: String, path: PathBuf, source: libbpf_rs::Error },
+    #[error("sharing map {map} with the spare programs: {source}")]
+    ReuseMap { map: String, source: libbpf_rs::Error },
     #[error("opening pinned map {path}: {source}")]
     OpenPinned { path: PathBuf, source: libbpf_rs::Error },
     #[error("probing tcx support: {0}")]
@@ -127,6 +130,10 @@ pub struct Datapath {
     /// Per generation, the policy keys this process wrote into it (see
     /// `apply_policy`); `None` when unknown (adopted maps, a failed write).
     policy_keys: [Option<maps::GenerationKeys>; 2],
+    /// A second copy of the programs on the same maps, loaded on the first
+    /// move to the front: tcx holds a program once per hook, so the new
+    /// link in front runs the copy until the old link is gone.
+    spare: std::sync::OnceLock<HostfwdSkel<'static>>,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -221,7 +228,7 @@ impl Datapath {
                 map.pin(&pin).map_err(|source| Error::PinMap { map: name.clone(), path: pin.clone(), source })?;
             }
         }
-        let dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None] };
+        let dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None], spare: std::sync::OnceLock::new() };
         dp.init_global()?;
         Ok(dp)
     }
@@ -259,6 +266,34 @@ impl Datapath {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    /// The spare copy's program for `dir` (see `spare`), loaded on first use
+    /// with every map of this load (same state, nothing pinned anew).
+    fn spare_prog(&self, dir: Direction) -> Result<&libbpf_rs::ProgramMut<'static>> {
+        let skel = match self.spare.get() {
+            Some(s) => s,
+            None => {
+                let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+                let mut open = HostfwdSkelBuilder::default().open(storage).map_err(Error::Open)?;
+                for mut map in open.open_object_mut().maps_mut() {
+                    let name = map.name().to_owned();
+                    if !name.to_string_lossy().starts_with("hf_") {
+                        continue;
+                    }
+                    if let Some(ours) = self.skel.object().maps().find(|m| m.name() == name) {
+                        map.reuse_fd(ours.as_fd()).map_err(|source| Error::ReuseMap { map: name.to_string_lossy().into_owned(), source })?;
+                    }
+                }
+                let skel = open.load().map_err(Error::Load)?;
+                // Two moves at once may both load one; the first kept wins.
+                self.spare.get_or_init(|| skel)
+            }
+        };
+        Ok(match dir {
+            Direction::Ingress => &skel.progs.hf_ingress,
+            Direction::Egress => &skel.progs.hf_egress,
+        })
     }
 
     fn prog(&self, dir: Direction) -> &libbpf_rs::ProgramMut<'static> {

@@ -4,7 +4,7 @@
 //! <root>/                              default /sys/fs/bpf/hostfwd
 //!   maps/<map name>                    every datapath map (hf_links, hf_ct4, …)
 //!   links/tcx-<ifindex>-<direction>    tcx links (direction: ingress | egress)
-//!   links/.tcx-<ifindex>-<direction>.new  a tcx link being moved to the front,
+//!   links/tcxnew-<ifindex>-<direction> a tcx link being moved to the front,
 //!                                      renamed over the one above at once
 //! ```
 //!
@@ -49,9 +49,10 @@ impl Paths {
     }
 
     /// Where a new link is pinned before it replaces [`Paths::tcx_link`]
-    /// (a name [`Paths::parse_tcx_link`] does not take for a link).
+    /// (a name [`Paths::parse_tcx_link`] does not take for a link; bpffs
+    /// refuses names with a dot).
     pub fn tcx_link_tmp(&self, ifindex: u32, dir: Direction) -> PathBuf {
-        self.links_dir().join(format!(".tcx-{ifindex}-{}.new", dir_name(dir)))
+        self.links_dir().join(format!("tcxnew-{ifindex}-{}", dir_name(dir)))
     }
 
     /// Parses a file name made by [`Paths::tcx_link`].
