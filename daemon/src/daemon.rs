@@ -260,6 +260,11 @@ impl Daemon {
             .into_iter()
             .filter(|((i, _), _)| desired.links.contains_key(i) && (!desired.to_front || self.failed.contains(i)))
             .collect();
+        let why = if desired.to_front {
+            "moving hostfwd to the front failed; retrying on the next pass"
+        } else {
+            "legacy tc cannot put hostfwd in front of them without deleting them, which hostfwd never does"
+        };
         for ((i, dir), progs) in &left {
             if self.ahead.get(&(*i, *dir)) != Some(progs) {
                 tracing::warn!(
@@ -267,7 +272,7 @@ impl Daemon {
                     ifindex = i,
                     direction = crate::datapath::dir_name(*dir),
                     ahead = %reconcile::hook_progs_text(progs),
-                    "other programs run before hostfwd and decide first; hostfwd cannot move in front of them (legacy tc: it never deletes foreign filters)"
+                    "other programs run before hostfwd and decide first; {why}"
                 );
             }
         }
