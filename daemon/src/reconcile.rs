@@ -94,7 +94,7 @@ impl Desired {
 }
 
 /// A program that runs on one of hostfwd's hooks before hostfwd's own.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct HookProg {
     /// Program id (0 for a legacy filter that is not cls_bpf).
     pub id: u32,
