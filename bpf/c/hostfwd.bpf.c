@@ -20,9 +20,10 @@ struct hf_ctx {
 	__u32 link_flags;
 	__u32 gen;
 	__u32 host_gen; /* hf_global.host_gen, read before the host test */
+	__u32 epoch;    /* hf_global.epoch */
 	__u8 dir;
+	__u8 enforce; /* 1 << HF_DIR_*: directions this link and policy enforce */
 	bool audit;
-	bool enforced;
 };
 
 struct hf_verdict {
@@ -69,10 +70,30 @@ __attribute__((noinline)) int hf_icmp_related(struct __sk_buff *skb,
 		rc = hf_parse_ipv4(skb, inner_off, &inner, true);
 	else
 		rc = hf_parse_ipv6(skb, inner_off, &inner, true);
-	if (rc)
+	if (rc || !inner.flow)
 		return 0;
-	v = hf_ct_lookup(&inner, now, &res);
+	v = hf_ct_lookup(&inner, -1, now, &res);
 	return v && !(v->flags & HF_CT_DENIED);
+}
+
+/* Steps 7 and 8 for a flow, given as its first packet: failsafe ports,
+ * then the policy where the direction is enforced. */
+static __always_inline void hf_judge(const struct hf_ctx *c,
+				     const __u8 *remote, __u8 dir, __u8 proto,
+				     __u16 port, __u16 dport,
+				     struct hf_verdict *out)
+{
+	struct hf_policy_result pol;
+
+	out->reason = HF_REASON_NONE;
+	out->rule_id = 0;
+	if (hf_failsafe_match(dir, proto, dport))
+		return;
+	if (!(c->enforce & (1 << dir)))
+		return;
+	hf_policy_eval(remote, dir, proto, port, c->gen, &pol);
+	out->reason = pol.reason;
+	out->rule_id = pol.rule_id;
 }
 
 static __always_inline void hf_decide(struct __sk_buff *skb,
@@ -80,9 +101,8 @@ static __always_inline void hf_decide(struct __sk_buff *skb,
 				      const struct hf_pkt *p,
 				      struct hf_verdict *out)
 {
-	struct hf_policy_result pol;
-	enum hf_ct_result res;
-	struct hf_ct_val *ct;
+	enum hf_ct_result res = HF_CT_NEW;
+	struct hf_ct_val *ct = NULL;
 
 	out->reason = HF_REASON_NONE;
 	out->rule_id = 0;
@@ -95,42 +115,51 @@ static __always_inline void hf_decide(struct __sk_buff *skb,
 		return;
 
 	/* 6. Established flows and replies. */
-	ct = hf_ct_lookup(p, c->now, &res);
+	if (p->flow)
+		ct = hf_ct_lookup(p, hf_host_port(p, c->dir), c->now, &res);
 	if (ct && hf_ct_restarts(ct, p))
 		ct = NULL;
 	if (ct) {
-		hf_ct_update(ct, p, res == HF_CT_REPLY_PKT, c->now);
+		bool reply = res == HF_CT_REPLY_PKT;
+
+		hf_ct_update(ct, p, reply, c->now);
 		/* The address just passed the host test: remember for which
 		 * generation of host addresses (see hf_ct_host_known). */
 		if (hf_ct_host_side(ct, res, c->dir))
 			ct->host_gen = c->host_gen;
-		if (!(ct->flags & HF_CT_DENIED))
+		if (!(ct->flags & HF_CT_DENIED) && ct->epoch == c->epoch)
 			return;
+		/* What decides has changed since the flow's last verdict (or
+		 * that verdict was a drop): judge the flow again, as its first
+		 * packet, whichever way this one goes. A reply is never judged
+		 * as a flow of its own: that would let an open egress admit
+		 * what ingress denies. */
+		hf_judge(c,
+			 ct->origin_dir == HF_DIR_INGRESS
+				 ? (reply ? p->daddr : p->saddr)
+				 : (reply ? p->saddr : p->daddr),
+			 ct->origin_dir, p->proto, ct->pol_port,
+			 reply ? p->sport : p->dport, out);
+		ct->epoch = c->epoch;
+		if (out->reason == HF_REASON_NONE)
+			ct->flags &= ~HF_CT_DENIED;
+		else
+			ct->flags |= HF_CT_DENIED;
+		return;
 	}
 
-	/* 7. Failsafe ports. */
-	if (hf_failsafe_match(p, c->dir))
-		goto admit;
-
-	/* 8. Policy, where this direction is enforced. */
-	if (!c->enforced)
-		goto admit;
-	hf_policy_eval(p, c->dir, c->gen, &pol);
-	if (pol.reason == HF_REASON_NONE)
-		goto admit;
-
-	out->reason = pol.reason;
-	out->rule_id = pol.rule_id;
-	/* Audit keeps tracking the flow, marked so it never admits anything. */
-	if (c->audit && !ct)
-		hf_ct_create(p, c->ifindex, c->dir, true, c->host_gen, c->now);
-	return;
-
-admit:
-	if (ct)
-		ct->flags &= ~HF_CT_DENIED;
-	else
-		hf_ct_create(p, c->ifindex, c->dir, false, c->host_gen, c->now);
+	/* 7./8. A new flow. */
+	hf_judge(c, c->dir == HF_DIR_INGRESS ? p->saddr : p->daddr, c->dir,
+		 p->proto, p->port, p->dport, out);
+	if (!p->flow || (out->reason != HF_REASON_NONE && !c->audit))
+		return;
+	/* Audit keeps tracking a denied flow, marked so it admits nothing.
+	 * An admitted flow that cannot be tracked is dropped: its replies
+	 * would be judged as flows of their own. */
+	if (hf_ct_create(p, c->ifindex, c->dir, out->reason != HF_REASON_NONE,
+			 c->host_gen, c->epoch, c->now) &&
+	    out->reason == HF_REASON_NONE)
+		out->reason = HF_REASON_CONNTRACK_FULL;
 }
 
 /* Packet time (CLOCK_MONOTONIC in ns, to a tick) for conntrack, fragments
@@ -159,6 +188,10 @@ static __always_inline __u32 hf_link_flags(__u32 ifindex)
 	link = bpf_map_lookup_elem(&hf_links, &ifindex);
 	return link ? link->flags | HF_L_CONFIGURED : 0;
 }
+
+/* First fragments leave their verdict here for the later ones for as long
+ * as the kernel keeps an IPv4 datagram in reassembly (ipfrag_time). */
+#define HF_FRAG_TIMEOUT (30ULL * NSEC_PER_SEC)
 
 static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 {
@@ -203,47 +236,63 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 		return hf_drop(&c, skb, &p, HF_REASON_NON_IP, 0);
 	else
 		return HF_PASS;
-	if (rc)
+	/* Without addresses there is no telling whose it is; the kernel
+	 * drops such a packet as well. */
+	if (rc && !p.family)
 		return hf_drop(&c, skb, &p, HF_REASON_MALFORMED, 0);
 
 	/* 6, ahead of 4: the established-flow fast path. A packet of an
 	 * admitted flow passes on one conntrack lookup, skipping the
 	 * host-address test when its entry vouches for it: the packet's host
 	 * side is the flow's, which passed that test under the current
-	 * generation of host addresses (hf_ct_host_known). Verdict and
-	 * conntrack updates are exactly those of the full order below; the
-	 * price is one conntrack lookup for forwarded traffic. Fragments, ICMP
-	 * errors and neighbour discovery always take the full order. */
+	 * generation of host addresses (hf_ct_host_known), and the flow's
+	 * verdict is of the current epoch. Verdict and conntrack updates are
+	 * exactly those of the full order below; the price is a conntrack
+	 * lookup for forwarded traffic. Fragments, ICMP errors and neighbour
+	 * discovery always take the full order. */
 	c.host_gen = c.g->host_gen;
-	if (p.frag == HF_FRAG_NONE && !p.icmp_error && !hf_is_icmpv6_infra(&p) &&
-	    hf_ct_fast_pass(&p, dir, c.host_gen, c.now))
+	c.epoch = c.g->epoch;
+	if (!rc && p.frag == HF_FRAG_NONE && p.flow && !p.icmp_error &&
+	    hf_ct_fast_pass(&p, dir, c.host_gen, c.epoch, c.now))
 		return HF_PASS;
 
-	/* 4. Only traffic to (ingress) or from (egress) the host itself. */
-	if (!hf_is_local(dir == HF_DIR_INGRESS ? p.daddr : p.saddr))
+	/* 4. Only traffic to (ingress) or from (egress) the host itself;
+	 * anything else is forwarded, malformed or not, and not ours. */
+	if (!hf_is_local(skb, dir, dir == HF_DIR_INGRESS ? p.daddr : p.saddr))
 		return HF_PASS;
+	if (rc)
+		return hf_drop(&c, skb, &p,
+			       rc == HF_PARSE_TINY_FRAGMENT ? HF_REASON_FRAGMENT
+							    : HF_REASON_MALFORMED,
+			       0);
+	if (p.family == 6 &&
+	    hf_is_mapped_v6(dir == HF_DIR_INGRESS ? p.saddr : p.daddr))
+		return hf_drop(&c, skb, &p, HF_REASON_MAPPED_ADDRESS, 0);
 
 	c.gen = c.g->policy_gen & 1;
+	c.enforce = 0;
 	meta = bpf_map_lookup_elem(&hf_policy_meta, &c.gen);
-	c.enforced = meta &&
-		     (dir == HF_DIR_INGRESS
-			      ? (c.link_flags & HF_L_ENFORCE_INGRESS) &&
-					(meta->flags & HF_P_ENFORCE_INGRESS)
-			      : (c.link_flags & HF_L_ENFORCE_EGRESS) &&
-					(meta->flags & HF_P_ENFORCE_EGRESS));
+	if (meta) {
+		if ((c.link_flags & HF_L_ENFORCE_INGRESS) &&
+		    (meta->flags & HF_P_ENFORCE_INGRESS))
+			c.enforce |= 1 << HF_DIR_INGRESS;
+		if ((c.link_flags & HF_L_ENFORCE_EGRESS) &&
+		    (meta->flags & HF_P_ENFORCE_EGRESS))
+			c.enforce |= 1 << HF_DIR_EGRESS;
+	}
 
-	/* Non-first fragments follow their first fragment. */
+	/* Non-first fragments follow their first fragment. One that comes
+	 * first (a balance-rr bond reorders) goes on to the kernel's
+	 * reassembly, which cannot complete without the first fragment, and
+	 * that one is judged here; Linux discards a datagram whose fragments
+	 * overlap, so no later fragment can rewrite the judged L4 header. */
 	if (p.frag == HF_FRAG_LATER) {
 		hf_frag_key(&fk, &p);
 		fv = bpf_map_lookup_elem(&hf_frags, &fk);
-		if (fv) {
-			if (fv->reason == HF_REASON_NONE)
-				return HF_PASS;
-			return hf_drop(&c, skb, &p, fv->reason, fv->rule_id);
-		}
-		if (!c.enforced)
+		if (!fv || (__s64)(c.now - fv->ts_ns) > (__s64)HF_FRAG_TIMEOUT ||
+		    fv->reason == HF_REASON_NONE)
 			return HF_PASS;
-		return hf_drop(&c, skb, &p, HF_REASON_FRAGMENT, 0);
+		return hf_drop(&c, skb, &p, fv->reason, fv->rule_id);
 	}
 
 	hf_decide(skb, &c, &p, &v);

@@ -8,6 +8,8 @@ pub const DIR_EGRESS: u8 = 1;
 
 pub const G_AUDIT: u32 = 1 << 0;
 pub const G_DROP_NON_IP: u32 = 1 << 1;
+/// `hf_local_nets` holds entries: the datapath consults it.
+pub const G_LOCAL_NETS: u32 = 1 << 2;
 
 pub const L_ENFORCE_INGRESS: u32 = 1 << 0;
 pub const L_ENFORCE_EGRESS: u32 = 1 << 1;
@@ -33,6 +35,11 @@ pub const IDENT6_LENS: usize = 129;
 /// `max_entries` of `hf_rules`; both policy generations share it.
 pub const RULES_MAX_ENTRIES: u32 = 1 << 20;
 
+/// `max_entries` of `hf_host_addrs` (full-length local addresses) and of
+/// `hf_local_nets` (shorter local prefixes).
+pub const HOST_ADDRS_MAX_ENTRIES: u32 = 16384;
+pub const LOCAL_NETS_MAX_ENTRIES: u32 = 16384;
+
 /// `hf_rule_key.kind` of a (identity, direction, protocol) head.
 pub const RK_PROTO: u8 = 0x80;
 /// `hf_rule_key.kind` of the any-protocol entry of (identity, direction).
@@ -42,11 +49,15 @@ pub const CT_SYN_SENT: u8 = 1;
 pub const CT_ESTABLISHED: u8 = 2;
 pub const CT_CLOSING: u8 = 3;
 pub const CT_OTHER: u8 = 4;
+pub const CT_SYN_RECV: u8 = 5;
+pub const CT_PICKUP: u8 = 6;
 
 pub const CT_SEEN_REPLY: u8 = 1 << 0;
 pub const CT_FIN_ORIG: u8 = 1 << 1;
 pub const CT_FIN_REPLY: u8 = 1 << 2;
 pub const CT_DENIED: u8 = 1 << 3;
+pub const CT_SEQ_ORIG: u8 = 1 << 4;
+pub const CT_SEQ_REPLY: u8 = 1 << 5;
 
 /// Plain-old-data map keys and values: safe to view as bytes.
 ///
@@ -110,7 +121,7 @@ macro_rules! pod {
 pod! {
     Global = "hf_global" {
         policy_gen: u32, flags: u32, events_per_sec: u32, events_burst: u32, host_gen: u32, tick_ns: u32,
-        jiffies_epoch: u64,
+        jiffies_epoch: u64, epoch: u32, pad: u32,
     }
     Link = "hf_link" { flags: u32 }
     VlanKey = "hf_vlan_key" { ifindex: u32, vid: u16, pad: u16 }
@@ -125,7 +136,10 @@ pod! {
     FailsafeKey = "hf_failsafe_key" { dir: u8, proto: u8, port: u16 }
     Ct4Key = "hf_ct4_key" { addr_a: [u8; 4], addr_b: [u8; 4], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
     Ct6Key = "hf_ct6_key" { addr_a: [u8; 16], addr_b: [u8; 16], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
-    CtVal = "hf_ct_val" { last_seen_ns: u64, ifindex: u32, state: u8, flags: u8, origin_dir: u8, origin_a: u8, host_gen: u32, pad: u32 }
+    CtVal = "hf_ct_val" {
+        last_seen_ns: u64, ifindex: u32, host_gen: u32, epoch: u32, seq_next: [u32; 2], pol_port: u16,
+        state: u8, flags: u8, origin_dir: u8, origin_a: u8, pad: [u8; 6],
+    }
     FragKey = "hf_frag_key" { saddr: [u8; 16], daddr: [u8; 16], id: u32, proto: u8, pad: [u8; 3] }
     FragVal = "hf_frag_val" { ts_ns: u64, rule_id: u32, reason: u8, pad: [u8; 3] }
     CounterKey = "hf_counter_key" { ifindex: u32, dir: u8, reason: u8, audit: u8, pad: u8 }
@@ -135,6 +149,7 @@ pod! {
         sport: u16, dport: u16, vlan: u16, proto: u8, dir: u8, reason: u8, audit: u8,
         family: u8, pad: [u8; 5],
     }
+    LocalNetKey = "hf_local_net_key" { prefixlen: u32, addr: [u8; 16] }
 }
 
 /// An address as the datapath stores it: IPv4 mapped into IPv6.
@@ -190,6 +205,8 @@ mod tests {
         };
         assert_eq!(max_entries("hf_link_slots"), LINK_SLOTS);
         assert_eq!(max_entries("hf_rules"), RULES_MAX_ENTRIES);
+        assert_eq!(max_entries("hf_host_addrs"), HOST_ADDRS_MAX_ENTRIES);
+        assert_eq!(max_entries("hf_local_nets"), LOCAL_NETS_MAX_ENTRIES);
     }
 
     #[test]

@@ -4,52 +4,15 @@
 
 mod common;
 
-use std::net::IpAddr;
 use std::time::Duration;
 
+use common::web::*;
 use common::*;
-use hostfwd::datapath::{AttachModeChoice, Direction, EventReader, GlobalSettings};
-use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, L4Proto, PortMatch};
+use hostfwd::datapath::{EventReader, GlobalSettings};
+use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
-use hostfwd_tests::packet::{garbage, truncations, Ext6, Frame, IcmpError, Nd, TcpFlags};
-
-const IF: u32 = 1;
-const IN: Direction = Direction::Ingress;
-const OUT: Direction = Direction::Egress;
-
-/// (host, remote, far remote outside the allowed CIDR) per family.
-fn addrs(v6: bool) -> (IpAddr, IpAddr, IpAddr) {
-    if v6 {
-        (ip("fd77::1"), ip("fd77::2"), ip("2001:db8::9"))
-    } else {
-        (ip("10.77.0.1"), ip("10.77.0.2"), ip("192.0.2.9"))
-    }
-}
-
-fn setup(tag: &str) -> TestDp {
-    let dp = TestDp::load(tag, AttachModeChoice::Auto);
-    dp.enforce(IF);
-    for v6 in [false, true] {
-        dp.add_host_addr(addrs(v6).0).expect("host addr");
-    }
-    dp
-}
-
-fn run(dp: &TestDp, dir: Direction, frame: &[u8]) -> i32 {
-    dp.test_run(dir, frame, 1).expect("test run").retval
-}
-
-/// Ingress default-deny with TCP/80 allowed from the remote's /24 (/64).
-fn web_policy(dp: &mut TestDp) {
-    dp.apply(vec![
-        allow_tcp(10, IN, &["10.77.0.0/24", "fd77::/64"], 80),
-        rule(11, IN, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::cidr(net("::/0"))], vec![
-            PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 8 },
-            PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: 128 },
-        ]),
-    ]);
-}
+use hostfwd_tests::packet::{garbage, truncations, DEFAULT_DST_MAC, DEFAULT_SRC_MAC, Ext6, Frame, IcmpError, Nd, TcpFlags};
 
 #[test]
 fn unconfigured_link_passes_everything() {
@@ -140,6 +103,7 @@ fn replies_to_host_initiated_flows_pass_under_default_deny() {
         assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 40001, 443, TcpFlags::SYN).build()), PASS);
         assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 443, 40001, TcpFlags::SYN_ACK).build()), PASS, "reply v6={v6}");
         assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 443, 40001, TcpFlags::ACK).build()), PASS, "established v6={v6}");
+        assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 40001, 443, TcpFlags::ACK).build()), PASS, "handshake done v6={v6}");
         // UDP (DNS-like) and ping replies too.
         assert_eq!(run(&dp, OUT, &Frame::udp(h, far, 40002, 5353).build()), PASS);
         assert_eq!(run(&dp, IN, &Frame::udp(far, h, 5353, 40002).build()), PASS, "udp reply v6={v6}");
@@ -151,35 +115,45 @@ fn replies_to_host_initiated_flows_pass_under_default_deny() {
     let ct = dp.conntrack().unwrap();
     let (h, _, far) = addrs(false);
     let e = ct.iter().find(|e| e.src == h && e.dst == far && e.dport == 443).expect("conntrack entry");
-    assert_eq!((e.state, e.origin), (l::CT_ESTABLISHED, OUT));
+    assert_eq!((e.state, e.origin, e.host_started), (l::CT_ESTABLISHED, OUT, true));
 }
 
 #[test]
-fn established_flow_survives_enabling_a_policy() {
+fn established_flow_survives_enabling_a_policy_that_allows_it() {
     let mut dp = setup("survive");
     for v6 in [false, true] {
-        let (h, _, far) = addrs(v6);
-        // No policy yet: an inbound session to port 9000 is set up and tracked.
-        assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::SYN).build()), PASS);
-        assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 9000, 3333, TcpFlags::SYN_ACK).build()), PASS);
+        let (h, r, _) = addrs(v6);
+        // No policy yet: an inbound session to port 80 is set up and tracked.
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3333, 80, TcpFlags::SYN).build()), PASS);
+        assert_eq!(run(&dp, OUT, &Frame::tcp(h, r, 80, 3333, TcpFlags::SYN_ACK).build()), PASS);
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3333, 80, TcpFlags::ACK).build()), PASS);
     }
     web_policy(&mut dp);
     for v6 in [false, true] {
-        let (h, _, far) = addrs(v6);
-        assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::ACK).build()), PASS, "kept v6={v6}");
-        assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3334, 9000, TcpFlags::SYN).build()), DROP, "new v6={v6}");
+        let (h, r, _) = addrs(v6);
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3333, 80, TcpFlags::ACK).build()), PASS, "kept v6={v6}");
+        assert_eq!(run(&dp, OUT, &Frame::tcp(h, r, 80, 3333, TcpFlags::ACK).build()), PASS, "replies kept v6={v6}");
+        assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 3334, 81, TcpFlags::SYN).build()), DROP, "new v6={v6}");
     }
+    assert_eq!(dp.drops(DropReason::PolicyDenied), 2);
 }
 
 #[test]
 fn tcp_close_then_reuse_is_evaluated_again() {
     let mut dp = setup("close");
+    dp.set_failsafe(&[(IN, 6, 9000)]).unwrap();
     let (h, _, far) = addrs(false);
+    // Failsafe: the session is admitted however the policy reads.
     assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::SYN).build()), PASS);
     assert_eq!(run(&dp, OUT, &Frame::tcp(h, far, 9000, 3333, TcpFlags::SYN_ACK).build()), PASS);
     web_policy(&mut dp);
-    assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::RST).build()), PASS);
-    // Same tuple, new SYN after the reset: a new connection, denied.
+    // The far side's next sequence number is 1001 (its SYN at 1000).
+    assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::RST).seq(1001, 0).build()), PASS);
+    let e = dp.conntrack().unwrap().into_iter().find(|e| e.sport == 3333).expect("entry");
+    assert_eq!(e.state, l::CT_CLOSING);
+    // Same tuple, new SYN after the reset: a new connection, judged again
+    // (and without the failsafe port, denied).
+    dp.set_failsafe(&[]).unwrap();
     assert_eq!(run(&dp, IN, &Frame::tcp(far, h, 3333, 9000, TcpFlags::SYN).build()), DROP);
 }
 
@@ -338,12 +312,19 @@ fn malformed_packets_are_dropped_with_their_reason() {
     // IPv4 options are fine.
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 1, 80, TcpFlags::SYN).ipv4_options(&[1, 1, 1, 0]).build()), PASS);
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 1, 81, TcpFlags::SYN).ipv4_options(&[1, 1, 1, 0]).build()), DROP);
-    // Garbage after an IPv4/IPv6 ethertype.
+    // Garbage after an IPv4/IPv6 ethertype, addressed to the host: dropped.
+    // The same garbage to another address is forwarded traffic, which is
+    // not the host's to judge, malformed or not.
     for seed in 1..50u64 {
-        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        // To the test-run device's MAC: a frame for another MAC is
+        // PACKET_OTHERHOST, not the host's.
+        let mut f = [&DEFAULT_DST_MAC[..], &DEFAULT_SRC_MAC[..], &[0x08, 0x00]].concat();
         f.extend(garbage(60, seed));
         f[14] = 0x40 | (f[14] & 0x0f).min(4); // version 4, IHL < 5
+        f[30..34].copy_from_slice(&[10, 77, 0, 1]);
         assert_eq!(run(&dp, IN, &f), DROP, "garbage seed {seed}");
+        f[30..34].copy_from_slice(&[10, 77, 0, 99]);
+        assert_eq!(run(&dp, IN, &f), PASS, "forwarded garbage seed {seed}");
     }
     assert_eq!(dp.drops(DropReason::Malformed) - before, 2 + 49);
 }
@@ -385,14 +366,21 @@ fn fragments_follow_their_first_fragment() {
         for (i, f) in denied.iter().enumerate() {
             assert_eq!(run(&dp, IN, f), DROP, "denied fragment {i} v6={v6}");
         }
-        // Out of order: a later fragment before its first is unknown.
-        assert_eq!(run(&dp, IN, &late[1]), DROP, "later fragment first v6={v6}");
+        // Out of order: a later fragment before its first goes on to the
+        // kernel's reassembly, which cannot finish without the first.
+        assert_eq!(run(&dp, IN, &late[1]), PASS, "later fragment first v6={v6}");
         assert_eq!(run(&dp, IN, &late[0]), PASS);
         assert_eq!(run(&dp, IN, &late[2]), PASS, "after the first arrived v6={v6}");
+        // The denied datagram's later fragments, out of order too, carry
+        // its verdict once its first fragment was seen.
+        let denied2 = Frame::udp(r, h, 1000, 54).payload(vec![1; 200]).ident(0x4444).fragments(64);
+        assert_eq!(run(&dp, IN, &denied2[2]), PASS, "before its first v6={v6}");
+        assert_eq!(run(&dp, IN, &denied2[0]), DROP);
+        assert_eq!(run(&dp, IN, &denied2[1]), DROP, "after its first v6={v6}");
     }
-    assert_eq!(dp.drops(DropReason::Fragment), 2);
+    assert_eq!(dp.drops(DropReason::Fragment), 0);
     // The later fragments of the denied datagram carry its reason.
-    assert!(dp.drops(DropReason::PolicyDenied) >= 6);
+    assert!(dp.drops(DropReason::PolicyDenied) >= 8);
 }
 
 #[test]
@@ -469,4 +457,100 @@ fn sctp_ports_are_policy() {
     let (h, r, _) = addrs(false);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3868).build()), PASS);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3869).build()), DROP);
+}
+
+/// What the kernel delivers to the host: by packet type on ingress, then by
+/// the local set (interface addresses, directed broadcasts, local routes in
+/// the hf_local_nets trie). Everything else is forwarded and passes.
+#[test]
+fn local_delivery_by_packet_type_and_local_routes() {
+    let mut dp = setup("local");
+    dp.apply(vec![
+        allow_tcp(10, IN, &["10.77.0.0/24", "fd77::/64"], 80),
+        allow_tcp(11, OUT, &["10.77.0.0/24", "fd77::/64"], 443),
+    ]);
+    let (h, r, far) = addrs(false);
+    let bcast = ip("10.77.0.255");
+    let other_mac = [2, 0, 0, 0, 0, 2];
+    let mut sport = 1000;
+    let mut udp_in = |dst: std::net::IpAddr, mac: Option<[u8; 6]>| {
+        sport += 1;
+        let f = Frame::udp(if dst.is_ipv6() { ip("fd77::2") } else { r }, dst, sport, 9999);
+        run(&dp, IN, &mac.map_or(f.clone(), |m| f.macs([2, 0, 0, 0, 0, 1], m)).build())
+    };
+    // A directed broadcast sent as one (broadcast MAC) reaches the host.
+    assert_eq!(udp_in(bcast, Some([0xff; 6])), DROP, "PACKET_BROADCAST is judged");
+    assert_eq!(udp_in(ip("10.77.0.200"), Some([0x01, 0, 0x5e, 0, 0, 1])), DROP, "PACKET_MULTICAST is judged");
+    // Routed to it (unicast MAC): the local table decides.
+    assert_eq!(udp_in(bcast, None), PASS, "not local yet");
+    dp.add_local(net("10.77.0.255/32")).unwrap();
+    assert_eq!(udp_in(bcast, None), DROP, "the broadcast route");
+    assert_eq!(udp_in(ip("127.0.0.5"), None), DROP, "127.0.0.0/8 without a map entry");
+    // Only the whole ::ffff:0:0/96 is IPv4: this is neither 224.0.0.1 nor 127.0.0.1.
+    assert_eq!(udp_in(ip("0:0:1::ffff:e000:1"), None), PASS, "IPv6 that looks like mapped multicast");
+    assert_eq!(udp_in(ip("0:0:1::ffff:7f00:1"), None), PASS, "IPv6 that looks like mapped loopback");
+    // A frame for another MAC is judged by its address all the same: a
+    // macvlan on the device takes frames to its own MAC and delivers them.
+    assert_eq!(udp_in(h, Some(other_mac)), DROP, "PACKET_OTHERHOST to a host address");
+    assert_eq!(udp_in(h, None), DROP, "the same packet to our MAC");
+
+    // `ip route add local 10.9.0.0/24 dev lo` (and an IPv6 one): the trie,
+    // consulted only while one exists.
+    assert!(!dp.local_nets_in_use().unwrap());
+    assert_eq!(udp_in(ip("10.9.0.7"), None), PASS, "forwarded");
+    dp.add_local(net("10.9.0.0/24")).unwrap();
+    dp.add_local(net("fd09::/64")).unwrap();
+    assert!(dp.local_nets_in_use().unwrap());
+    assert_eq!(udp_in(ip("10.9.0.7"), None), DROP, "inside a local route");
+    assert_eq!(udp_in(ip("10.9.1.7"), None), PASS, "outside it");
+    assert_eq!(udp_in(ip("fd09::7"), None), DROP, "inside the IPv6 local route");
+    // Egress judges the source the same way, whatever the packet type.
+    let out = |src, port| run(&dp, OUT, &Frame::tcp(src, far, port, 443, TcpFlags::SYN).macs([2, 0, 0, 0, 0, 1], other_mac).build());
+    assert_eq!(out(ip("10.9.0.7"), 2001), DROP, "egress from a local prefix");
+    assert_eq!(out(ip("10.9.1.7"), 2002), PASS, "egress of forwarded traffic");
+    let local = dp.local_nets();
+    for n in ["10.77.0.1/32", "10.77.0.255/32", "10.9.0.0/24", "fd09::/64"] {
+        assert!(local.contains(&net(n)), "{n} in {local:?}");
+    }
+
+    let gen = dp.host_gen().unwrap();
+    dp.remove_local(net("10.9.0.0/24")).unwrap();
+    assert!(dp.host_gen().unwrap() != gen, "a removal starts a new generation of host addresses");
+    assert_eq!(udp_in(ip("10.9.0.7"), None), PASS, "route removed");
+    assert!(dp.local_nets_in_use().unwrap(), "the IPv6 one is left");
+    dp.remove_local(net("fd09::/64")).unwrap();
+    assert!(!dp.local_nets_in_use().unwrap(), "the trie is out of the path again");
+    assert_eq!(udp_in(ip("fd09::7"), None), PASS);
+    // Settings written afterwards keep the flag to the trie's content.
+    dp.add_local(net("10.9.0.0/24")).unwrap();
+    dp.audit(true);
+    dp.audit(false);
+    assert!(dp.local_nets_in_use().unwrap(), "set_global keeps G_LOCAL_NETS");
+}
+
+/// A full local map is an error that names the map and the address: an
+/// address left out would pass unjudged.
+#[test]
+fn a_full_local_map_is_an_error() {
+    let dp = setup("localfull");
+    // The hash already holds the two host addresses of `setup`.
+    let n16 = |i: u32| std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
+    for i in 0..l::HOST_ADDRS_MAX_ENTRIES - 2 {
+        dp.add_local(ipnet::IpNet::from(std::net::IpAddr::V6(n16(i)))).expect("room in hf_host_addrs");
+    }
+    let extra = ipnet::IpNet::from(ip("10.77.0.9"));
+    let e = dp.add_local(extra).unwrap_err();
+    assert!(matches!(e, hostfwd::datapath::Error::LocalFull { map: "hf_host_addrs", net, .. } if net == extra), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("hf_host_addrs") && msg.contains("10.77.0.9/32"), "{msg}");
+    // An update of an address already there is no new entry.
+    dp.add_local(ipnet::IpNet::from(ip("10.77.0.1"))).expect("rewriting an entry of a full map");
+
+    for i in 0..l::LOCAL_NETS_MAX_ENTRIES {
+        dp.add_local(net(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256))).expect("room in hf_local_nets");
+    }
+    let extra = net("192.0.2.0/24");
+    let e = dp.add_local(extra).unwrap_err();
+    assert!(matches!(e, hostfwd::datapath::Error::LocalFull { map: "hf_local_nets", net, .. } if net == extra), "{e:?}");
+    assert!(e.to_string().contains("192.0.2.0/24"), "{e}");
 }

@@ -31,19 +31,24 @@
 struct hf_pkt {
 	__u8 saddr[16]; /* IPv4-mapped for IPv4 */
 	__u8 daddr[16];
+	__u32 frag_id;
+	__u32 l4_off;
+	__u32 l3_end;  /* offset of the end of the IP packet */
+	__u32 tcp_seq; /* host order */
+	__u32 tcp_ack;
+	__u32 tcp_len; /* sequence space the segment takes: payload + SYN + FIN */
 	__u16 sport; /* host order; ICMP echo: identifier */
 	__u16 dport; /* host order; ICMP echo: identifier */
 	__u16 port;  /* policy port: dport, or type << 8 | code for ICMP */
 	__u16 vid;
-	__u32 frag_id;
-	__u32 l4_off;
-	__u8 family; /* 4 or 6 */
+	__u8 family; /* 4 or 6; set once the addresses are read */
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 icmp_type;
 	__u8 frag; /* HF_FRAG_* */
 	__u8 icmp_error; /* ICMP error carrying an inner header */
-	__u8 pad[2];
+	__u8 flow; /* conntrack applies: not ICMP other than echo */
+	__u8 hop_limit; /* IPv4 TTL, IPv6 hop limit */
 } __attribute__((aligned(8))); /* addresses are compared as words */
 
 #define HF_FRAG_NONE 0

@@ -3,7 +3,20 @@
  * (both directions hash to the same key); the entry remembers which way its
  * first packet went, a packet going the other way is a reply. Entries are made
  * for every flow seen, also when nothing is enforced, so that enabling a
- * policy keeps the sessions that were already running. */
+ * policy keeps the sessions that were already running.
+ *
+ * What an attacker can and cannot do with it:
+ * - Flows the host started live in their own maps (hf_ct*_out), so no
+ *   inbound flood can evict them.
+ * - Nothing from outside becomes "established" by itself: a SYN needs the
+ *   host's SYN-ACK and then the final ACK; a packet picked up mid-stream
+ *   (a session older than the daemon) needs an answer from the other side.
+ *   Until then an entry is unreplied and expires within 30 s.
+ * - An RST closes a flow only with the exact sequence number the receiver
+ *   expects (RFC 5961's rule, which Linux applies too), a FIN only inside
+ *   the tracked window: an off-path sender cannot tear flows down.
+ * - An entry holds the epoch of its last verdict; after any change of
+ *   policy, audit or failsafe the flow is judged again (hostfwd.bpf.c). */
 #ifndef HF_CONNTRACK_H
 #define HF_CONNTRACK_H
 
@@ -15,10 +28,18 @@
 #define HF_TCP_RST 0x04
 #define HF_TCP_ACK 0x10
 
-#define HF_CT_TIMEOUT_SYN (60ULL * NSEC_PER_SEC)
+#define HF_CT_TIMEOUT_UNREPLIED (30ULL * NSEC_PER_SEC)
+#define HF_CT_TIMEOUT_SYN_RECV (60ULL * NSEC_PER_SEC)
 #define HF_CT_TIMEOUT_TCP (21600ULL * NSEC_PER_SEC)
 #define HF_CT_TIMEOUT_CLOSING (10ULL * NSEC_PER_SEC)
 #define HF_CT_TIMEOUT_OTHER (60ULL * NSEC_PER_SEC)
+
+/* How far (in sequence space) a segment may lie from the tracked next
+ * sequence number and still move it or carry a FIN that counts. Segments
+ * reach the host through this hook in order but for reordering, so a
+ * legitimate sender stays far inside it; a blind guess hits it with
+ * probability 2^-8 at best, and a FIN alone closes nothing. */
+#define HF_TCP_WINDOW (1U << 24)
 
 enum hf_ct_result {
 	HF_CT_NEW = 0,
@@ -76,14 +97,18 @@ static __always_inline bool hf_ct6_key(struct hf_ct6_key *k,
 static __always_inline __u64 hf_ct_timeout(const struct hf_ct_val *v)
 {
 	switch (v->state) {
-	case HF_CT_SYN_SENT:
-		return HF_CT_TIMEOUT_SYN;
 	case HF_CT_ESTABLISHED:
 		return HF_CT_TIMEOUT_TCP;
+	case HF_CT_SYN_RECV:
+		return HF_CT_TIMEOUT_SYN_RECV;
 	case HF_CT_CLOSING:
 		return HF_CT_TIMEOUT_CLOSING;
-	default:
-		return HF_CT_TIMEOUT_OTHER;
+	case HF_CT_OTHER:
+		if (v->flags & HF_CT_SEEN_REPLY)
+			return HF_CT_TIMEOUT_OTHER;
+		return HF_CT_TIMEOUT_UNREPLIED;
+	default: /* SYN_SENT, PICKUP */
+		return HF_CT_TIMEOUT_UNREPLIED;
 	}
 }
 
@@ -94,56 +119,135 @@ static __always_inline bool hf_ct_expired(const struct hf_ct_val *v, __u64 now)
 	return (__s64)(now - v->last_seen_ns) > (__s64)hf_ct_timeout(v);
 }
 
+static __always_inline bool hf_seq_within(__u32 seq, __u32 ref)
+{
+	__s32 d = (__s32)(seq - ref);
+
+	return d >= -(__s32)HF_TCP_WINDOW && d <= (__s32)HF_TCP_WINDOW;
+}
+
+/* Whether an RST from side s (0 origin, 1 responder) may close the flow:
+ * its sequence number is exactly the one expected from s (what the
+ * receiver itself requires), or, answering a SYN, it acknowledges the SYN.
+ * Without anything tracked from s yet there is nothing to check. */
+static __always_inline bool hf_ct_rst_fits(const struct hf_ct_val *v,
+					   const struct hf_pkt *p, __u32 s)
+{
+	__u32 known = s ? HF_CT_SEQ_REPLY : HF_CT_SEQ_ORIG;
+
+	if (v->state == HF_CT_SYN_SENT && s)
+		return (p->tcp_flags & HF_TCP_ACK) && p->tcp_ack == v->seq_next[0];
+	if (!(v->flags & known))
+		return true;
+	return p->tcp_seq == v->seq_next[s & 1];
+}
+
 /* Advance the TCP state machine for a packet of a known flow. */
 static __always_inline void hf_ct_update(struct hf_ct_val *v,
 					 const struct hf_pkt *p, bool reply,
 					 __u64 now)
 {
+	__u32 s = reply, known = reply ? HF_CT_SEQ_REPLY : HF_CT_SEQ_ORIG;
+	__u8 flags = p->tcp_flags;
+	__u32 end;
+
+	if (p->proto != IPPROTO_TCP) {
+		v->last_seen_ns = now;
+		if (reply)
+			v->flags |= HF_CT_SEEN_REPLY;
+		return;
+	}
+	if (flags & HF_TCP_RST) {
+		/* One that does not fit changes nothing, not even the
+		 * entry's age: the endpoint will ignore it as well. */
+		if (hf_ct_rst_fits(v, p, s)) {
+			v->state = HF_CT_CLOSING;
+			v->last_seen_ns = now;
+		}
+		return;
+	}
 	v->last_seen_ns = now;
+	end = p->tcp_seq + p->tcp_len;
+	if (!(v->flags & known)) {
+		v->seq_next[s & 1] = end;
+		v->flags |= known;
+	} else if ((__s32)(end - v->seq_next[s & 1]) > 0 &&
+		   hf_seq_within(end, v->seq_next[s & 1])) {
+		v->seq_next[s & 1] = end;
+	}
+	if ((flags & HF_TCP_FIN) && hf_seq_within(end, v->seq_next[s & 1]))
+		v->flags |= reply ? HF_CT_FIN_REPLY : HF_CT_FIN_ORIG;
+
 	if (reply)
 		v->flags |= HF_CT_SEEN_REPLY;
-	if (p->proto != IPPROTO_TCP) {
-		if (reply)
-			v->state = HF_CT_OTHER;
-		return;
-	}
-	if (p->tcp_flags & HF_TCP_RST) {
-		v->state = HF_CT_CLOSING;
-		return;
-	}
-	if (p->tcp_flags & HF_TCP_FIN)
-		v->flags |= reply ? HF_CT_FIN_REPLY : HF_CT_FIN_ORIG;
 	if ((v->flags & (HF_CT_FIN_ORIG | HF_CT_FIN_REPLY)) ==
-	    (HF_CT_FIN_ORIG | HF_CT_FIN_REPLY))
+	    (HF_CT_FIN_ORIG | HF_CT_FIN_REPLY)) {
 		v->state = HF_CT_CLOSING;
-	else if (v->state == HF_CT_SYN_SENT && reply)
-		v->state = HF_CT_ESTABLISHED;
+		return;
+	}
+	switch (v->state) {
+	case HF_CT_SYN_SENT:
+		if (reply && (flags & (HF_TCP_SYN | HF_TCP_ACK)) ==
+				     (HF_TCP_SYN | HF_TCP_ACK))
+			v->state = HF_CT_SYN_RECV;
+		break;
+	case HF_CT_SYN_RECV:
+		if (!reply && (flags & (HF_TCP_SYN | HF_TCP_ACK)) == HF_TCP_ACK)
+			v->state = HF_CT_ESTABLISHED;
+		break;
+	case HF_CT_PICKUP:
+		if (reply)
+			v->state = HF_CT_ESTABLISHED;
+		break;
+	}
 }
 
-/* A live entry for this packet, either direction: one lookup. */
-static __always_inline struct hf_ct_val *
-hf_ct_lookup(const struct hf_pkt *p, __u64 now, enum hf_ct_result *res)
+/* The map a flow lives in: the host's own (_out) or the others'. */
+static __always_inline struct hf_ct_val *hf_ct_find(const struct hf_pkt *p,
+						    bool out, bool *a_to_b)
 {
-	struct hf_ct_val *v;
-	bool a_to_b;
-
 	if (p->family == 4) {
 		struct hf_ct4_key k;
 
-		a_to_b = hf_ct4_key(&k, p);
-		v = bpf_map_lookup_elem(&hf_ct4, &k);
+		*a_to_b = hf_ct4_key(&k, p);
+		return out ? bpf_map_lookup_elem(&hf_ct4_out, &k)
+			   : bpf_map_lookup_elem(&hf_ct4, &k);
 	} else {
 		struct hf_ct6_key k;
 
-		a_to_b = hf_ct6_key(&k, p);
-		v = bpf_map_lookup_elem(&hf_ct6, &k);
+		*a_to_b = hf_ct6_key(&k, p);
+		return out ? bpf_map_lookup_elem(&hf_ct6_out, &k)
+			   : bpf_map_lookup_elem(&hf_ct6, &k);
 	}
+}
+
+/* A live entry for this packet, either direction. Two maps may hold it;
+ * which to try first is a guess that only costs time when wrong: a host
+ * port in the ephemeral range (Linux: 32768 and up) suggests a flow the
+ * host started. host_port < 0: no guess (ICMP errors' inner packets). */
+static __always_inline struct hf_ct_val *
+hf_ct_lookup(const struct hf_pkt *p, int host_port, __u64 now,
+	     enum hf_ct_result *res)
+{
+	bool out_first = host_port >= 32768;
+	struct hf_ct_val *v;
+	bool a_to_b;
+
+	v = hf_ct_find(p, out_first, &a_to_b);
+	if (!v || hf_ct_expired(v, now))
+		v = hf_ct_find(p, !out_first, &a_to_b);
 	if (!v || hf_ct_expired(v, now)) {
 		*res = HF_CT_NEW;
 		return NULL;
 	}
 	*res = a_to_b == v->origin_a ? HF_CT_ESTABLISHED_PKT : HF_CT_REPLY_PKT;
 	return v;
+}
+
+/* The host-side port of a packet: destination on ingress, source on egress. */
+static __always_inline int hf_host_port(const struct hf_pkt *p, __u8 dir)
+{
+	return dir == HF_DIR_INGRESS ? p->dport : p->sport;
 }
 
 /* Whether the packet's host-side address (destination on ingress, source
@@ -174,44 +278,63 @@ static __always_inline bool hf_ct_restarts(const struct hf_ct_val *v,
 	       (p->tcp_flags & (HF_TCP_SYN | HF_TCP_ACK)) == HF_TCP_SYN;
 }
 
-/* The established-flow fast path: a live, admitted entry whose host side
- * is known (hf_ct_host_known) is updated and the packet passes. Anything
- * else is left to the full verdict order, which looks the entry up again:
- * a second lookup for a new flow, which keeps the two paths apart for the
- * verifier (handing the entry over doubles its work). */
+/* The established-flow fast path: a live entry whose last verdict was a
+ * pass under the epoch in force, and whose host side is known
+ * (hf_ct_host_known), is updated and the packet passes. Anything else is
+ * left to the full verdict order, which looks the entry up again: a second
+ * lookup for a new flow, which keeps the two paths apart for the verifier
+ * (handing the entry over doubles its work). */
 static __always_inline bool hf_ct_fast_pass(const struct hf_pkt *p, __u8 dir,
-					    __u32 host_gen, __u64 now)
+					    __u32 host_gen, __u32 epoch,
+					    __u64 now)
 {
 	enum hf_ct_result res;
 	struct hf_ct_val *v;
 
-	v = hf_ct_lookup(p, now, &res);
-	if (!v || (v->flags & HF_CT_DENIED) || hf_ct_restarts(v, p) ||
-	    !hf_ct_host_known(v, res, dir, host_gen))
+	v = hf_ct_lookup(p, hf_host_port(p, dir), now, &res);
+	if (!v || (v->flags & HF_CT_DENIED) || v->epoch != epoch ||
+	    hf_ct_restarts(v, p) || !hf_ct_host_known(v, res, dir, host_gen))
 		return false;
 	hf_ct_update(v, p, res == HF_CT_REPLY_PKT, now);
 	return true;
 }
 
-static __always_inline void hf_ct_create(const struct hf_pkt *p, __u32 ifindex,
-					 __u8 dir, bool denied, __u32 host_gen,
-					 __u64 now)
+/* Whether a new flow goes into the host's own map: it started on egress,
+ * and for TCP not with an answer (a SYN-ACK or RST leaving the host answers
+ * a flow from outside whose entry is gone, and belongs with those). */
+static __always_inline bool hf_ct_is_hosts(const struct hf_pkt *p, __u8 dir)
 {
+	if (dir != HF_DIR_EGRESS)
+		return false;
+	return p->proto != IPPROTO_TCP ||
+	       (p->tcp_flags & (HF_TCP_SYN | HF_TCP_ACK)) != (HF_TCP_SYN | HF_TCP_ACK);
+}
+
+/* Tracks a new flow from its first packet. Returns 0, or the map update's
+ * error (the caller drops: a flow it cannot track, it cannot let answer). */
+static __always_inline int hf_ct_create(const struct hf_pkt *p, __u32 ifindex,
+					__u8 dir, bool denied, __u32 host_gen,
+					__u32 epoch, __u64 now)
+{
+	bool out = hf_ct_is_hosts(p, dir);
 	struct hf_ct_val v = {
 		.last_seen_ns = now,
 		.ifindex = ifindex,
 		.origin_dir = dir,
 		.flags = denied ? HF_CT_DENIED : 0,
 		.host_gen = host_gen,
+		.epoch = epoch,
+		.pol_port = p->port,
 	};
 
 	if (p->proto == IPPROTO_TCP) {
 		if (p->tcp_flags & HF_TCP_RST)
-			return;
-		/* A flow picked up mid-stream (no SYN) is already established. */
+			return 0; /* nothing to track */
 		v.state = (p->tcp_flags & (HF_TCP_SYN | HF_TCP_ACK)) == HF_TCP_SYN
 				  ? HF_CT_SYN_SENT
-				  : HF_CT_ESTABLISHED;
+				  : HF_CT_PICKUP;
+		v.seq_next[0] = p->tcp_seq + p->tcp_len;
+		v.flags |= HF_CT_SEQ_ORIG;
 	} else {
 		v.state = HF_CT_OTHER;
 	}
@@ -219,12 +342,14 @@ static __always_inline void hf_ct_create(const struct hf_pkt *p, __u32 ifindex,
 		struct hf_ct4_key k;
 
 		v.origin_a = hf_ct4_key(&k, p);
-		bpf_map_update_elem(&hf_ct4, &k, &v, BPF_ANY);
+		return out ? bpf_map_update_elem(&hf_ct4_out, &k, &v, BPF_ANY)
+			   : bpf_map_update_elem(&hf_ct4, &k, &v, BPF_ANY);
 	} else {
 		struct hf_ct6_key k;
 
 		v.origin_a = hf_ct6_key(&k, p);
-		bpf_map_update_elem(&hf_ct6, &k, &v, BPF_ANY);
+		return out ? bpf_map_update_elem(&hf_ct6_out, &k, &v, BPF_ANY)
+			   : bpf_map_update_elem(&hf_ct6, &k, &v, BPF_ANY);
 	}
 }
 

@@ -88,6 +88,11 @@ struct {
 	__type(value, struct hf_rule_val);
 } hf_rules SEC(".maps");
 
+/* Conntrack, per family and by who started the flow: hf_ct4/hf_ct6 hold
+ * flows started from outside (and TCP picked up as a reply), the _out maps
+ * the flows the host started. LRU maps evict the least recently used
+ * entry when full; keeping the host's own flows apart means no inbound
+ * flood, however large, can evict them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 262144);
@@ -101,6 +106,20 @@ struct {
 	__type(key, struct hf_ct6_key);
 	__type(value, struct hf_ct_val);
 } hf_ct6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct hf_ct4_key);
+	__type(value, struct hf_ct_val);
+} hf_ct4_out SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct hf_ct6_key);
+	__type(value, struct hf_ct_val);
+} hf_ct6_out SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -127,5 +146,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1 << 20);
 } hf_events SEC(".maps");
+
+/* Local prefixes shorter than a full address (types.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hf_local_net_key);
+	__type(value, __u8);
+} hf_local_nets SEC(".maps");
 
 #endif

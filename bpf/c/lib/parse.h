@@ -12,6 +12,9 @@
 
 #define HF_PARSE_OK 0
 #define HF_PARSE_MALFORMED -1
+/* A first fragment too short to hold its L4 header: whatever the rest of
+ * the datagram carries could decide the ports (RFC 1858's tiny fragment). */
+#define HF_PARSE_TINY_FRAGMENT -2
 
 /* Bound on the IPv6 extension-header walk: more than this is treated as a
  * malformed (or hostile) chain. */
@@ -126,14 +129,16 @@ static __always_inline bool hf_is_icmp_echo(__u8 family, __u8 type)
 
 /* Ports (or ICMP type/echo id) at l4_off. Shared by the outer packet and the
  * inner header of ICMP errors, whose L4 part may be cut after 8 bytes. */
-static __always_inline int hf_parse_l4(struct __sk_buff *skb, struct hf_pkt *p,
-				       bool inner)
+static __always_inline int hf_parse_l4_hdr(struct __sk_buff *skb,
+					   struct hf_pkt *p, bool inner)
 {
 	__u32 off = p->l4_off;
 
+	p->flow = 1;
 	switch (p->proto) {
 	case IPPROTO_TCP: {
 		struct tcphdr th;
+		__u32 hlen;
 		if (inner) {
 			__u16 ports[2] HF_ALIGNED;
 			if (hf_load(skb, off, ports, 4))
@@ -144,11 +149,17 @@ static __always_inline int hf_parse_l4(struct __sk_buff *skb, struct hf_pkt *p,
 		}
 		if (hf_load(skb, off, &th, sizeof(th)))
 			return HF_PARSE_MALFORMED;
-		if (th.doff < 5)
+		hlen = th.doff * 4;
+		if (hlen < sizeof(th) || off + hlen > p->l3_end)
 			return HF_PARSE_MALFORMED;
 		p->sport = bpf_ntohs(th.source);
 		p->dport = bpf_ntohs(th.dest);
 		p->tcp_flags = ((__u8 *)&th)[13];
+		p->tcp_seq = bpf_ntohl(th.seq);
+		p->tcp_ack = bpf_ntohl(th.ack_seq);
+		/* A later fragment is not parsed: a fragmented segment's length
+		 * is its first fragment's, good enough for the window checks. */
+		p->tcp_len = p->l3_end - off - hlen + !!th.syn + !!th.fin;
 		break;
 	}
 	case IPPROTO_UDP:
@@ -157,11 +168,9 @@ static __always_inline int hf_parse_l4(struct __sk_buff *skb, struct hf_pkt *p,
 		__u16 ports[2] HF_ALIGNED;
 		if (hf_load(skb, off, ports, 4))
 			return HF_PARSE_MALFORMED;
-		if (p->proto == IPPROTO_UDP && !inner &&
-		    skb->len < off + 8)
+		if (p->proto == IPPROTO_UDP && !inner && p->l3_end < off + 8)
 			return HF_PARSE_MALFORMED;
-		if (p->proto == IPPROTO_SCTP && !inner &&
-		    skb->len < off + 12)
+		if (p->proto == IPPROTO_SCTP && !inner && p->l3_end < off + 12)
 			return HF_PARSE_MALFORMED;
 		p->sport = bpf_ntohs(ports[0]);
 		p->dport = bpf_ntohs(ports[1]);
@@ -173,11 +182,16 @@ static __always_inline int hf_parse_l4(struct __sk_buff *skb, struct hf_pkt *p,
 		/* ICMP must match the IP family it travels in. */
 		if ((p->proto == IPPROTO_ICMP) != (p->family == 4))
 			return HF_PARSE_MALFORMED;
+		if (!inner && p->l3_end < off + 8)
+			return HF_PARSE_MALFORMED;
 		if (hf_load(skb, off, hdr, 8))
 			return HF_PARSE_MALFORMED;
 		p->icmp_type = hdr[0];
 		p->port = ((__u16)hdr[0] << 8) | hdr[1];
-		if (hf_is_icmp_echo(p->family, hdr[0])) {
+		/* Only echo is a flow (keyed by its identifier); every other
+		 * ICMP message is judged on its own. */
+		p->flow = hf_is_icmp_echo(p->family, hdr[0]);
+		if (p->flow) {
 			__u16 id = ((__u16)hdr[4] << 8) | hdr[5];
 			p->sport = id;
 			p->dport = id;
@@ -194,25 +208,44 @@ static __always_inline int hf_parse_l4(struct __sk_buff *skb, struct hf_pkt *p,
 	return HF_PARSE_OK;
 }
 
+static __always_inline int hf_parse_l4(struct __sk_buff *skb, struct hf_pkt *p,
+				       bool inner)
+{
+	int rc = hf_parse_l4_hdr(skb, p, inner);
+
+	if (rc && p->frag == HF_FRAG_FIRST)
+		return HF_PARSE_TINY_FRAGMENT;
+	return rc;
+}
+
+/* The outer parse sets family and addresses as soon as the fixed header is
+ * read: an error after that point concerns a packet whose addresses are
+ * known, and the caller passes it if it is not the host's (forwarded
+ * traffic is not ours to judge, malformed or not). */
 static __always_inline int hf_parse_ipv4(struct __sk_buff *skb, __u32 off,
 					 struct hf_pkt *p, bool inner)
 {
 	struct iphdr ip;
+	__u32 tot_len;
 	__u16 frag;
 
 	if (hf_load(skb, off, &ip, sizeof(ip)))
 		return HF_PARSE_MALFORMED;
-	if (ip.version != 4 || ip.ihl < 5)
+	if (ip.version != 4)
 		return HF_PARSE_MALFORMED;
-	if (!inner && (bpf_ntohs(ip.tot_len) < ip.ihl * 4 ||
-		       skb->len < off + bpf_ntohs(ip.tot_len)))
-		return HF_PARSE_MALFORMED;
-
 	p->family = 4;
 	p->proto = ip.protocol;
+	p->hop_limit = ip.ttl;
 	hf_map_v4(p->saddr, ip.saddr);
 	hf_map_v4(p->daddr, ip.daddr);
+	if (ip.ihl < 5)
+		return HF_PARSE_MALFORMED;
 	p->l4_off = off + ip.ihl * 4;
+	tot_len = bpf_ntohs(ip.tot_len);
+	/* 0: a BIG TCP (GSO) packet longer than 64 KiB, as long as the skb. */
+	p->l3_end = tot_len ? off + tot_len : skb->len;
+	if (!inner && (p->l3_end < p->l4_off || skb->len < p->l3_end))
+		return HF_PARSE_MALFORMED;
 
 	frag = bpf_ntohs(ip.frag_off);
 	if (frag & HF_IP_OFFSET) {
@@ -229,6 +262,21 @@ static __always_inline int hf_parse_ipv4(struct __sk_buff *skb, __u32 off,
 	return hf_parse_l4(skb, p, inner);
 }
 
+static __always_inline bool hf_is_ipv6_ext(__u8 nexthdr)
+{
+	return nexthdr == HF_NEXTHDR_HOP || nexthdr == HF_NEXTHDR_ROUTING ||
+	       nexthdr == HF_NEXTHDR_DEST || nexthdr == HF_NEXTHDR_AUTH ||
+	       nexthdr == HF_NEXTHDR_FRAGMENT;
+}
+
+/* An extension header (8 bytes at least) must lie inside the IP packet:
+ * the frame may be padded beyond it. */
+static __always_inline bool hf_ext_outside(const struct hf_pkt *p, __u32 off,
+					   bool inner)
+{
+	return !inner && p->l3_end < off + 8;
+}
+
 static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 					 struct hf_pkt *p, bool inner)
 {
@@ -240,12 +288,15 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 		return HF_PARSE_MALFORMED;
 	if (ip6.version != 6)
 		return HF_PARSE_MALFORMED;
-	if (!inner && skb->len < off + sizeof(ip6) + bpf_ntohs(ip6.payload_len))
-		return HF_PARSE_MALFORMED;
-
 	p->family = 6;
+	p->hop_limit = ip6.hop_limit;
 	__builtin_memcpy(p->saddr, &ip6.saddr, 16);
 	__builtin_memcpy(p->daddr, &ip6.daddr, 16);
+	/* 0: a jumbogram or BIG TCP packet, as long as the skb. */
+	p->l3_end = ip6.payload_len ? off + sizeof(ip6) + bpf_ntohs(ip6.payload_len)
+				    : skb->len;
+	if (!inner && skb->len < p->l3_end)
+		return HF_PARSE_MALFORMED;
 	nexthdr = ip6.nexthdr;
 	off += sizeof(ip6);
 
@@ -256,22 +307,21 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 		case HF_NEXTHDR_HOP:
 		case HF_NEXTHDR_ROUTING:
 		case HF_NEXTHDR_DEST:
-			if (hf_load(skb, off, eh, 2))
+			if (hf_ext_outside(p, off, inner) || hf_load(skb, off, eh, 2))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			off += ((__u32)eh[1] + 1) * 8;
 			continue;
 		case HF_NEXTHDR_AUTH:
-			if (hf_load(skb, off, eh, 2))
+			if (hf_ext_outside(p, off, inner) || hf_load(skb, off, eh, 2))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			off += ((__u32)eh[1] + 2) * 4;
 			continue;
 		case HF_NEXTHDR_FRAGMENT: {
 			__u16 fo;
-			if (inner)
-				return HF_PARSE_MALFORMED;
-			if (hf_load(skb, off, eh, 8))
+			if (inner || hf_ext_outside(p, off, inner) ||
+			    hf_load(skb, off, eh, 8))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			fo = ((__u16)eh[2] << 8) | eh[3];
@@ -292,8 +342,10 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 			goto done;
 		}
 	}
-	/* Still inside the extension-header chain after the bound. */
-	return HF_PARSE_MALFORMED;
+	/* The bound reached: a chain that goes on is malformed (or hostile),
+	 * one whose last header was the bound's is not. */
+	if (hf_is_ipv6_ext(nexthdr))
+		return HF_PARSE_MALFORMED;
 done:
 	p->proto = nexthdr;
 	p->l4_off = off;

@@ -6,53 +6,112 @@
 #include "common.h"
 #include "maps.h"
 
-/* Traffic to the host itself: one of its addresses, or broadcast/multicast
- * (which every host on the segment receives). */
-static __always_inline bool hf_is_local(const __u8 addr[16])
-{
-	struct hf_addr_key k;
-	bool v4 = addr[10] == 0xff && addr[11] == 0xff && !addr[0] && !addr[1];
+#include <linux/if_packet.h>
 
+/* Traffic the kernel delivers to the host itself (ingress, by destination)
+ * or that the host itself sends (egress, by source): what the `local`
+ * routing table holds (interface addresses, directed broadcasts, anycast,
+ * local routes such as `ip route add local 10.9.0.0/24 dev lo`), limited
+ * broadcast, multicast and the loopback net. Anything else is forwarded and
+ * passes unjudged. */
+static __always_inline bool hf_is_local(struct __sk_buff *skb, __u8 dir,
+					const __u8 addr[16])
+{
+	const __u32 *a = (const __u32 *)addr;
+	const struct hf_global *g;
+	struct hf_local_net_key lk;
+	struct hf_addr_key k;
+	__u32 zero = 0;
+	/* IPv4-mapped (::ffff:0:0/96), all of the prefix: an IPv6 address
+	 * that only looks like it is no IPv4 multicast or loopback. */
+	bool v4 = a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+
+	if (dir == HF_DIR_INGRESS) {
+		/* The link-layer verdict: frames to a broadcast or multicast
+		 * MAC are never forwarded, only delivered (or dropped). */
+		if (skb->pkt_type == PACKET_BROADCAST ||
+		    skb->pkt_type == PACKET_MULTICAST)
+			return true;
+		/* PACKET_OTHERHOST says nothing: a macvlan on this device
+		 * takes frames to its own MAC, and delivers them locally. */
+	}
 	if (v4) {
 		if ((addr[12] & 0xf0) == 0xe0)
 			return true; /* 224.0.0.0/4 */
 		if (addr[12] == 0xff && addr[13] == 0xff && addr[14] == 0xff &&
 		    addr[15] == 0xff)
 			return true;
+		/* 127.0.0.0/8: in every local table; user space leaves it
+		 * out of the maps so that the trie stays unused. */
+		if (addr[12] == 127)
+			return true;
 	} else if (addr[0] == 0xff) {
 		return true; /* ff00::/8 */
 	}
 	__builtin_memcpy(k.addr, addr, 16);
-	return bpf_map_lookup_elem(&hf_host_addrs, &k) != NULL;
+	if (bpf_map_lookup_elem(&hf_host_addrs, &k))
+		return true;
+	g = bpf_map_lookup_elem(&hf_global, &zero);
+	if (!g || !(g->flags & HF_G_LOCAL_NETS))
+		return false;
+	lk.prefixlen = 128;
+	__builtin_memcpy(lk.addr, addr, 16);
+	return bpf_map_lookup_elem(&hf_local_nets, &lk) != NULL;
 }
 
-static __always_inline bool hf_failsafe_match(const struct hf_pkt *p, __u8 dir)
+/* Failsafe ports: (direction, protocol, destination port) of a flow's
+ * first packet. */
+static __always_inline bool hf_failsafe_match(__u8 dir, __u8 proto, __u16 dport)
 {
 	struct hf_failsafe_key k = {
 		.dir = dir,
-		.proto = p->proto,
-		.port = p->dport,
+		.proto = proto,
+		.port = dport,
 	};
 
-	if (p->proto != IPPROTO_TCP && p->proto != IPPROTO_UDP &&
-	    p->proto != IPPROTO_SCTP)
+	if (proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_SCTP)
 		return false;
 	return bpf_map_lookup_elem(&hf_failsafe, &k) != NULL;
 }
 
 /* ICMPv6 the link cannot live without: neighbour discovery, router
  * solicitation/advertisement, and MLD (multicast-snooping switches stop
- * forwarding ND to hosts that never report). */
+ * forwarding ND to hosts that never report). Only as the RFCs send them,
+ * which is also all the kernel accepts: ND with hop limit 255 (RFC 4861,
+ * so it cannot come from beyond the link), MLD with hop limit 1 from a
+ * link-local or the unspecified address (RFC 2710, 3810). Anything else of
+ * these types is ordinary ICMPv6, judged by the policy. */
 static __always_inline bool hf_is_icmpv6_infra(const struct hf_pkt *p)
 {
 	if (p->proto != IPPROTO_ICMPV6)
 		return false;
 	switch (p->icmp_type) {
-	case 130: case 131: case 132: case 143: /* MLD */
 	case 133: case 134: case 135: case 136: case 137: /* RS RA NS NA redirect */
-		return true;
+		return p->hop_limit == 255;
+	case 130: case 131: case 132: case 143: { /* MLD */
+		const __u32 *s = (const __u32 *)p->saddr;
+		bool link_local = p->saddr[0] == 0xfe && (p->saddr[1] & 0xc0) == 0x80;
+		bool unspec = !(s[0] | s[1] | s[2] | s[3]);
+
+		return p->hop_limit == 1 && (link_local || unspec);
+	}
 	}
 	return false;
+}
+
+/* An IPv6 address that hostfwd would read as IPv4: IPv4-mapped
+ * (::ffff:0:0/96, the form IPv4 takes in every map here) or
+ * IPv4-compatible (::/96 but :: and ::1). No such source appears on a
+ * wire legitimately; from one, a packet could pose as an IPv4 peer. */
+static __always_inline bool hf_is_mapped_v6(const __u8 addr[16])
+{
+	const __u32 *a = (const __u32 *)addr;
+
+	if (a[0] || a[1])
+		return false;
+	if (a[2] == bpf_htonl(0xffff))
+		return true;
+	return !a[2] && bpf_ntohl(a[3]) > 1;
 }
 
 struct hf_policy_result {
@@ -208,20 +267,22 @@ hf_policy_lookup(const struct hf_policy_query *q)
 	return v ? HF_MATCH(v->action, v->rule_id) : 0;
 }
 
-static __always_inline void hf_policy_eval(const struct hf_pkt *p, __u8 dir,
-					   __u32 gen,
+/* The policy's verdict on a flow: the remote address (source on ingress,
+ * destination on egress), direction, protocol and policy port of its
+ * first packet. */
+static __always_inline void hf_policy_eval(const __u8 *remote, __u8 dir,
+					   __u8 proto, __u16 port, __u32 gen,
 					   struct hf_policy_result *res)
 {
 	struct hf_policy_query q = {
 		.gen = gen,
-		.port = p->port,
+		.port = port,
 		.dir = dir,
-		.proto = p->proto,
+		.proto = proto,
 	};
 	__u64 m;
 
-	__builtin_memcpy(q.remote, dir == HF_DIR_INGRESS ? p->saddr : p->daddr,
-			 16);
+	__builtin_memcpy(q.remote, remote, 16);
 	m = hf_policy_lookup(&q);
 	if (!m) {
 		res->reason = HF_REASON_POLICY_DENIED;

@@ -41,9 +41,14 @@ struct hf_global {
 	__u32 flags;          /* HF_G_* */
 	__u32 events_per_sec; /* per-CPU event budget; 0 disables events */
 	__u32 events_burst;   /* bucket size; 0 means events_per_sec */
-	__u32 host_gen;       /* bumped after every removal from hf_host_addrs */
+	__u32 host_gen;       /* bumped after every removal from the local set */
 	__u32 tick_ns;        /* length of a jiffy; 0: use the coarse clock */
 	__u64 jiffies_epoch;  /* jiffies at boot (INITIAL_JIFFIES) */
+	/* Bumped by user space after every change of what decides a verdict
+	 * (policy swap, audit, failsafe, link flags): a tracked flow whose
+	 * entry holds an older epoch is judged again on its next packet. */
+	__u32 epoch;
+	__u32 pad;
 };
 
 struct hf_link {
@@ -149,26 +154,38 @@ struct hf_ct6_key {
 	__u8 pad[3];
 };
 
-#define HF_CT_SYN_SENT 1
-#define HF_CT_ESTABLISHED 2
-#define HF_CT_CLOSING 3
-#define HF_CT_OTHER 4 /* non-TCP pseudo state */
+/* hf_ct_val.state */
+#define HF_CT_SYN_SENT 1    /* TCP: SYN seen, no answer yet */
+#define HF_CT_ESTABLISHED 2 /* TCP: three-way handshake done, or a pick-up answered */
+#define HF_CT_CLOSING 3     /* TCP: FIN both ways, or an RST that fits */
+#define HF_CT_OTHER 4       /* not TCP */
+#define HF_CT_SYN_RECV 5    /* TCP: SYN answered by SYN-ACK, final ACK pending */
+#define HF_CT_PICKUP 6      /* TCP: picked up mid-stream, the other side not heard */
 
 /* hf_ct_val.flags */
 #define HF_CT_SEEN_REPLY (1U << 0)
 #define HF_CT_FIN_ORIG (1U << 1)
 #define HF_CT_FIN_REPLY (1U << 2)
-#define HF_CT_DENIED (1U << 3) /* created by an audited drop: grants nothing */
+/* The flow's last verdict was a drop (kept only in audit mode, where it
+ * passes): the entry grants nothing, every packet is judged again. */
+#define HF_CT_DENIED (1U << 3)
+#define HF_CT_SEQ_ORIG (1U << 4)  /* seq_next[0] is known */
+#define HF_CT_SEQ_REPLY (1U << 5) /* seq_next[1] is known */
 
 struct hf_ct_val {
-	__u64 last_seen_ns; /* bpf_ktime_get_coarse_ns() */
+	__u64 last_seen_ns; /* hf_now() */
 	__u32 ifindex;
+	__u32 host_gen; /* hf_global.host_gen when the host side was last tested */
+	__u32 epoch;    /* hf_global.epoch of the flow's last verdict */
+	/* TCP: the next sequence number expected from the origin [0] and from
+	 * the responder [1], for the RST/FIN window checks. */
+	__u32 seq_next[2];
+	__u16 pol_port; /* policy port of the first packet (dport, ICMP type << 8 | code) */
 	__u8 state;
 	__u8 flags;
 	__u8 origin_dir;
-	__u8 origin_a;  /* the first packet went from endpoint a to b */
-	__u32 host_gen; /* hf_global.host_gen when the host side was last tested */
-	__u32 pad;
+	__u8 origin_a; /* the first packet went from endpoint a to b */
+	__u8 pad[6];
 };
 
 struct hf_frag_key {
@@ -215,6 +232,19 @@ struct hf_event {
 	__u8 audit;
 	__u8 family; /* 4 or 6 */
 	__u8 pad[5];
+};
+
+/* Local prefixes shorter than a full address (`ip route add local
+ * 10.9.0.0/24 dev lo`): an LPM trie, consulted only while HF_G_LOCAL_NETS
+ * is set, so hosts without such routes pay nothing. Full-length local
+ * addresses (interface addresses, directed broadcasts, anycast) stay in
+ * the hf_host_addrs hash. IPv4 is IPv4-mapped: prefixlen 96 + the IPv4
+ * length. */
+#define HF_G_LOCAL_NETS (1U << 2) /* hf_global.flags: hf_local_nets in use */
+
+struct hf_local_net_key {
+	__u32 prefixlen; /* LPM trie key: the length comes first, in bits */
+	__u8 addr[16];
 };
 
 #endif

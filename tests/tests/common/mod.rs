@@ -2,6 +2,8 @@
 //! bpffs root (removed on drop), policies built from the typed model.
 #![allow(dead_code)]
 
+pub mod web;
+
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
