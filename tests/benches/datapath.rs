@@ -162,6 +162,10 @@ fn main() {
     // Forwarded: to an address that is not the host's (passes untouched).
     let forwarded = Frame::tcp(remote, "10.0.0.253".parse().unwrap(), 65004, 443, TcpFlags::ACK).build();
 
+    if std::env::var_os("HOSTFWD_BENCH_PROFILE").is_some() {
+        profile(&mut f, &empty, remote, host);
+        return;
+    }
     // Distinct new flows: one source port each.
     let syns = |base_port: u16, dport: u16| -> Vec<Vec<u8>> {
         (0..SINGLES).map(|i| Frame::tcp(remote, host, base_port.wrapping_add(i), dport, TcpFlags::SYN).build()).collect()
@@ -225,4 +229,24 @@ fn main() {
             den / den10,
         );
     }
+}
+
+/// `HOSTFWD_BENCH_PROFILE=1`: the new-flow SYN alone at 10 rules, for
+/// builds of the datapath with an early return after one step (how
+/// BENCHMARKS.md's step tables are made). Before the conntrack insert a SYN
+/// can be repeated (no entry is made), so each step is measured by repeat
+/// and as single runs of distinct frames; verdicts are not checked.
+fn profile(f: &mut Fixture, empty: &Empty, remote: IpAddr, host: IpAddr) {
+    f.dp.apply_policy(&compile(&RuleSet::new(rules(10))).expect("compile")).expect("apply");
+    f.dp.flush_flows().unwrap();
+    let syn = Frame::tcp(remote, host, 65010, 443, TcpFlags::SYN).build();
+    let frames: Vec<Vec<u8>> = (0..SINGLES).map(|i| Frame::tcp(remote, host, 1024 + i, 443, TcpFlags::SYN).build()).collect();
+    let (mut hf, mut base) = (Vec::new(), Vec::new());
+    for fr in &frames {
+        base.push(ns(empty.run(fr, 1)));
+        hf.push(ns(f.dp.test_run(Direction::Ingress, fr, 1).unwrap().per_run));
+    }
+    let rep = run(&f.dp, &syn, REPEAT);
+    let empty_rep = median((0..ROUNDS).map(|_| ns(empty.run(&syn, REPEAT))).collect());
+    println!("profile: SYN repeat {rep:.1} ns (empty {empty_rep:.1}); single runs {:.1} ns (empty {:.1})", median(hf), median(base));
 }
