@@ -8,12 +8,12 @@
 #
 #   sudo scripts/bench-veth.sh [SECONDS_PER_RUN] [RUNS]
 #
-# FILTERS="none hostfwd" and SHAPES="new" pick a subset (no filter is
-# always measured: it is the baseline).
 # Prints the median pps of RUNS runs (default 3 x 5 s) per (shape, filter),
 # runs interleaved, and each filter's ratio to no filter. A bench, not a
 # test: it needs root, installs nftables and iptables when missing, and
-# takes a few minutes. Figures: BENCHMARKS.md.
+# takes a few minutes. Figures: BENCHMARKS.md. FILTERS="hostfwd" and
+# SHAPES="new" pick a subset (no filter is always measured: it is the
+# baseline); BENCH_HOSTFWD=PATH runs another build of the daemon.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,7 +41,7 @@ command -v iptables-legacy >/dev/null && IPT=iptables-legacy
 
 cargo build --release -p hostfwd --bin hostfwd >&2
 cargo build --release -p hostfwd-tests --bin vethbench >&2
-HOSTFWD=$PWD/target/release/hostfwd
+HOSTFWD=${BENCH_HOSTFWD:-$PWD/target/release/hostfwd}
 VB=$PWD/target/release/vethbench
 EMPTY_OBJ=$(ls -t target/release/build/hostfwd-bpf-*/out/empty.bpf.o | head -1)
 
@@ -179,7 +179,7 @@ for shape in $SHAPES; do
 	done
 done
 
-median() { tr ' ' '\n' | grep . | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+median() { tr " " "\n" | { grep . || true; } | sort -n | awk '{a[NR]=$1} END {if (NR) print a[int((NR+1)/2)]}'; }
 echo "# veth delivered pps, kernel $(uname -r), $(nproc) CPUs, median of $RUNS runs of ${SECS}s; iptables: $IPT"
 echo
 echo "| filter | one flow pps | / no filter | new flow per packet pps | / no filter |"
