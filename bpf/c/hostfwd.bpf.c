@@ -258,7 +258,7 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 
 	/* 4. Only traffic to (ingress) or from (egress) the host itself;
 	 * anything else is forwarded, malformed or not, and not ours. */
-	if (!hf_is_local(dir == HF_DIR_INGRESS ? p.daddr : p.saddr))
+	if (!hf_is_local(skb, dir, dir == HF_DIR_INGRESS ? p.daddr : p.saddr))
 		return HF_PASS;
 	if (rc)
 		return hf_drop(&c, skb, &p,

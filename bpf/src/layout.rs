@@ -8,6 +8,8 @@ pub const DIR_EGRESS: u8 = 1;
 
 pub const G_AUDIT: u32 = 1 << 0;
 pub const G_DROP_NON_IP: u32 = 1 << 1;
+/// `hf_local_nets` holds entries: the datapath consults it.
+pub const G_LOCAL_NETS: u32 = 1 << 2;
 
 pub const L_ENFORCE_INGRESS: u32 = 1 << 0;
 pub const L_ENFORCE_EGRESS: u32 = 1 << 1;
@@ -32,6 +34,11 @@ pub const IDENT6_LENS: usize = 129;
 
 /// `max_entries` of `hf_rules`; both policy generations share it.
 pub const RULES_MAX_ENTRIES: u32 = 1 << 20;
+
+/// `max_entries` of `hf_host_addrs` (full-length local addresses) and of
+/// `hf_local_nets` (shorter local prefixes).
+pub const HOST_ADDRS_MAX_ENTRIES: u32 = 16384;
+pub const LOCAL_NETS_MAX_ENTRIES: u32 = 16384;
 
 /// `hf_rule_key.kind` of a (identity, direction, protocol) head.
 pub const RK_PROTO: u8 = 0x80;
@@ -142,6 +149,7 @@ pod! {
         sport: u16, dport: u16, vlan: u16, proto: u8, dir: u8, reason: u8, audit: u8,
         family: u8, pad: [u8; 5],
     }
+    LocalNetKey = "hf_local_net_key" { prefixlen: u32, addr: [u8; 16] }
 }
 
 /// An address as the datapath stores it: IPv4 mapped into IPv6.
@@ -197,6 +205,8 @@ mod tests {
         };
         assert_eq!(max_entries("hf_link_slots"), LINK_SLOTS);
         assert_eq!(max_entries("hf_rules"), RULES_MAX_ENTRIES);
+        assert_eq!(max_entries("hf_host_addrs"), HOST_ADDRS_MAX_ENTRIES);
+        assert_eq!(max_entries("hf_local_nets"), LOCAL_NETS_MAX_ENTRIES);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::time::{sleep_until, Instant};
 use crate::config::{Bus, Config};
 use crate::datapath::{Datapath, EventReader};
 use crate::links::{Ifindex, LinkKind, Table};
-use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State, Statistic};
+use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
 use crate::netlink::{Event, Monitor};
 use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
@@ -90,6 +90,9 @@ pub struct Daemon {
     sets: BTreeMap<Ifindex, vlan::AllowSet>,
     /// Links whose configuration or attachment failed in the last pass.
     failed: BTreeSet<u32>,
+    /// Local addresses or prefixes the last pass could not write (a full
+    /// map): traffic to them passes unjudged, so the state is degraded.
+    local_failed: usize,
     started: bool,
     saved: Persisted,
     /// Global audit set through the API (runtime or persisted); the
@@ -129,6 +132,7 @@ impl Daemon {
             decisions: BTreeMap::new(),
             sets: BTreeMap::new(),
             failed: BTreeSet::new(),
+            local_failed: 0,
             started: false,
             policies: Policies::default(),
             policy_failed: false,
@@ -234,7 +238,7 @@ impl Daemon {
             }
         };
         let actions = reconcile::plan(&desired, &actual);
-        self.failed = self.execute(&actions);
+        (self.failed, self.local_failed) = self.execute(&actions);
         self.refresh_policy();
         if !actions.is_empty() {
             tracing::debug!(n = actions.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "reconciled");
@@ -247,7 +251,7 @@ impl Daemon {
     fn state(&self) -> State {
         if !self.started {
             State::Starting
-        } else if !self.failed.is_empty() || self.policy_failed {
+        } else if !self.failed.is_empty() || self.local_failed > 0 || self.policy_failed {
             State::Degraded
         } else if self.audit() {
             State::Audit
@@ -343,28 +347,37 @@ impl Daemon {
     fn handle(&mut self, req: Request) {
         match req {
             Request::ApplyPolicy { name, yaml, options, reply } => {
-                let _ = reply.send(self.apply_policy(name, yaml, options));
+                let r = self.apply_policy(name, yaml, options);
+                self.answer(reply, r);
             }
             Request::RemovePolicy { name, persist, reply } => {
-                let _ = reply.send(self.remove_policy(&name, persist));
+                let r = self.remove_policy(&name, persist);
+                self.answer(reply, r);
             }
             Request::Confirm { revision, reply } => {
-                let _ = reply.send(self.confirm(revision));
+                let r = self.confirm(revision);
+                self.answer(reply, r);
             }
             Request::Rollback { reply } => {
-                let _ = reply.send(self.rollback("rolled back on request"));
+                let r = self.rollback("rolled back on request");
+                self.answer(reply, r);
             }
             Request::SetAudit { link, enabled, persist, reply } => {
-                let _ = reply.send(self.set_audit(link, enabled, persist));
+                let r = self.set_audit(link, enabled, persist);
+                self.answer(reply, r);
             }
             Request::Reload { reply } => {
-                let _ = reply.send(self.reload());
-            }
-            Request::Statistics { reply } => {
-                let _ = reply.send(self.statistics());
+                let r = self.reload();
+                self.answer(reply, r);
             }
         }
+    }
+
+    /// Publishes, then replies: a client that reads the properties after
+    /// the reply sees its change (the reply used to go first).
+    fn answer<T>(&mut self, reply: manager::Reply<T>, r: Result<T, manager::Error>) {
         self.publish();
+        let _ = reply.send(r);
     }
 
     fn busy(&self) -> Result<(), manager::Error> {
@@ -379,7 +392,7 @@ impl Daemon {
         store::check_name(&name).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let dir = self.cfg.policy_dir.clone();
         let mut next = self.policies.sources.clone().unwrap_or_default();
-        let path = store::file_for(&dir, &name, next.get(&name));
+        let path = store::file_for(&dir, &name, self.policies.permanent.get(&name));
         let immediate = options.persist && options.confirm_timeout.is_none();
         let source = Source { name: name.clone(), origin: if immediate { Origin::Permanent } else { Origin::Runtime }, path, text: yaml };
         next.insert(name, source.clone());
@@ -391,13 +404,26 @@ impl Daemon {
         self.busy()?;
         let mut next = self.policies.sources.clone().unwrap_or_default();
         let Some(old) = next.remove(name) else { return Err(manager::Error::NoSuchPolicy(name.to_string())) };
-        let persist = persist.then(|| PersistOp::Remove(Source { path: store::file_for(&self.cfg.policy_dir, name, Some(&old)), ..old }));
+        let persist = persist.then(|| PersistOp::Remove(Source { path: store::file_for(&self.cfg.policy_dir, name, self.policies.permanent.get(name)), ..old }));
         self.change(next, persist, None)
     }
 
     /// Installs `next`, then persists (unless waiting for confirmation).
     /// Nothing changes on error: a failed write puts the old policy back.
     fn change(&mut self, next: Sources, persist: Option<PersistOp>, confirm: Option<Duration>) -> Result<u64, manager::Error> {
+        // The deadlines before anything changes: a timeout past what the
+        // clocks hold is refused, not a panic after the install.
+        let deadlines = match confirm {
+            None => None,
+            Some(t) => {
+                let too_long = || manager::Error::InvalidArgs(format!("confirm timeout {t:?} is too long (at most {}s)", hostfwd_dbus::options::MAX_CONFIRM_TIMEOUT_SEC));
+                if t.as_secs() > hostfwd_dbus::options::MAX_CONFIRM_TIMEOUT_SEC {
+                    return Err(too_long());
+                }
+                let now = Instant::now().checked_add(t).ok_or_else(too_long)?;
+                Some((t, now, SystemTime::now().checked_add(t).ok_or_else(too_long)?))
+            }
+        };
         let previous = self.policies.sources.clone();
         self.install(&next)?;
         let persist = match (persist, confirm) {
@@ -416,8 +442,8 @@ impl Daemon {
         self.policies.sources = Some(next);
         self.policies.revision += 1;
         let revision = self.policies.revision;
-        if let Some(t) = confirm {
-            self.policies.pending = Some(PendingChange { revision, deadline: Instant::now() + t, wall: SystemTime::now() + t, previous, persist });
+        if let Some((t, deadline, wall)) = deadlines {
+            self.policies.pending = Some(PendingChange { revision, deadline, wall, previous, persist });
             tracing::info!(revision, timeout_s = t.as_secs_f64(), "policy applied; rolls back unless confirmed");
         } else {
             tracing::info!(revision, "policy applied");
@@ -585,24 +611,6 @@ impl Daemon {
         }
         self.ct_full_seen = Some(now);
     }
-
-    fn statistics(&self) -> Result<Vec<Statistic>, manager::Error> {
-        let counters = self.dp.counters().map_err(|e| manager::Error::Failed(format!("reading counters: {e}")))?;
-        Ok(counters
-            .into_iter()
-            .filter(|c| c.packets > 0)
-            .map(|c| {
-                let reason = c.reason.map(|r| r.name().to_string()).unwrap_or_else(|| format!("unknown-{}", c.reason_code));
-                Statistic {
-                    ifindex: c.ifindex,
-                    name: Ifindex::new(c.ifindex).and_then(|i| self.table.get(i)).map(|l| l.name.clone()).unwrap_or_default(),
-                    direction: crate::datapath::dir_name(c.dir).to_string(),
-                    reason: if c.audit { format!("audit:{reason}") } else { reason },
-                    count: c.packets,
-                }
-            })
-            .collect())
-    }
 }
 
 /// Attaches that may run at once: each tcx/tc attach waits for an RCU grace
@@ -616,13 +624,14 @@ impl Daemon {
     /// (a VLAN tag opened or closed on a lower device, a detach, a removal).
     /// Setting a link's configuration and adding host addresses need no
     /// attach to have happened, so they do not wait. Returns the links
-    /// whose actions failed.
-    fn execute(&self, actions: &[Action]) -> BTreeSet<u32> {
+    /// whose actions failed and the number of failed local-set actions.
+    fn execute(&self, actions: &[Action]) -> (BTreeSet<u32>, usize) {
         // A link whose configuration could not be written must not get a
         // program (it would pass everything): skip its remaining actions.
         let failed = Mutex::new(BTreeSet::new());
         let mut broken = BTreeSet::new();
         let mut batch: Vec<&Action> = Vec::new();
+        let mut local_failed = 0;
         for a in actions {
             if a.ifindex().is_some_and(|i| broken.contains(&i)) {
                 continue;
@@ -632,10 +641,17 @@ impl Daemon {
                     batch.push(a);
                     continue;
                 }
-                Action::SetLink(..) | Action::AddHostAddr(..) => {}
+                Action::SetLink(..) | Action::AddLocal(..) => {}
                 _ => self.run_parallel(std::mem::take(&mut batch), &failed),
             }
             if let Err(e) = self.dp.execute(a) {
+                if let Action::AddLocal(_) | Action::RemoveLocal(_) = a {
+                    // Not a link's problem: an address the datapath does
+                    // not know is one whose traffic passes unjudged.
+                    tracing::error!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
+                    local_failed += 1;
+                    continue;
+                }
                 tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
                 if let Action::SetLink(i, _) | Action::AllowVlan(i, _) = a {
                     broken.insert(*i);
@@ -646,7 +662,7 @@ impl Daemon {
             }
         }
         self.run_parallel(batch, &failed);
-        failed.into_inner().unwrap_or_else(|p| p.into_inner())
+        (failed.into_inner().unwrap_or_else(|p| p.into_inner()), local_failed)
     }
 
     fn run_parallel(&self, batch: Vec<&Action>, failed: &Mutex<BTreeSet<u32>>) {
@@ -702,14 +718,14 @@ fn spawn_event_reader(paths: crate::datapath::Paths, events: tokio::sync::broadc
 
 /// Serves the API, retrying while the bus is not there yet (hostfwd starts
 /// before dbus at boot: programs are attached without waiting for it).
-fn spawn_api(handle: Handle, bus: Bus) {
+fn spawn_api(handle: Handle, bus: Bus, paths: crate::datapath::Paths) {
     if bus == Bus::None {
         return;
     }
     tokio::spawn(async move {
         let mut delay = Duration::from_millis(250);
         loop {
-            match crate::api::serve(handle.clone(), bus.clone()).await {
+            match crate::api::serve(handle.clone(), bus.clone(), paths.clone()).await {
                 Ok(Some(conn)) => {
                     tracing::info!(bus = ?bus, "D-Bus API served");
                     delay = Duration::from_millis(250);
@@ -755,7 +771,7 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
         d.publish();
     }
     spawn_event_reader(d.dp.paths().clone(), d.hub.events.clone());
-    spawn_api(handle.clone(), bus);
+    spawn_api(handle.clone(), bus, d.dp.paths().clone());
     tracing::info!(mode = d.dp.mode().name(), audit = d.audit(), links = d.table.len(), "hostfwd running");
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 

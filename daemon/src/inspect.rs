@@ -16,7 +16,10 @@ pub struct Snapshot {
     pub attachments: Vec<AttachmentView>,
     pub links: Vec<LinkView>,
     pub vlans: Vec<VlanView>,
+    /// Full-length local addresses (`hf_host_addrs`).
     pub host_addrs: Vec<IpAddr>,
+    /// Shorter local prefixes (`hf_local_nets`, `ip route add local`).
+    pub local_prefixes: Vec<ipnet::IpNet>,
     pub counters: Vec<CounterView>,
     pub policy_generation: u32,
     pub audit: bool,
@@ -121,6 +124,7 @@ pub fn snapshot(dp: &Datapath) -> datapath::Result<Snapshot> {
         links: dp.links()?.into_iter().map(|(i, f)| LinkView { ifindex: i, name: name(i), flags: link_flag_names(f) }).collect(),
         vlans: dp.vlans().into_iter().map(|(i, vid)| VlanView { ifindex: i, name: name(i), vid }).collect(),
         host_addrs: dp.host_addrs(),
+        local_prefixes: dp.local_nets().into_iter().filter(|n| n.prefix_len() < n.max_prefix_len()).collect(),
         counters: dp
             .counters()?
             .into_iter()
@@ -140,7 +144,7 @@ pub fn snapshot(dp: &Datapath) -> datapath::Result<Snapshot> {
 impl Snapshot {
     /// One fact per line, for shell scripts (`grep -qx 'vlan bond0 1000'`):
     /// `mode M`, `attach NAME DIR`, `link NAME FLAGS`, `vlan NAME VID`,
-    /// `addr IP`, `drop NAME DIR REASON audit|enforced PACKETS`,
+    /// `addr IP`, `local PREFIX`, `drop NAME DIR REASON audit|enforced PACKETS`,
     /// `memory TOTAL_BYTES`, `map NAME MAX_ENTRIES BYTES`.
     pub fn lines(&self) -> String {
         let mut out = format!("mode {}\n", self.mode);
@@ -158,6 +162,9 @@ impl Snapshot {
         }
         for a in &self.host_addrs {
             out += &format!("addr {a}\n");
+        }
+        for n in &self.local_prefixes {
+            out += &format!("local {n}\n");
         }
         for c in &self.counters {
             let name = self.attachments.iter().find(|a| a.ifindex == c.ifindex).map(|a| a.name.clone()).unwrap_or_else(|| format!("#{}", c.ifindex));

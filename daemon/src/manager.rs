@@ -184,6 +184,9 @@ pub struct ApplyOptions {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// An argument out of its range, naming it.
+    #[error("{0}")]
+    InvalidArgs(String),
     /// Every problem, one per line, each naming source:line:column and field.
     #[error("{0}")]
     InvalidPolicy(String),
@@ -213,7 +216,6 @@ pub enum Request {
     /// `link: None` is the global mode.
     SetAudit { link: Option<Ifindex>, enabled: bool, persist: bool, reply: Reply<()> },
     Reload { reply: Reply<()> },
-    Statistics { reply: Reply<Vec<Statistic>> },
 }
 
 /// The front ends' handle: cheap to clone, holds no state of its own.
@@ -317,10 +319,6 @@ impl Handle {
     /// as with firewalld's reload).
     pub async fn reload(&self) -> Result<(), Error> {
         self.ask(|reply| Request::Reload { reply }).await
-    }
-
-    pub async fn statistics(&self) -> Result<Vec<Statistic>, Error> {
-        self.ask(|reply| Request::Statistics { reply }).await
     }
 }
 

@@ -5,8 +5,8 @@
 //! Two objects:
 //!
 //! - [`Netlink`]: a request connection for dumps. [`Netlink::dump`] reads
-//!   links, IPv4/IPv6 addresses and IPv4/IPv6 default routes into a fresh
-//!   [`Table`].
+//!   links, IPv4/IPv6 addresses, IPv4/IPv6 default routes and local-table
+//!   routes into a fresh [`Table`].
 //! - [`Monitor`]: a multicast socket joined to the link, IPv4/IPv6 ifaddr,
 //!   IPv4/IPv6 route and tc groups, plus its own [`Netlink`].
 //!   [`Monitor::next`] yields [`Event`]s.
@@ -30,8 +30,8 @@
 //! Subscribing before dumping means no change falls between the two: events
 //! queued meanwhile are applied after the dump. They may be older than the
 //! dump, but every message is full state for its object (a link, one
-//! address, a whole default-route set) and each later change brings its own
-//! message, so the table converges to the kernel's.
+//! address, a whole default-route or local-route set) and each later
+//! change brings its own message, so the table converges to the kernel's.
 //!
 //! # Namespaces
 //!
@@ -90,14 +90,23 @@
 //! `nexthop_compat_mode` expansion the kernel adds by default. A
 //! source-specific IPv6 default (`from P`) counts too.
 //!
+//! Local routes: a route of family AF_INET/AF_INET6 in the **local table**
+//! (RT_TABLE_LOCAL, 255) of type local, broadcast or anycast, not flagged
+//! dead: its destination prefix (RTA_DST, absent: the whole family, with
+//! `rtm_dst_len`) → `LocalRoutes { v6, nets }`. These are what the kernel
+//! delivers to the host itself: interface addresses (/32, /128), directed
+//! broadcasts, IPv6 subnet-router anycast, and prefixes such as
+//! `ip route add local 10.9.0.0/24 dev lo`.
+//!
 //! Route messages are not turned into changes one by one: `ip route
 //! replace`, `append`, `prepend` and multipath nexthop deletions make an
 //! incremental model fragile, and the kernel flushes IPv4 routes of a link
 //! that goes down or away *without* RTM_DELROUTE. Instead, the monitor keeps
-//! the per-family default-route set and re-reads it (a route dump of that
-//! family) after any main-table default-route message, after a link is
-//! deleted or changes IFF_UP, and after an overrun; every re-read yields
-//! `DefaultRoutes { v6, via }` with the full set. Messages already waiting
+//! the per-family default-route and local-route sets and re-reads both (one
+//! route dump of that family) after any main-table default-route or
+//! local-table route message, after a link is deleted or changes IFF_UP,
+//! and after an overrun; every re-read yields `DefaultRoutes { v6, via }`
+//! and `LocalRoutes { v6, nets }` with the full sets. Messages already waiting
 //! on the socket are read first, so a burst costs one dump.
 //!
 //! tc (RTNLGRP_TC): RTM_NEWQDISC/DELQDISC, NEWTFILTER/DELTFILTER,
@@ -122,7 +131,7 @@ use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::route::{
-    RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteType,
+    RouteAddress, RouteAttribute, RouteFlags, RouteMessage, RouteNextHopFlags, RouteType,
 };
 use netlink_packet_route::tc::TcMessage;
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
@@ -153,6 +162,9 @@ const DISCARD_LIMIT: usize = 1 << 20;
 
 /// The main routing table (`RT_TABLE_MAIN`).
 const RT_TABLE_MAIN: u32 = 254;
+
+/// The local routing table (`RT_TABLE_LOCAL`): what is delivered locally.
+const RT_TABLE_LOCAL: u32 = 255;
 
 /// The rtnetlink multicast groups the monitor joins.
 const GROUPS: [(u32, &str); 6] = [
@@ -220,8 +232,8 @@ impl Netlink {
         &self.handle
     }
 
-    /// Links, addresses (IPv4, IPv6) and default routes (IPv4, IPv6) as a
-    /// fresh table.
+    /// Links, addresses (IPv4, IPv6), default routes and local routes
+    /// (IPv4, IPv6) as a fresh table.
     pub async fn dump(&self) -> Result<Table, Error> {
         let mut table = Table::new();
         for link in self.links().await? {
@@ -231,8 +243,9 @@ impl Netlink {
             table.apply(Change::AddrAdded(ifindex, addr));
         }
         for v6 in [false, true] {
-            let via = self.default_routes(v6).await?;
-            table.apply(Change::DefaultRoutes { v6, via });
+            let r = self.routes(v6).await?;
+            table.apply(Change::DefaultRoutes { v6, via: r.default_via });
+            table.apply(Change::LocalRoutes { v6, nets: r.local });
         }
         Ok(table)
     }
@@ -269,18 +282,30 @@ impl Netlink {
     /// The links a default route of the main table leaves through, for one
     /// family (see the module docs for what counts).
     pub async fn default_routes(&self, v6: bool) -> Result<BTreeSet<Ifindex>, Error> {
+        Ok(self.routes(v6).await?.default_via)
+    }
+
+    /// The default-route and local-route sets of one family, from one
+    /// route dump (every table).
+    pub async fn routes(&self, v6: bool) -> Result<Routes, Error> {
         let mut req = RouteMessage::default();
         req.header.address_family = if v6 { AddressFamily::Inet6 } else { AddressFamily::Inet };
         let what = if v6 { "IPv6 routes" } else { "IPv4 routes" };
         let msgs = self.dump_raw(what, RouteNetlinkMessage::GetRoute(req)).await?;
-        Ok(msgs
-            .iter()
-            .filter_map(|m| match m {
-                RouteNetlinkMessage::NewRoute(r) if main_default_family(r) == Some(v6) => Some(default_route_oifs(r)),
-                _ => None,
-            })
-            .flatten()
-            .collect())
+        let mut out = Routes::default();
+        for m in &msgs {
+            let RouteNetlinkMessage::NewRoute(r) = m else { continue };
+            if main_default_family(r) == Some(v6) {
+                out.default_via.extend(default_route_oifs(r));
+            }
+            if let Some((route_v6, net)) = local_route(r) {
+                if route_v6 == v6 {
+                    out.local.insert(net);
+                    out.local_oifs.extend(route_oif(r));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// One dump request; repeated when the kernel flags it inconsistent
@@ -330,6 +355,18 @@ impl Drop for Netlink {
     }
 }
 
+/// What a route dump of one family yields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routes {
+    /// Output links of the main table's default routes.
+    pub default_via: BTreeSet<Ifindex>,
+    /// Destinations of the local table's local, broadcast and anycast
+    /// routes (see the module docs).
+    pub local: BTreeSet<IpNet>,
+    /// The links those local routes name.
+    pub local_oifs: BTreeSet<Ifindex>,
+}
+
 // ---------------------------------------------------------------------------
 // Events
 
@@ -356,7 +393,10 @@ pub struct Monitor {
     up: HashMap<Ifindex, bool>,
     /// The last default-route set read, per family (index: v6 as usize).
     routes: [BTreeSet<Ifindex>; 2],
-    /// The default-route set of that family must be re-read.
+    /// The last local-route set read, per family, and the links it names.
+    local: [BTreeSet<IpNet>; 2],
+    local_oifs: [BTreeSet<Ifindex>; 2],
+    /// The route sets of that family must be re-read.
     dirty: [bool; 2],
     /// `up` must be re-learnt with a link dump (after an overrun).
     relearn_links: bool,
@@ -393,6 +433,8 @@ impl Monitor {
             pending: VecDeque::new(),
             up: HashMap::new(),
             routes: [BTreeSet::new(), BTreeSet::new()],
+            local: [BTreeSet::new(), BTreeSet::new()],
+            local_oifs: [BTreeSet::new(), BTreeSet::new()],
             dirty: [true, true],
             relearn_links: true,
         };
@@ -419,6 +461,11 @@ impl Monitor {
     /// The default-route set last read for a family.
     pub fn default_routes(&self, v6: bool) -> &BTreeSet<Ifindex> {
         &self.routes[usize::from(v6)]
+    }
+
+    /// The local-route set last read for a family.
+    pub fn local_routes(&self, v6: bool) -> &BTreeSet<IpNet> {
+        &self.local[usize::from(v6)]
     }
 
     /// The next event. Cancel-safe (usable in `tokio::select!`): a received
@@ -467,7 +514,8 @@ impl Monitor {
     }
 
     /// Re-reads what is marked stale: link states after an overrun, and
-    /// the default-route sets (yielding `DefaultRoutes` when `emit`).
+    /// the route sets (yielding `DefaultRoutes` and `LocalRoutes` when
+    /// `emit`).
     /// State is updated only after a successful read, so a cancelled or
     /// failed call leaves the marks for the next one.
     async fn refresh(&mut self, emit: bool) -> Result<(), Error> {
@@ -481,14 +529,20 @@ impl Monitor {
             if !self.dirty[f] {
                 continue;
             }
-            let via = self.netlink.default_routes(v6).await?;
+            let r = self.netlink.routes(v6).await?;
             self.dirty[f] = false;
-            if via != self.routes[f] {
-                debug!(v6, ?via, "default routes changed");
+            if r.default_via != self.routes[f] {
+                debug!(v6, via = ?r.default_via, "default routes changed");
             }
-            self.routes[f] = via.clone();
+            if r.local != self.local[f] {
+                debug!(v6, local = ?r.local, "local routes changed");
+            }
+            self.routes[f] = r.default_via.clone();
+            self.local[f] = r.local.clone();
+            self.local_oifs[f] = r.local_oifs;
             if emit {
-                self.pending.push_back(Event::Change(Change::DefaultRoutes { v6, via }));
+                self.pending.push_back(Event::Change(Change::DefaultRoutes { v6, via: r.default_via }));
+                self.pending.push_back(Event::Change(Change::LocalRoutes { v6, nets: r.local }));
             }
         }
         Ok(())
@@ -546,14 +600,14 @@ impl Monitor {
             Note::Change(Change::LinkGone(ifindex)) => {
                 self.up.remove(&ifindex);
                 for f in 0..2 {
-                    if self.routes[f].contains(&ifindex) {
+                    if self.routes[f].contains(&ifindex) || self.local_oifs[f].contains(&ifindex) {
                         self.dirty[f] = true;
                     }
                 }
                 self.pending.push_back(Event::Change(Change::LinkGone(ifindex)));
             }
             Note::Change(c) => self.pending.push_back(Event::Change(c)),
-            Note::DefaultRoute { v6 } => self.dirty[usize::from(v6)] = true,
+            Note::Routes { v6 } => self.dirty[usize::from(v6)] = true,
             Note::Ignored => {}
         }
     }
@@ -680,9 +734,9 @@ fn parse_datagram(buf: &[u8]) -> Vec<Result<NetlinkMessage<RouteNetlinkMessage>,
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Note {
     Change(Change),
-    /// A main-table default route of this family was added, changed or
-    /// removed: re-read the set.
-    DefaultRoute { v6: bool },
+    /// A main-table default route or a local-table route of this family
+    /// was added, changed or removed: re-read the sets.
+    Routes { v6: bool },
     Ignored,
 }
 
@@ -698,7 +752,9 @@ fn interpret(msg: &RouteNetlinkMessage) -> Note {
         }
         M::NewAddress(m) => change(parse_addr(m).map(|(i, a)| Change::AddrAdded(i, a))),
         M::DelAddress(m) => change(parse_addr(m).map(|(i, a)| Change::AddrRemoved(i, a))),
-        M::NewRoute(m) | M::DelRoute(m) => main_default_family(m).map_or(Note::Ignored, |v6| Note::DefaultRoute { v6 }),
+        M::NewRoute(m) | M::DelRoute(m) => main_default_family(m)
+            .or_else(|| local_route(m).map(|(v6, _)| v6))
+            .map_or(Note::Ignored, |v6| Note::Routes { v6 }),
         M::NewQueueDiscipline(m)
         | M::DelQueueDiscipline(m)
         | M::NewTrafficFilter(m)
@@ -911,15 +967,64 @@ fn main_default_family(msg: &RouteMessage) -> Option<bool> {
         AddressFamily::Inet6 => true,
         _ => return None,
     };
-    let table = msg
-        .attributes
+    (msg.header.destination_prefix_length == 0 && route_table(msg) == RT_TABLE_MAIN).then_some(v6)
+}
+
+/// RTA_TABLE, else `rtm_table` (which holds only tables below 256).
+fn route_table(msg: &RouteMessage) -> u32 {
+    msg.attributes
         .iter()
         .find_map(|a| match a {
             RouteAttribute::Table(t) => Some(*t),
             _ => None,
         })
-        .unwrap_or(u32::from(msg.header.table));
-    (msg.header.destination_prefix_length == 0 && table == RT_TABLE_MAIN).then_some(v6)
+        .unwrap_or(u32::from(msg.header.table))
+}
+
+/// `(v6, destination)` of a local-table route of type local, broadcast or
+/// anycast that is not dead; `None` for any other route. A route without
+/// RTA_DST covers the whole family.
+pub fn local_route(msg: &RouteMessage) -> Option<(bool, IpNet)> {
+    let v6 = match msg.header.address_family {
+        AddressFamily::Inet => false,
+        AddressFamily::Inet6 => true,
+        _ => return None,
+    };
+    if route_table(msg) != RT_TABLE_LOCAL
+        || !matches!(msg.header.kind, RouteType::Local | RouteType::Broadcast | RouteType::Anycast)
+        || msg.header.flags.contains(RouteFlags::Dead)
+    {
+        return None;
+    }
+    let dst = msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Destination(d) => Some(d),
+        _ => None,
+    });
+    let dst: IpAddr = match dst {
+        None if v6 => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        None => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        Some(RouteAddress::Inet(ip)) if !v6 => (*ip).into(),
+        Some(RouteAddress::Inet6(ip)) if v6 => (*ip).into(),
+        Some(other) => {
+            warn!(?other, v6, "ignoring a local route whose destination is of another family");
+            return None;
+        }
+    };
+    match IpNet::new(dst, msg.header.destination_prefix_length) {
+        Ok(net) => Some((v6, net.trunc())),
+        Err(_) => {
+            warn!(%dst, prefix = msg.header.destination_prefix_length, "ignoring a local route with an invalid prefix length");
+            None
+        }
+    }
+}
+
+/// RTA_OIF of a route.
+fn route_oif(msg: &RouteMessage) -> Option<Ifindex> {
+    msg.attributes.iter().find_map(|a| match a {
+        RouteAttribute::Oif(i) => Ifindex::new(*i),
+        _ => None,
+    })
 }
 
 /// The output interfaces of a unicast route: RTA_OIF and the RTA_MULTIPATH
@@ -1134,7 +1239,7 @@ mod tests {
         let r = route(false, 0, 254, vec![RouteAttribute::Oif(4)]);
         assert_eq!(main_default_family(&r), Some(false));
         assert_eq!(default_route_oifs(&r), [ifx(4)].into());
-        assert_eq!(interpret(&RouteNetlinkMessage::DelRoute(r)), Note::DefaultRoute { v6: false });
+        assert_eq!(interpret(&RouteNetlinkMessage::DelRoute(r)), Note::Routes { v6: false });
         // Not default, other table, table by attribute.
         assert_eq!(main_default_family(&route(false, 24, 254, vec![])), None);
         assert_eq!(main_default_family(&route(true, 0, 100, vec![])), None);
@@ -1159,6 +1264,61 @@ mod tests {
         let mut unreachable = route(false, 0, 254, vec![RouteAttribute::Oif(1)]);
         unreachable.header.kind = RouteType::Unreachable;
         assert!(default_route_oifs(&unreachable).is_empty());
+    }
+
+    fn local(v6: bool, kind: RouteType, dst: Option<&str>, len: u8, attrs: Vec<RouteAttribute>) -> RouteMessage {
+        let mut m = route(v6, len, 255, attrs);
+        m.header.kind = kind;
+        if let Some(d) = dst {
+            m.attributes.push(RouteAttribute::Destination(match d.parse::<IpAddr>().unwrap() {
+                IpAddr::V4(a) => RouteAddress::Inet(a),
+                IpAddr::V6(a) => RouteAddress::Inet6(a),
+            }));
+        }
+        m
+    }
+
+    #[test]
+    fn local_routes_of_the_local_table() {
+        let n = |s: &str| -> IpNet { s.parse().unwrap() };
+        // What `ip route show table local` lists for an address, its
+        // directed broadcast, a local route and IPv6 anycast.
+        let addr = local(false, RouteType::Local, Some("10.77.0.1"), 32, vec![RouteAttribute::Oif(3)]);
+        assert_eq!(local_route(&addr), Some((false, n("10.77.0.1/32"))));
+        assert_eq!(route_oif(&addr), Some(ifx(3)));
+        assert_eq!(interpret(&RouteNetlinkMessage::NewRoute(addr)), Note::Routes { v6: false });
+        let brd = local(false, RouteType::Broadcast, Some("10.77.0.255"), 32, vec![]);
+        assert_eq!(local_route(&brd), Some((false, n("10.77.0.255/32"))));
+        let net = local(false, RouteType::Local, Some("10.9.0.0"), 24, vec![]);
+        assert_eq!(local_route(&net), Some((false, n("10.9.0.0/24"))));
+        let any6 = local(true, RouteType::Anycast, Some("fd77::"), 128, vec![]);
+        assert_eq!(local_route(&any6), Some((true, n("fd77::/128"))));
+        assert_eq!(interpret(&RouteNetlinkMessage::DelRoute(any6)), Note::Routes { v6: true });
+        // Host bits are cleared; no RTA_DST is the whole family.
+        assert_eq!(local_route(&local(false, RouteType::Local, Some("10.9.0.7"), 24, vec![])), Some((false, n("10.9.0.0/24"))));
+        assert_eq!(local_route(&local(true, RouteType::Local, None, 0, vec![])), Some((true, n("::/0"))));
+        // The table by attribute (header 0 or RT_TABLE_COMPAT).
+        let mut by_attr = local(false, RouteType::Local, Some("10.9.0.0"), 24, vec![RouteAttribute::Table(255)]);
+        by_attr.header.table = 252;
+        assert_eq!(local_route(&by_attr), Some((false, n("10.9.0.0/24"))));
+        // Not local: other tables, other types, dead routes, bad lengths.
+        let main = {
+            let mut m = local(false, RouteType::Local, Some("10.9.0.0"), 24, vec![]);
+            m.header.table = 254;
+            m
+        };
+        assert_eq!(local_route(&main), None, "main table");
+        assert_eq!(interpret(&RouteNetlinkMessage::NewRoute(main)), Note::Ignored);
+        let custom = local(false, RouteType::Local, Some("0.0.0.0"), 0, vec![RouteAttribute::Table(100)]);
+        assert_eq!(local_route(&custom), None, "a TPROXY-style local route in table 100");
+        for kind in [RouteType::Unicast, RouteType::Multicast, RouteType::Unreachable, RouteType::Nat] {
+            assert_eq!(local_route(&local(true, kind, Some("ff00::"), 8, vec![])), None, "{kind:?}");
+        }
+        let mut dead = local(false, RouteType::Local, Some("10.77.0.1"), 32, vec![]);
+        dead.header.flags = RouteFlags::Dead;
+        assert_eq!(local_route(&dead), None, "dead");
+        assert_eq!(local_route(&local(false, RouteType::Local, Some("10.77.0.1"), 33, vec![])), None, "/33");
+        assert_eq!(local_route(&local(true, RouteType::Local, Some("10.77.0.1"), 128, vec![])), None, "v4 destination");
     }
 
     #[test]

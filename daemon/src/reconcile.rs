@@ -10,8 +10,9 @@
 //! tag through a lower device towards a device that is not guarded yet —
 //! paths are opened last and closed first. The plan is:
 //!
-//! 1. `AddHostAddr` — before anything is attached, so that traffic to a new
-//!    address is recognised as host traffic from the first packet.
+//! 1. `AddLocal` — before anything is attached, so that traffic to a new
+//!    local address or prefix is recognised as host traffic from the first
+//!    packet.
 //! 2. Every desired link, in [`Desired::attach_order`] — a device that
 //!    receives the tags a lower device lets through (a VLAN subinterface, the
 //!    bridge of a bridged VLAN) before that lower device — each: its
@@ -28,7 +29,7 @@
 //! 5. `RemoveLink` of those ifindexes — after the detach: an attached program
 //!    without its link entry passes everything.
 //! 6. `DisallowVlan` of those ifindexes.
-//! 7. `RemoveHostAddr` — last: an address is enforced until nothing else is
+//! 7. `RemoveLocal` — last: an address is enforced until nothing else is
 //!    left to do.
 //!
 //! Invariants (property-tested): applying the plan to the actual state gives
@@ -43,7 +44,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::Ipv4Addr;
+
+use ipnet::{IpNet, Ipv4Net};
 
 use hostfwd_bpf::layout as l;
 
@@ -68,7 +71,8 @@ pub struct LinkState {
 pub struct Desired {
     /// Every ifindex that gets programs (both directions).
     pub links: BTreeMap<u32, LinkState>,
-    pub host_addrs: BTreeSet<IpAddr>,
+    /// What the kernel delivers to the host itself ([`local_set`]).
+    pub local: BTreeSet<IpNet>,
     /// This load's (ingress, egress) program ids.
     pub prog_ids: (u32, u32),
     /// The order in which links are attached: a device that receives the
@@ -95,15 +99,17 @@ pub struct Actual {
     pub links: BTreeMap<u32, u32>,
     /// `hf_vlans`: allowed (ifindex, VID).
     pub vlans: BTreeSet<(u32, u16)>,
-    /// `hf_host_addrs`.
-    pub host_addrs: BTreeSet<IpAddr>,
+    /// `hf_host_addrs` (as host prefixes) and `hf_local_nets`.
+    pub local: BTreeSet<IpNet>,
 }
 
 /// One change to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
-    AddHostAddr(IpAddr),
-    RemoveHostAddr(IpAddr),
+    /// A local address (host prefix) or prefix: `hf_host_addrs` or
+    /// `hf_local_nets`.
+    AddLocal(IpNet),
+    RemoveLocal(IpNet),
     /// `hf_links[ifindex] = flags`.
     SetLink(u32, u32),
     RemoveLink(u32),
@@ -119,7 +125,7 @@ impl Action {
     /// The ifindex the action concerns (none for host addresses).
     pub fn ifindex(&self) -> Option<u32> {
         match *self {
-            Action::AddHostAddr(_) | Action::RemoveHostAddr(_) => None,
+            Action::AddLocal(_) | Action::RemoveLocal(_) => None,
             Action::SetLink(i, _) | Action::RemoveLink(i) | Action::AllowVlan(i, _) | Action::DisallowVlan(i, _) => Some(i),
             Action::Attach(i, _) | Action::Detach(i, _) => Some(i),
         }
@@ -136,8 +142,8 @@ fn dir_name(d: Direction) -> &'static str {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
-            Action::AddHostAddr(ip) => write!(f, "add host address {ip}"),
-            Action::RemoveHostAddr(ip) => write!(f, "remove host address {ip}"),
+            Action::AddLocal(net) => write!(f, "add local {}", Local(net)),
+            Action::RemoveLocal(net) => write!(f, "remove local {}", Local(net)),
             Action::SetLink(i, flags) => write!(f, "set link {i} flags {flags:#x}"),
             Action::RemoveLink(i) => write!(f, "remove link {i}"),
             Action::AllowVlan(i, v) => write!(f, "allow VLAN {v} on link {i}"),
@@ -146,6 +152,35 @@ impl fmt::Display for Action {
             Action::Detach(i, d) => write!(f, "detach {} from link {i}", dir_name(d)),
         }
     }
+}
+
+/// A local net as users know it: an address alone, a prefix with its length.
+struct Local(IpNet);
+
+impl fmt::Display for Local {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.prefix_len() == self.0.max_prefix_len() {
+            write!(f, "address {}", self.0.addr())
+        } else {
+            write!(f, "prefix {}", self.0)
+        }
+    }
+}
+
+/// 127.0.0.0/8: the datapath counts it as local without a map entry (every
+/// local table has it), so the LPM trie stays unused on ordinary hosts.
+const LOOPBACK_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8) {
+    Ok(n) => n,
+    Err(_) => panic!("127.0.0.0/8"),
+};
+
+/// The local set the maps should hold: the table's local routes and
+/// interface addresses ([`Table::local_nets`]), less what lies inside
+/// 127.0.0.0/8.
+pub fn local_set(table: &Table) -> BTreeSet<IpNet> {
+    let mut out = table.local_nets();
+    out.retain(|n| !matches!(n, IpNet::V4(v4) if LOOPBACK_NET.contains(v4)));
+    out
 }
 
 /// Inputs besides the table and the selection.
@@ -182,7 +217,7 @@ pub fn desired(
         links.insert(i.get(), LinkState { flags, vids: set.vids.iter().map(|v| v.get()).collect() });
     }
     let attach_order = attach_order(table, &links);
-    Desired { links, host_addrs: table.host_addrs(), prog_ids, attach_order }
+    Desired { links, local: local_set(table), prog_ids, attach_order }
 }
 
 /// Desired links, uppers first: for a VLAN subinterface V on lower D whose
@@ -226,7 +261,7 @@ fn attach_order(table: &Table, links: &BTreeMap<u32, LinkState>) -> Vec<u32> {
 pub fn plan(desired: &Desired, actual: &Actual) -> Vec<Action> {
     let mut out = Vec::new();
     // 1.
-    out.extend(desired.host_addrs.difference(&actual.host_addrs).map(|ip| Action::AddHostAddr(*ip)));
+    out.extend(desired.local.difference(&actual.local).map(|n| Action::AddLocal(*n)));
 
     // 2.
     let mut order: Vec<u32> = desired.attach_order.iter().copied().filter(|i| desired.links.contains_key(i)).collect();
@@ -274,14 +309,14 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Vec<Action> {
     }
 
     // 7.
-    out.extend(actual.host_addrs.difference(&desired.host_addrs).map(|ip| Action::RemoveHostAddr(*ip)));
+    out.extend(actual.local.difference(&desired.local).map(|n| Action::RemoveLocal(*n)));
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::links::{Link, LinkKind};
+    use crate::links::{Change, Link, LinkKind};
     use crate::select::topo::*;
     use crate::select::{select, SelectConfig};
     use crate::vlan::allowed;
@@ -301,11 +336,11 @@ mod tests {
 
     fn step(a: &mut Actual, act: &Action, prog_ids: (u32, u32)) {
         match *act {
-            Action::AddHostAddr(ip) => {
-                a.host_addrs.insert(ip);
+            Action::AddLocal(n) => {
+                a.local.insert(n);
             }
-            Action::RemoveHostAddr(ip) => {
-                a.host_addrs.remove(&ip);
+            Action::RemoveLocal(n) => {
+                a.local.remove(&n);
             }
             Action::SetLink(i, f) => {
                 a.links.insert(i, f);
@@ -336,7 +371,7 @@ mod tests {
     }
 
     fn materialize(d: &Desired) -> Actual {
-        let mut a = Actual { host_addrs: d.host_addrs.clone(), ..Actual::default() };
+        let mut a = Actual { local: d.local.clone(), ..Actual::default() };
         for (i, s) in &d.links {
             a.attachments.insert((*i, In), d.prog_ids.0);
             a.attachments.insert((*i, Eg), d.prog_ids.1);
@@ -358,13 +393,15 @@ mod tests {
         assert_eq!(d.links[&4], LinkState { flags: ENF, vids: [1000].into() });
         assert_eq!(d.links[&5], LinkState { flags: ENF, vids: BTreeSet::new() });
         assert_eq!(d.attach_order, vec![5, 4], "bond0.1000 is guarded before bond0 lets tag 1000 through");
-        assert_eq!(d.host_addrs.len(), 5, "every address of every link, any scope");
+        assert_eq!(d.local.len(), 4, "every address of every link, any scope, but 127.0.0.0/8");
         let p = plan(&d, &Actual::default());
-        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
-        assert_eq!(&p[..5], &d.host_addrs.iter().map(|a| Action::AddHostAddr(*a)).collect::<Vec<_>>()[..]);
-        assert!(d.host_addrs.contains(&ip("192.168.1.201")));
+        let n = |s: &str| -> IpNet { s.parse().unwrap() };
+        assert_eq!(&p[..4], &d.local.iter().map(|a| Action::AddLocal(*a)).collect::<Vec<_>>()[..]);
+        assert!(d.local.contains(&n("192.168.1.201/32")));
+        assert!(d.local.contains(&n("::1/128")));
+        assert!(!d.local.contains(&n("127.0.0.1/32")), "the datapath's own");
         assert_eq!(
-            &p[5..],
+            &p[4..],
             &[
                 Action::SetLink(5, ENF),
                 Action::Attach(5, In),
@@ -378,6 +415,27 @@ mod tests {
         let a = apply(&Actual::default(), &p, PROGS);
         assert_eq!(a, materialize(&d));
         assert!(plan(&d, &a).is_empty());
+    }
+
+    #[test]
+    fn local_routes_join_the_addresses() {
+        let n = |s: &str| -> IpNet { s.parse().unwrap() };
+        let mut t = Topo::new().lo().phys(2, "eth0").addr(2, "192.0.2.1/24");
+        let routes = |nets: &[&str]| Change::LocalRoutes { v6: false, nets: nets.iter().map(|s| n(s)).collect() };
+        t.t.apply(routes(&["127.0.0.0/8", "127.0.0.1/32", "127.255.255.255/32", "192.0.2.1/32", "192.0.2.255/32", "10.9.0.0/24"]));
+        t.t.apply(Change::LocalRoutes { v6: true, nets: [n("::1/128"), n("2001:db8::/64")].into() });
+        let d = pipeline(&t, &cfg(&["eth0"], &[], &[]), &[]);
+        let want: BTreeSet<IpNet> =
+            ["192.0.2.1/32", "192.0.2.255/32", "10.9.0.0/24", "::1/128", "2001:db8::/64"].iter().map(|s| n(s)).collect();
+        assert_eq!(d.local, want, "routes and addresses, without 127.0.0.0/8");
+        let a = apply(&Actual::default(), &plan(&d, &Actual::default()), PROGS);
+        // `ip route del local 10.9.0.0/24 dev lo`: removed last.
+        t.t.apply(routes(&["127.0.0.0/8", "192.0.2.1/32", "192.0.2.255/32"]));
+        let d2 = pipeline(&t, &cfg(&["eth0"], &[], &[]), &[]);
+        assert_eq!(plan(&d2, &a), vec![Action::RemoveLocal(n("10.9.0.0/24"))]);
+        // A route to 0.0.0.0/0 covers 127.0.0.0/8 but is not inside it.
+        t.t.apply(routes(&["0.0.0.0/0"]));
+        assert!(local_set(&t.t).contains(&n("0.0.0.0/0")));
     }
 
     #[test]
@@ -408,7 +466,7 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                Action::AddHostAddr("10.20.0.5".parse().unwrap()),
+                Action::AddLocal("10.20.0.5/32".parse().unwrap()),
                 Action::SetLink(6, ENF),
                 Action::Attach(6, In),
                 Action::Attach(6, Eg),
@@ -427,7 +485,7 @@ mod tests {
                 Action::Detach(6, In),
                 Action::Detach(6, Eg),
                 Action::RemoveLink(6),
-                Action::RemoveHostAddr("10.20.0.5".parse().unwrap()),
+                Action::RemoveLocal("10.20.0.5/32".parse().unwrap()),
             ]
         );
     }
@@ -476,8 +534,8 @@ mod tests {
                 Action::RemoveLink(4),
                 Action::RemoveLink(5),
                 Action::DisallowVlan(4, 1000),
-                Action::RemoveHostAddr("fe80::1".parse().unwrap()),
-                Action::RemoveHostAddr("fe80::2".parse().unwrap()),
+                Action::RemoveLocal("fe80::1/128".parse().unwrap()),
+                Action::RemoveLocal("fe80::2/128".parse().unwrap()),
             ]
         );
         assert!(plan(&d, &apply(&stale, &p, PROGS)).is_empty());
@@ -535,7 +593,9 @@ mod tests {
         assert_eq!(Action::Attach(4, Eg).to_string(), "attach egress on link 4");
         assert_eq!(Action::SetLink(4, 3).to_string(), "set link 4 flags 0x3");
         assert_eq!(Action::Detach(9, In).ifindex(), Some(9));
-        assert_eq!(Action::AddHostAddr("::1".parse().unwrap()).ifindex(), None);
+        assert_eq!(Action::AddLocal("::1/128".parse().unwrap()).ifindex(), None);
+        assert_eq!(Action::AddLocal("10.9.0.0/24".parse().unwrap()).to_string(), "add local prefix 10.9.0.0/24");
+        assert_eq!(Action::RemoveLocal("10.77.0.255/32".parse().unwrap()).to_string(), "remove local address 10.77.0.255");
     }
 
     // ---- property tests over random topologies ---------------------------
@@ -681,7 +741,7 @@ mod tests {
                     a.vlans.insert((i, rng.pick(&[5u16, 1000, 77])));
                 }
                 3 => {
-                    a.host_addrs.insert(format!("203.0.113.{}", rng.index(3)).parse().unwrap());
+                    a.local.insert(format!("203.0.113.{}/{}", rng.index(3), rng.pick(&[24u8, 32])).parse::<IpNet>().unwrap().trunc());
                 }
                 _ => {
                     a.links.remove(&i);

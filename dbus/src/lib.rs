@@ -43,6 +43,9 @@ pub mod options {
     pub const PERSIST: &str = "persist";
     /// u: roll back unless `ConfirmPolicy(revision)` comes within this many seconds.
     pub const CONFIRM_TIMEOUT_SEC: &str = "confirm-timeout-sec";
+    /// The longest confirm timeout, a day: a change that waits longer is
+    /// not a trial any more (and a deadline must fit the clocks).
+    pub const MAX_CONFIRM_TIMEOUT_SEC: u64 = 86_400;
 }
 
 /// Filter keys of `OpenMonitor` (`a{sv}`); absent keys match everything.

@@ -20,6 +20,7 @@ use std::time::Duration;
 
 pub mod afpacket;
 pub mod bus;
+pub mod fuzz;
 pub mod netns;
 pub mod packet;
 pub mod traffic;

@@ -43,10 +43,13 @@ pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
 
 /// Default MACs when none are set: source `02:00:00:00:00:01`, destination
-/// `02:00:00:00:00:02` (or the multicast/broadcast MAC of a multicast or
-/// broadcast destination address).
+/// `00:00:00:00:00:00` (or the multicast/broadcast MAC of a multicast or
+/// broadcast destination address). The destination is the address of
+/// loopback, the device of BPF_PROG_TEST_RUN: the kernel classifies the
+/// frame against it (`eth_type_trans`), and a unicast frame to any other MAC
+/// is PACKET_OTHERHOST, which the datapath leaves to the kernel to drop.
 pub const DEFAULT_SRC_MAC: Mac = [2, 0, 0, 0, 0, 1];
-pub const DEFAULT_DST_MAC: Mac = [2, 0, 0, 0, 0, 2];
+pub const DEFAULT_DST_MAC: Mac = [0; 6];
 
 /// TCP flags, combinable with `|`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use hostfwd::datapath::{EventReader, GlobalSettings};
 use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
-use hostfwd_tests::packet::{garbage, truncations, Ext6, Frame, IcmpError, Nd, TcpFlags};
+use hostfwd_tests::packet::{garbage, truncations, DEFAULT_DST_MAC, DEFAULT_SRC_MAC, Ext6, Frame, IcmpError, Nd, TcpFlags};
 
 #[test]
 fn unconfigured_link_passes_everything() {
@@ -316,7 +316,9 @@ fn malformed_packets_are_dropped_with_their_reason() {
     // The same garbage to another address is forwarded traffic, which is
     // not the host's to judge, malformed or not.
     for seed in 1..50u64 {
-        let mut f = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x08, 0x00];
+        // To the test-run device's MAC: a frame for another MAC is
+        // PACKET_OTHERHOST, not the host's.
+        let mut f = [&DEFAULT_DST_MAC[..], &DEFAULT_SRC_MAC[..], &[0x08, 0x00]].concat();
         f.extend(garbage(60, seed));
         f[14] = 0x40 | (f[14] & 0x0f).min(4); // version 4, IHL < 5
         f[30..34].copy_from_slice(&[10, 77, 0, 1]);
@@ -455,4 +457,100 @@ fn sctp_ports_are_policy() {
     let (h, r, _) = addrs(false);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3868).build()), PASS);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3869).build()), DROP);
+}
+
+/// What the kernel delivers to the host: by packet type on ingress, then by
+/// the local set (interface addresses, directed broadcasts, local routes in
+/// the hf_local_nets trie). Everything else is forwarded and passes.
+#[test]
+fn local_delivery_by_packet_type_and_local_routes() {
+    let mut dp = setup("local");
+    dp.apply(vec![
+        allow_tcp(10, IN, &["10.77.0.0/24", "fd77::/64"], 80),
+        allow_tcp(11, OUT, &["10.77.0.0/24", "fd77::/64"], 443),
+    ]);
+    let (h, r, far) = addrs(false);
+    let bcast = ip("10.77.0.255");
+    let other_mac = [2, 0, 0, 0, 0, 2];
+    let mut sport = 1000;
+    let mut udp_in = |dst: std::net::IpAddr, mac: Option<[u8; 6]>| {
+        sport += 1;
+        let f = Frame::udp(if dst.is_ipv6() { ip("fd77::2") } else { r }, dst, sport, 9999);
+        run(&dp, IN, &mac.map_or(f.clone(), |m| f.macs([2, 0, 0, 0, 0, 1], m)).build())
+    };
+    // A directed broadcast sent as one (broadcast MAC) reaches the host.
+    assert_eq!(udp_in(bcast, Some([0xff; 6])), DROP, "PACKET_BROADCAST is judged");
+    assert_eq!(udp_in(ip("10.77.0.200"), Some([0x01, 0, 0x5e, 0, 0, 1])), DROP, "PACKET_MULTICAST is judged");
+    // Routed to it (unicast MAC): the local table decides.
+    assert_eq!(udp_in(bcast, None), PASS, "not local yet");
+    dp.add_local(net("10.77.0.255/32")).unwrap();
+    assert_eq!(udp_in(bcast, None), DROP, "the broadcast route");
+    assert_eq!(udp_in(ip("127.0.0.5"), None), DROP, "127.0.0.0/8 without a map entry");
+    // Only the whole ::ffff:0:0/96 is IPv4: this is neither 224.0.0.1 nor 127.0.0.1.
+    assert_eq!(udp_in(ip("0:0:1::ffff:e000:1"), None), PASS, "IPv6 that looks like mapped multicast");
+    assert_eq!(udp_in(ip("0:0:1::ffff:7f00:1"), None), PASS, "IPv6 that looks like mapped loopback");
+    // A frame for another MAC is judged by its address all the same: a
+    // macvlan on the device takes frames to its own MAC and delivers them.
+    assert_eq!(udp_in(h, Some(other_mac)), DROP, "PACKET_OTHERHOST to a host address");
+    assert_eq!(udp_in(h, None), DROP, "the same packet to our MAC");
+
+    // `ip route add local 10.9.0.0/24 dev lo` (and an IPv6 one): the trie,
+    // consulted only while one exists.
+    assert!(!dp.local_nets_in_use().unwrap());
+    assert_eq!(udp_in(ip("10.9.0.7"), None), PASS, "forwarded");
+    dp.add_local(net("10.9.0.0/24")).unwrap();
+    dp.add_local(net("fd09::/64")).unwrap();
+    assert!(dp.local_nets_in_use().unwrap());
+    assert_eq!(udp_in(ip("10.9.0.7"), None), DROP, "inside a local route");
+    assert_eq!(udp_in(ip("10.9.1.7"), None), PASS, "outside it");
+    assert_eq!(udp_in(ip("fd09::7"), None), DROP, "inside the IPv6 local route");
+    // Egress judges the source the same way, whatever the packet type.
+    let out = |src, port| run(&dp, OUT, &Frame::tcp(src, far, port, 443, TcpFlags::SYN).macs([2, 0, 0, 0, 0, 1], other_mac).build());
+    assert_eq!(out(ip("10.9.0.7"), 2001), DROP, "egress from a local prefix");
+    assert_eq!(out(ip("10.9.1.7"), 2002), PASS, "egress of forwarded traffic");
+    let local = dp.local_nets();
+    for n in ["10.77.0.1/32", "10.77.0.255/32", "10.9.0.0/24", "fd09::/64"] {
+        assert!(local.contains(&net(n)), "{n} in {local:?}");
+    }
+
+    let gen = dp.host_gen().unwrap();
+    dp.remove_local(net("10.9.0.0/24")).unwrap();
+    assert!(dp.host_gen().unwrap() != gen, "a removal starts a new generation of host addresses");
+    assert_eq!(udp_in(ip("10.9.0.7"), None), PASS, "route removed");
+    assert!(dp.local_nets_in_use().unwrap(), "the IPv6 one is left");
+    dp.remove_local(net("fd09::/64")).unwrap();
+    assert!(!dp.local_nets_in_use().unwrap(), "the trie is out of the path again");
+    assert_eq!(udp_in(ip("fd09::7"), None), PASS);
+    // Settings written afterwards keep the flag to the trie's content.
+    dp.add_local(net("10.9.0.0/24")).unwrap();
+    dp.audit(true);
+    dp.audit(false);
+    assert!(dp.local_nets_in_use().unwrap(), "set_global keeps G_LOCAL_NETS");
+}
+
+/// A full local map is an error that names the map and the address: an
+/// address left out would pass unjudged.
+#[test]
+fn a_full_local_map_is_an_error() {
+    let dp = setup("localfull");
+    // The hash already holds the two host addresses of `setup`.
+    let n16 = |i: u32| std::net::Ipv6Addr::from(0xfd00_0000_0000_0000_0000_0000_0000_0000u128 | u128::from(i));
+    for i in 0..l::HOST_ADDRS_MAX_ENTRIES - 2 {
+        dp.add_local(ipnet::IpNet::from(std::net::IpAddr::V6(n16(i)))).expect("room in hf_host_addrs");
+    }
+    let extra = ipnet::IpNet::from(ip("10.77.0.9"));
+    let e = dp.add_local(extra).unwrap_err();
+    assert!(matches!(e, hostfwd::datapath::Error::LocalFull { map: "hf_host_addrs", net, .. } if net == extra), "{e:?}");
+    let msg = e.to_string();
+    assert!(msg.contains("hf_host_addrs") && msg.contains("10.77.0.9/32"), "{msg}");
+    // An update of an address already there is no new entry.
+    dp.add_local(ipnet::IpNet::from(ip("10.77.0.1"))).expect("rewriting an entry of a full map");
+
+    for i in 0..l::LOCAL_NETS_MAX_ENTRIES {
+        dp.add_local(net(&format!("10.{}.{}.0/24", 100 + i / 256, i % 256))).expect("room in hf_local_nets");
+    }
+    let extra = net("192.0.2.0/24");
+    let e = dp.add_local(extra).unwrap_err();
+    assert!(matches!(e, hostfwd::datapath::Error::LocalFull { map: "hf_local_nets", net, .. } if net == extra), "{e:?}");
+    assert!(e.to_string().contains("192.0.2.0/24"), "{e}");
 }

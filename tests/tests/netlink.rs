@@ -277,6 +277,61 @@ fn default_routes_follow_routes_and_link_state() {
     });
 }
 
+/// Waits for a `LocalRoutes` of the family whose set satisfies `pick`;
+/// returns every event up to and including it.
+async fn wait_local(mon: &mut Monitor, what: &str, v6: bool, pick: impl Fn(&BTreeSet<IpNet>) -> bool) -> Vec<Event> {
+    let (ev, mut seen) = wait_for(mon, what, |ev| match ev {
+        Event::Change(Change::LocalRoutes { v6: f, nets }) if *f == v6 && pick(nets) => Some(ev.clone()),
+        _ => None,
+    })
+    .await;
+    seen.push(ev);
+    seen
+}
+
+#[test]
+fn local_routes_follow_the_local_table() {
+    require_root();
+    let ns = NetNs::new().expect("netns");
+    veth(&ns, "l0", "l1");
+    ip(&ns, &["addr", "add", "192.0.2.1/24", "dev", "l0"]);
+    ip(&ns, &["addr", "add", "2001:db8::1/64", "dev", "l0", "nodad"]);
+    ip(&ns, &["link", "set", "l0", "up"]);
+    ip(&ns, &["link", "set", "l1", "up"]);
+    in_ns(&ns, || async {
+        let mut mon = Monitor::open().await.expect("monitor");
+        let mut table = mon.dump().await.expect("dump");
+        for n in ["192.0.2.1/32", "192.0.2.255/32", "127.0.0.0/8", "2001:db8::1/128"] {
+            assert!(table.local_nets().contains(&net(n)), "{n} in the dump: {:?}", table.local_nets());
+        }
+        assert!(!table.local_nets().contains(&net("192.0.2.0/24")), "the subnet is not local");
+        assert!(!table.local_nets().iter().any(|n| n.addr().is_multicast()), "multicast routes are not local routes");
+
+        ip(&ns, &["route", "add", "local", "10.9.0.0/24", "dev", "lo"]);
+        let mut seen = wait_local(&mut mon, "local route added", false, |n| n.contains(&net("10.9.0.0/24"))).await;
+        assert!(mon.local_routes(false).contains(&net("10.9.0.0/24")));
+        ip(&ns, &["-6", "route", "add", "local", "fd09::/64", "dev", "lo"]);
+        seen.extend(wait_local(&mut mon, "IPv6 local route added", true, |n| n.contains(&net("fd09::/64"))).await);
+        // Not the local table: not a local route.
+        ip(&ns, &["route", "add", "local", "10.10.0.0/24", "dev", "lo", "table", "100"]);
+        ip(&ns, &["route", "del", "local", "10.9.0.0/24", "dev", "lo"]);
+        seen.extend(wait_local(&mut mon, "local route removed", false, |n| !n.contains(&net("10.9.0.0/24"))).await);
+        assert!(!mon.local_routes(false).contains(&net("10.10.0.0/24")), "table 100");
+
+        // An address going away takes its local and broadcast routes along.
+        ip(&ns, &["addr", "del", "192.0.2.1/24", "dev", "l0"]);
+        seen.extend(
+            wait_local(&mut mon, "address routes gone", false, |n| {
+                !n.contains(&net("192.0.2.1/32")) && !n.contains(&net("192.0.2.255/32"))
+            })
+            .await,
+        );
+        seen.extend(barrier(&ns, &mut mon, "127.0.0.9/8").await);
+        converge(&mut mon, &mut table, seen).await;
+        assert!(table.local_nets().contains(&net("fd09::/64")));
+    });
+}
+
 #[test]
 fn bridge_port_gets_a_controller_and_stays_a_veth() {
     require_root();

@@ -136,24 +136,30 @@ fn tc_replies_to_host_connections() {
     host_initiated(TC, "ns-tc-rep");
 }
 
+/// A policy change reaches the sessions that are running: one the new
+/// policy allows keeps flowing, one it denies is cut at its next packet
+/// (including the host's replies, whose egress nothing enforces).
 fn survives_policy(mode: AttachModeChoice, tag: &str) {
     let mut s = setup(tag, mode);
-    let mut sess = Session::connect(&s.topo.peer, s.other.addr(), T).unwrap();
-    sess.roundtrip(T).unwrap();
+    let mut allowed = Session::connect(&s.topo.peer, s.web.addr(), T).unwrap();
+    let mut denied = Session::connect(&s.topo.peer, s.other.addr(), T).unwrap();
+    allowed.roundtrip(T).unwrap();
+    denied.roundtrip(T).unwrap();
     web_policy(&mut s.dp);
     for _ in 0..5 {
-        sess.roundtrip(T).expect("established session keeps flowing under the new policy");
+        allowed.roundtrip(T).expect("an allowed session keeps flowing under the new policy");
     }
-    assert!(!connects(&s, s.other.addr()), "but new connections to 81 are denied");
+    assert!(denied.roundtrip(T).is_err(), "a session the new policy denies is cut");
+    assert!(!connects(&s, s.other.addr()), "and new connections to 81 are denied");
 }
 
 #[test]
-fn tcx_established_survives_policy() {
+fn tcx_policy_change_reaches_running_sessions() {
     survives_policy(AttachModeChoice::Tcx, "ns-tcx-est");
 }
 
 #[test]
-fn tc_established_survives_policy() {
+fn tc_policy_change_reaches_running_sessions() {
     survives_policy(TC, "ns-tc-est");
 }
 

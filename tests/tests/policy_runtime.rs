@@ -231,3 +231,39 @@ fn audit_mode_persists_across_restarts_globally_and_per_link() {
     e.apply("ssh", &ccnp("ssh", 22), false, 0);
     assert!(e.connects(80), "h0 still audits after the restart");
 }
+
+fn policy_names(e: &Env) -> String {
+    e.call("ListPolicies", "", &[])
+}
+
+/// A permanent `web.yml` (not `.yaml`) overridden at runtime: persisting or
+/// removing with persist acts on `web.yml` itself. Before, both went to
+/// `web.yaml`: a persisted change left two files of one name (the next
+/// start refuses them), and `remove --persist` left `web.yml` in place, to
+/// come back with the next reload.
+#[test]
+fn persist_and_remove_of_a_runtime_override_act_on_the_permanent_yml_file() {
+    let e = Env::new();
+    let d = e.start();
+    let yml = d.policy_dir().join("web.yml");
+    let yaml = d.policy_dir().join("web.yaml");
+    std::fs::write(&yml, ccnp("web", 80)).unwrap();
+    e.call("Reload", "", &[]);
+    assert!(policy_names(&e).contains("\"web\""), "{}", policy_names(&e));
+    assert!(e.connects(80) && !e.connects(22));
+
+    // Runtime overrides, then one persisted.
+    e.apply("web", &ccnp("ssh", 22), false, 0);
+    e.apply("web", &ccnp("ssh", 22), false, 0);
+    e.apply("web", &ccnp("ssh2", 22), true, 0);
+    assert_eq!(std::fs::read_to_string(&yml).unwrap(), ccnp("ssh2", 22), "the permanent file is web.yml");
+    assert!(!yaml.exists(), "no second file of the same name");
+
+    // A runtime override again, removed with persist: web.yml goes.
+    e.apply("web", &ccnp("web", 80), false, 0);
+    e.call("RemovePolicy", "sa{sv}", &["web", "1", "persist", "b", "true"]);
+    assert!(!yml.exists() && !yaml.exists(), "web.yml removed");
+    e.call("Reload", "", &[]);
+    assert!(!policy_names(&e).contains("\"web\""), "web does not come back with a reload: {}", policy_names(&e));
+    assert!(e.connects(80) && e.connects(22), "no policy: nothing denied");
+}

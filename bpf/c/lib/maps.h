@@ -147,4 +147,13 @@ struct {
 	__uint(max_entries, 1 << 20);
 } hf_events SEC(".maps");
 
+/* Local prefixes shorter than a full address (types.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct hf_local_net_key);
+	__type(value, __u8);
+} hf_local_nets SEC(".maps");
+
 #endif

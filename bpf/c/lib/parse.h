@@ -182,6 +182,8 @@ static __always_inline int hf_parse_l4_hdr(struct __sk_buff *skb,
 		/* ICMP must match the IP family it travels in. */
 		if ((p->proto == IPPROTO_ICMP) != (p->family == 4))
 			return HF_PARSE_MALFORMED;
+		if (!inner && p->l3_end < off + 8)
+			return HF_PARSE_MALFORMED;
 		if (hf_load(skb, off, hdr, 8))
 			return HF_PARSE_MALFORMED;
 		p->icmp_type = hdr[0];
@@ -260,6 +262,21 @@ static __always_inline int hf_parse_ipv4(struct __sk_buff *skb, __u32 off,
 	return hf_parse_l4(skb, p, inner);
 }
 
+static __always_inline bool hf_is_ipv6_ext(__u8 nexthdr)
+{
+	return nexthdr == HF_NEXTHDR_HOP || nexthdr == HF_NEXTHDR_ROUTING ||
+	       nexthdr == HF_NEXTHDR_DEST || nexthdr == HF_NEXTHDR_AUTH ||
+	       nexthdr == HF_NEXTHDR_FRAGMENT;
+}
+
+/* An extension header (8 bytes at least) must lie inside the IP packet:
+ * the frame may be padded beyond it. */
+static __always_inline bool hf_ext_outside(const struct hf_pkt *p, __u32 off,
+					   bool inner)
+{
+	return !inner && p->l3_end < off + 8;
+}
+
 static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 					 struct hf_pkt *p, bool inner)
 {
@@ -290,22 +307,21 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 		case HF_NEXTHDR_HOP:
 		case HF_NEXTHDR_ROUTING:
 		case HF_NEXTHDR_DEST:
-			if (hf_load(skb, off, eh, 2))
+			if (hf_ext_outside(p, off, inner) || hf_load(skb, off, eh, 2))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			off += ((__u32)eh[1] + 1) * 8;
 			continue;
 		case HF_NEXTHDR_AUTH:
-			if (hf_load(skb, off, eh, 2))
+			if (hf_ext_outside(p, off, inner) || hf_load(skb, off, eh, 2))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			off += ((__u32)eh[1] + 2) * 4;
 			continue;
 		case HF_NEXTHDR_FRAGMENT: {
 			__u16 fo;
-			if (inner)
-				return HF_PARSE_MALFORMED;
-			if (hf_load(skb, off, eh, 8))
+			if (inner || hf_ext_outside(p, off, inner) ||
+			    hf_load(skb, off, eh, 8))
 				return HF_PARSE_MALFORMED;
 			nexthdr = eh[0];
 			fo = ((__u16)eh[2] << 8) | eh[3];
@@ -326,8 +342,10 @@ static __always_inline int hf_parse_ipv6(struct __sk_buff *skb, __u32 off,
 			goto done;
 		}
 	}
-	/* Still inside the extension-header chain after the bound. */
-	return HF_PARSE_MALFORMED;
+	/* The bound reached: a chain that goes on is malformed (or hostile),
+	 * one whose last header was the bound's is not. */
+	if (hf_is_ipv6_ext(nexthdr))
+		return HF_PARSE_MALFORMED;
 done:
 	p->proto = nexthdr;
 	p->l4_off = off;

@@ -6,24 +6,57 @@
 #include "common.h"
 #include "maps.h"
 
-/* Traffic to the host itself: one of its addresses, or broadcast/multicast
- * (which every host on the segment receives). */
-static __always_inline bool hf_is_local(const __u8 addr[16])
-{
-	struct hf_addr_key k;
-	bool v4 = addr[10] == 0xff && addr[11] == 0xff && !addr[0] && !addr[1];
+#include <linux/if_packet.h>
 
+/* Traffic the kernel delivers to the host itself (ingress, by destination)
+ * or that the host itself sends (egress, by source): what the `local`
+ * routing table holds (interface addresses, directed broadcasts, anycast,
+ * local routes such as `ip route add local 10.9.0.0/24 dev lo`), limited
+ * broadcast, multicast and the loopback net. Anything else is forwarded and
+ * passes unjudged. */
+static __always_inline bool hf_is_local(struct __sk_buff *skb, __u8 dir,
+					const __u8 addr[16])
+{
+	const __u32 *a = (const __u32 *)addr;
+	const struct hf_global *g;
+	struct hf_local_net_key lk;
+	struct hf_addr_key k;
+	__u32 zero = 0;
+	/* IPv4-mapped (::ffff:0:0/96), all of the prefix: an IPv6 address
+	 * that only looks like it is no IPv4 multicast or loopback. */
+	bool v4 = a[0] == 0 && a[1] == 0 && a[2] == bpf_htonl(0xffff);
+
+	if (dir == HF_DIR_INGRESS) {
+		/* The link-layer verdict: frames to a broadcast or multicast
+		 * MAC are never forwarded, only delivered (or dropped). */
+		if (skb->pkt_type == PACKET_BROADCAST ||
+		    skb->pkt_type == PACKET_MULTICAST)
+			return true;
+		/* PACKET_OTHERHOST says nothing: a macvlan on this device
+		 * takes frames to its own MAC, and delivers them locally. */
+	}
 	if (v4) {
 		if ((addr[12] & 0xf0) == 0xe0)
 			return true; /* 224.0.0.0/4 */
 		if (addr[12] == 0xff && addr[13] == 0xff && addr[14] == 0xff &&
 		    addr[15] == 0xff)
 			return true;
+		/* 127.0.0.0/8: in every local table; user space leaves it
+		 * out of the maps so that the trie stays unused. */
+		if (addr[12] == 127)
+			return true;
 	} else if (addr[0] == 0xff) {
 		return true; /* ff00::/8 */
 	}
 	__builtin_memcpy(k.addr, addr, 16);
-	return bpf_map_lookup_elem(&hf_host_addrs, &k) != NULL;
+	if (bpf_map_lookup_elem(&hf_host_addrs, &k))
+		return true;
+	g = bpf_map_lookup_elem(&hf_global, &zero);
+	if (!g || !(g->flags & HF_G_LOCAL_NETS))
+		return false;
+	lk.prefixlen = 128;
+	__builtin_memcpy(lk.addr, addr, 16);
+	return bpf_map_lookup_elem(&hf_local_nets, &lk) != NULL;
 }
 
 /* Failsafe ports: (direction, protocol, destination port) of a flow's

@@ -41,7 +41,7 @@ struct hf_global {
 	__u32 flags;          /* HF_G_* */
 	__u32 events_per_sec; /* per-CPU event budget; 0 disables events */
 	__u32 events_burst;   /* bucket size; 0 means events_per_sec */
-	__u32 host_gen;       /* bumped after every removal from hf_host_addrs */
+	__u32 host_gen;       /* bumped after every removal from the local set */
 	__u32 tick_ns;        /* length of a jiffy; 0: use the coarse clock */
 	__u64 jiffies_epoch;  /* jiffies at boot (INITIAL_JIFFIES) */
 	/* Bumped by user space after every change of what decides a verdict
@@ -232,6 +232,19 @@ struct hf_event {
 	__u8 audit;
 	__u8 family; /* 4 or 6 */
 	__u8 pad[5];
+};
+
+/* Local prefixes shorter than a full address (`ip route add local
+ * 10.9.0.0/24 dev lo`): an LPM trie, consulted only while HF_G_LOCAL_NETS
+ * is set, so hosts without such routes pay nothing. Full-length local
+ * addresses (interface addresses, directed broadcasts, anycast) stay in
+ * the hf_host_addrs hash. IPv4 is IPv4-mapped: prefixlen 96 + the IPv4
+ * length. */
+#define HF_G_LOCAL_NETS (1U << 2) /* hf_global.flags: hf_local_nets in use */
+
+struct hf_local_net_key {
+	__u32 prefixlen; /* LPM trie key: the length comes first, in bits */
+	__u8 addr[16];
 };
 
 #endif

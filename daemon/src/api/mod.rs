@@ -5,6 +5,8 @@
 //!   at `/org/hostfwd/Firewall1` announces the links;
 //! - [`polkit`]: the authorization of every mutating method;
 //! - [`monitor`]: `OpenMonitor`'s event streams;
+//! - [`gate`]: the bounds on the open methods that cost work;
+//! - [`stats`]: `GetStatistics` from the pinned counters;
 //! - this module: connecting, and one task that follows the published
 //!   snapshot (link objects added and removed, `PropertiesChanged` for what
 //!   changed) and the notices (the Manager's signals).
@@ -12,9 +14,11 @@
 //! The objects are registered before the name is requested, so a client
 //! that sees the name sees every object.
 
+pub mod gate;
 pub mod monitor;
 pub mod objects;
 pub mod polkit;
+pub mod stats;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -28,6 +32,7 @@ use zbus::zvariant::Value;
 use zbus::Connection;
 
 use crate::config::Bus;
+use crate::datapath::Paths;
 use crate::links::Ifindex;
 use crate::manager::{Handle, Notice, Snapshot};
 use hostfwd_dbus::{BUS_NAME, LINK_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH};
@@ -43,12 +48,15 @@ pub enum Error {
     RequestName { source: zbus::Error },
     #[error("the name {BUS_NAME} is owned by another process (is another hostfwd running?)")]
     NameTaken,
+    #[error("starting the worker of the open calls: {source}")]
+    Worker { source: std::io::Error },
 }
 
 /// Serves the API on `bus` (`Bus::None`: no API, `Ok(None)`). The objects
 /// follow the handle's snapshot for as long as the daemon publishes one;
 /// keep the returned connection for as long as the API should be there.
-pub async fn serve(handle: Handle, bus: Bus) -> Result<Option<Connection>, Error> {
+/// `paths` locates the pinned maps (`GetStatistics` reads them).
+pub async fn serve(handle: Handle, bus: Bus, paths: Paths) -> Result<Option<Connection>, Error> {
     let (what, builder) = match &bus {
         Bus::None => return Ok(None),
         Bus::System => ("system".to_string(), zbus::connection::Builder::system()),
@@ -63,7 +71,9 @@ pub async fn serve(handle: Handle, bus: Bus) -> Result<Option<Connection>, Error
         move |source| Error::Serve { path, source }
     };
     let server = conn.object_server();
-    server.at(MANAGER_PATH, Manager { handle: handle.clone() }).await.map_err(serve_err(MANAGER_PATH))?;
+    let gate = gate::Gate::start().map_err(|source| Error::Worker { source })?;
+    let manager = Manager { handle: handle.clone(), gate, paths };
+    server.at(MANAGER_PATH, manager).await.map_err(serve_err(MANAGER_PATH))?;
     server.at(MANAGER_PATH, ObjectManager).await.map_err(serve_err(MANAGER_PATH))?;
 
     // The snapshot the link objects start from; later changes are diffed

@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
 use zbus::zvariant::{OwnedFd, OwnedValue, Value};
 
-use super::objects::{invalid_args, opt_uint};
+use super::objects::{invalid_args, opt_uint, shown};
 use crate::datapath::Event;
 use crate::manager::{Handle, Snapshot};
 
@@ -51,7 +51,7 @@ impl Filter {
                             opt_uint(k, other)
                                 .ok()
                                 .and_then(|n| u32::try_from(n).ok())
-                                .ok_or_else(|| invalid_args(format!("filter \"link\" must be a name (s) or an ifindex (i or u), not {other}")))?,
+                                .ok_or_else(|| invalid_args(format!("filter \"link\" must be a name (s) or an ifindex (i or u), not {}", other.value_signature())))?,
                         ),
                     };
                     let known = match &sel {
@@ -60,7 +60,7 @@ impl Filter {
                     };
                     if !known {
                         let what = match &sel {
-                            LinkSel::Name(n) => format!("named {n:?}"),
+                            LinkSel::Name(n) => format!("named {:?}", shown(n)),
                             LinkSel::Ifindex(i) => format!("with ifindex {i}"),
                         };
                         return Err(BusError::NoSuchLink(format!("no link {what}")));
@@ -68,14 +68,19 @@ impl Filter {
                     f.link = Some(sel);
                 }
                 hostfwd_dbus::monitor::REASON => match &**v {
-                    Value::Str(s) => f.reason = Some(s.to_string()),
-                    other => return Err(invalid_args(format!("filter \"reason\" must be a string (s), not {other}"))),
+                    // A reason no event can have would be a silent, empty stream.
+                    Value::Str(s) if hostfwd_bpf::DropReason::from_name(s).is_some() => f.reason = Some(s.to_string()),
+                    Value::Str(s) => {
+                        let known: Vec<&str> = hostfwd_bpf::DropReason::ALL.iter().map(|r| r.name()).collect();
+                        return Err(invalid_args(format!("filter \"reason\": no drop reason {:?} (known: {})", shown(s), known.join(", "))));
+                    }
+                    other => return Err(invalid_args(format!("filter \"reason\" must be a string (s), not {}", other.value_signature()))),
                 },
                 hostfwd_dbus::monitor::AUDIT => match &**v {
                     Value::Bool(b) => f.audit = Some(*b),
-                    other => return Err(invalid_args(format!("filter \"audit\" must be a boolean (b), not {other}"))),
+                    other => return Err(invalid_args(format!("filter \"audit\" must be a boolean (b), not {}", other.value_signature()))),
                 },
-                other => return Err(invalid_args(format!("unknown filter {other:?} (known: link, reason, audit)"))),
+                other => return Err(invalid_args(format!("unknown filter {:?} (known: link, reason, audit)", shown(other)))),
             }
         }
         Ok(f)
@@ -227,6 +232,14 @@ mod tests {
         assert_eq!(e.error_name(), "org.freedesktop.DBus.Error.InvalidArgs");
         let e = filter(&[("link", Value::from(-1i32))]).unwrap_err();
         assert_eq!(e.error_name(), "org.freedesktop.DBus.Error.InvalidArgs");
+        // A reason no event has: refused, naming the key (a typo would be
+        // a silent, empty stream).
+        let e = filter(&[("reason", Value::from("policy-deined"))]).unwrap_err();
+        assert_eq!(e.error_name(), "org.freedesktop.DBus.Error.InvalidArgs");
+        assert!(e.to_string().contains("\"reason\"") && e.to_string().contains("policy-denied"), "{e}");
+        // Messages quote at most 64 characters of what the caller sent.
+        let e = filter(&[(&"k".repeat(10_000), Value::from(1u32))]).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
     }
 
     #[test]

@@ -12,9 +12,12 @@ use zbus::object_server::SignalEmitter;
 use zbus::zvariant::{OwnedFd, OwnedObjectPath, OwnedValue, Value};
 use zbus::{interface, Connection};
 
+use super::gate::Gate;
 use super::monitor::{self, Filter};
-use super::polkit;
+use super::{polkit, stats};
+use crate::datapath::Paths;
 use crate::links::Ifindex;
+use crate::policy::store;
 use crate::manager::{self, ApplyOptions, Handle, LinkInfo};
 
 /// `a{sv}` arguments.
@@ -23,6 +26,7 @@ pub type Options = HashMap<String, OwnedValue>;
 /// The core's refusals, one to one onto the bus's.
 pub fn bus_error(e: manager::Error) -> BusError {
     match e {
+        manager::Error::InvalidArgs(m) => invalid_args(m),
         manager::Error::InvalidPolicy(m) => BusError::InvalidPolicy(m),
         manager::Error::NoSuchLink(m) => BusError::NoSuchLink(format!("no link {m}")),
         manager::Error::NoSuchPolicy(m) => BusError::NoSuchPolicy(format!("no policy named {m:?}")),
@@ -57,7 +61,8 @@ pub fn opt_uint(key: &str, v: &Value<'_>) -> Result<u64, BusError> {
         Value::I64(n) => u64::try_from(*n).ok(),
         _ => None,
     };
-    n.ok_or_else(|| invalid_args(format!("option {key:?} must be an unsigned integer (u), not {v}")))
+    // The signature, not the value: the value may be anything, of any size.
+    n.ok_or_else(|| invalid_args(format!("option {key:?} must be an unsigned integer (u), not {} of that type or sign", v.value_signature())))
 }
 
 /// `ApplyPolicy` options.
@@ -68,9 +73,13 @@ pub fn apply_options(options: &Options) -> Result<ApplyOptions, BusError> {
             hostfwd_dbus::options::PERSIST => out.persist = opt_bool(k, v)?,
             hostfwd_dbus::options::CONFIRM_TIMEOUT_SEC => {
                 let secs = opt_uint(k, v)?;
+                let max = hostfwd_dbus::options::MAX_CONFIRM_TIMEOUT_SEC;
+                if secs > max {
+                    return Err(invalid_args(format!("option {k:?} must be at most {max} (a day), not {secs}")));
+                }
                 out.confirm_timeout = (secs > 0).then(|| std::time::Duration::from_secs(secs));
             }
-            other => return Err(invalid_args(format!("unknown option {other:?} (known: persist, confirm-timeout-sec)"))),
+            other => return Err(invalid_args(format!("unknown option {:?} (known: persist, confirm-timeout-sec)", shown(other)))),
         }
     }
     Ok(out)
@@ -82,10 +91,33 @@ pub fn remove_options(options: &Options) -> Result<bool, BusError> {
     for (k, v) in options {
         match k.as_str() {
             hostfwd_dbus::options::PERSIST => persist = opt_bool(k, v)?,
-            other => return Err(invalid_args(format!("unknown option {other:?} (known: persist)"))),
+            other => return Err(invalid_args(format!("unknown option {:?} (known: persist)", shown(other)))),
         }
     }
     Ok(persist)
+}
+
+/// A caller's string in a message: at most 64 characters of it.
+pub fn shown(s: &str) -> String {
+    const MAX: usize = 64;
+    match s.char_indices().nth(MAX) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The `name` argument of the policy methods: a policy source name.
+fn policy_name(name: &str) -> Result<(), BusError> {
+    store::check_name(name).map_err(|_| {
+        invalid_args(format!("argument \"name\": {:?} is not a policy name (1 to 64 letters, digits, '.', '_' or '-', not starting with '.' or '-')", shown(name)))
+    })
+}
+
+/// The `name` argument of `GetLinkByName`: a Linux interface name.
+fn link_name(name: &str) -> Result<(), BusError> {
+    // IFNAMSIZ - 1 bytes, no '/', ':' or white space (dev_valid_name()).
+    let ok = (1..=15).contains(&name.len()) && name != "." && name != ".." && !name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace());
+    ok.then_some(()).ok_or_else(|| invalid_args(format!("argument \"name\": {:?} is not an interface name (1 to 15 bytes, no '/', ':' or spaces)", shown(name))))
 }
 
 fn object_path(ifindex: u32) -> OwnedObjectPath {
@@ -100,6 +132,10 @@ fn to_json<T: serde::Serialize>(v: &T) -> Result<String, BusError> {
 /// `org.hostfwd.Firewall1.Manager` at `/org/hostfwd/Firewall1`.
 pub struct Manager {
     pub handle: Handle,
+    /// Bounds the open methods that cost work (`ValidatePolicy`, `GetStatistics`).
+    pub gate: Gate,
+    /// Where the pinned maps are (`GetStatistics` reads them).
+    pub paths: Paths,
 }
 
 #[interface(name = "org.hostfwd.Firewall1.Manager")]
@@ -151,6 +187,7 @@ impl Manager {
     /// The ifindex and object path of the link called `name`.
     #[zbus(name = "GetLinkByName", out_args("ifindex", "path"))]
     fn get_link_by_name(&self, name: String) -> Result<(i32, OwnedObjectPath), BusError> {
+        link_name(&name)?;
         let s = self.handle.snapshot();
         let l = s.link_by_name(&name).ok_or_else(|| BusError::NoSuchLink(format!("no link named {name:?}")))?;
         Ok((l.ifindex.get() as i32, object_path(l.ifindex.get())))
@@ -166,6 +203,7 @@ impl Manager {
     /// The YAML text of the policy source called `name`.
     #[zbus(name = "GetPolicy", out_args("yaml"))]
     fn get_policy(&self, name: String) -> Result<String, BusError> {
+        policy_name(&name)?;
         let s = self.handle.snapshot();
         let p = s.policy(&name).ok_or_else(|| BusError::NoSuchPolicy(format!("no policy named {name:?}")))?;
         Ok(p.yaml.clone())
@@ -173,8 +211,12 @@ impl Manager {
 
     /// Every problem of `yaml`, naming line and field; empty when valid.
     #[zbus(name = "ValidatePolicy", out_args("errors"))]
-    fn validate_policy(&self, yaml: String) -> Vec<String> {
-        manager::validate_policy("<input>", &yaml)
+    async fn validate_policy(&self, yaml: String, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<Vec<String>, BusError> {
+        // Past the size bound the answer needs no parse: not worth a slot.
+        if yaml.len() > crate::policy::cilium::MAX_SOURCE_BYTES {
+            return Ok(manager::validate_policy("<input>", &yaml));
+        }
+        self.gate.run(conn, &hdr, "ValidatePolicy", move || manager::validate_policy("<input>", &yaml)).await
     }
 
     /// Adds or replaces the policy source `name`; returns the new revision.
@@ -189,9 +231,7 @@ impl Manager {
     ) -> Result<u64, BusError> {
         polkit::authorize(conn, &hdr, polkit::MANAGE_POLICY).await?;
         let options = apply_options(&options)?;
-        if name.is_empty() {
-            return Err(invalid_args("a policy needs a name".into()));
-        }
+        policy_name(&name)?;
         self.handle.apply_policy(name, yaml, options).await.map_err(bus_error)
     }
 
@@ -206,6 +246,7 @@ impl Manager {
     ) -> Result<u64, BusError> {
         polkit::authorize(conn, &hdr, polkit::MANAGE_POLICY).await?;
         let persist = remove_options(&options)?;
+        policy_name(&name)?;
         self.handle.remove_policy(name, persist).await.map_err(bus_error)
     }
 
@@ -245,8 +286,10 @@ impl Manager {
 
     /// (ifindex, name, direction, reason, count) of every drop counter.
     #[zbus(name = "GetStatistics", out_args("statistics"))]
-    async fn get_statistics(&self) -> Result<Vec<(i32, String, String, String, u64)>, BusError> {
-        let stats = self.handle.statistics().await.map_err(bus_error)?;
+    async fn get_statistics(&self, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<Vec<(i32, String, String, String, u64)>, BusError> {
+        let (paths, snapshot) = (self.paths.clone(), self.handle.snapshot());
+        let stats = self.gate.run(conn, &hdr, "GetStatistics", move || stats::read(&paths, &snapshot)).await?;
+        let stats = stats.map_err(|e| BusError::Failed(e.to_string()))?;
         Ok(stats.into_iter().map(|s| (s.ifindex as i32, s.name, s.direction, s.reason, s.count)).collect())
     }
 
@@ -439,4 +482,52 @@ pub fn manager_changes(old: &manager::Snapshot, new: &manager::Snapshot) -> Hash
         c.insert("AttachMode", Value::from(new.attach_mode.to_string()));
     }
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(kv: &[(&str, Value<'_>)]) -> Options {
+        kv.iter().map(|(k, v)| (k.to_string(), OwnedValue::try_from(v.try_clone().expect("clone")).expect("owned"))).collect()
+    }
+
+    fn invalid(e: BusError, key: &str) {
+        assert_eq!(e.error_name(), "org.freedesktop.DBus.Error.InvalidArgs");
+        assert!(e.to_string().contains(&format!("{key:?}")), "names {key:?}: {e}");
+    }
+
+    #[test]
+    fn confirm_timeouts_are_bounded() {
+        let max = hostfwd_dbus::options::MAX_CONFIRM_TIMEOUT_SEC;
+        let ok = apply_options(&opts(&[("confirm-timeout-sec", Value::from(max as u32))])).expect("a day");
+        assert_eq!(ok.confirm_timeout, Some(std::time::Duration::from_secs(max)));
+        for v in [Value::from(u32::MAX), Value::from(u64::MAX), Value::from(max + 1)] {
+            invalid(apply_options(&opts(&[("confirm-timeout-sec", v)])).unwrap_err(), "confirm-timeout-sec");
+        }
+    }
+
+    #[test]
+    fn options_of_unknown_keys_or_wrong_types_name_the_key() {
+        invalid(apply_options(&opts(&[("persist", Value::from(1u32))])).unwrap_err(), "persist");
+        invalid(apply_options(&opts(&[("confirm-timeout-sec", Value::from("60"))])).unwrap_err(), "confirm-timeout-sec");
+        invalid(apply_options(&opts(&[("confirm-timeout-sec", Value::from(-1i32))])).unwrap_err(), "confirm-timeout-sec");
+        invalid(apply_options(&opts(&[("persits", Value::from(true))])).unwrap_err(), "persits");
+        invalid(remove_options(&opts(&[("confirm-timeout-sec", Value::from(1u32))])).unwrap_err(), "confirm-timeout-sec");
+        invalid(remove_options(&opts(&[("persist", Value::from("yes"))])).unwrap_err(), "persist");
+    }
+
+    #[test]
+    fn names_are_checked_and_quoted_shortly() {
+        for bad in ["", "../etc/passwd", "a b", &"x".repeat(65)] {
+            invalid(policy_name(bad).unwrap_err(), "name");
+        }
+        policy_name("web.v2").expect("valid");
+        for bad in ["", "a/b", "a:b", "sixteen-bytes-xx", ".", "a\tb"] {
+            invalid(link_name(bad).unwrap_err(), "name");
+        }
+        link_name("bond0.1000").expect("valid");
+        let e = policy_name(&"é".repeat(100_000)).unwrap_err();
+        assert!(e.to_string().len() < 400, "{e}");
+    }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use hostfwd_bpf::layout::{self as l, Pod};
 use hostfwd_bpf::DropReason;
+use ipnet::IpNet;
 use libbpf_rs::{MapCore, MapFlags, MapMut};
 
 use super::{dir_code, Datapath, Direction, Error, Result};
@@ -187,8 +188,33 @@ fn delete_keys<K: Pod>(map: &MapMut<'_>, keys: &[K]) -> bool {
     })
 }
 
-fn keys<K: Pod>(map: &MapMut<'_>) -> Vec<K> {
+fn keys<K: Pod>(map: &impl MapCore) -> Vec<K> {
     map.keys().filter_map(|k| K::from_bytes(&k)).collect()
+}
+
+/// A /32 or /128: the hash holds it.
+fn is_host_prefix(net: &IpNet) -> bool {
+    net.prefix_len() == net.max_prefix_len()
+}
+
+/// The trie key of a prefix: IPv4 mapped, its length counted from bit 0 of
+/// the mapped address.
+fn local_net_key(net: IpNet) -> l::LocalNetKey {
+    let prefixlen = match net {
+        IpNet::V4(n) => 96 + u32::from(n.prefix_len()),
+        IpNet::V6(n) => u32::from(n.prefix_len()),
+    };
+    l::LocalNetKey { prefixlen, addr: l::addr16(net.addr()) }
+}
+
+/// The inverse of [`local_net_key`]; `None` for a key no writer makes.
+fn net_from_key(k: l::LocalNetKey) -> Option<IpNet> {
+    let ip = l::ip_from16(k.addr);
+    let len = match ip {
+        IpAddr::V4(_) => k.prefixlen.checked_sub(96)?,
+        IpAddr::V6(_) => k.prefixlen,
+    };
+    IpNet::new(ip, u8::try_from(len).ok()?).ok()
 }
 
 /// A conntrack entry from its canonical key: endpoint a or b is the source,
@@ -207,6 +233,38 @@ fn ct_entry(a: (IpAddr, u16), b: (IpAddr, u16), proto: u8, v: &l::CtVal, host_st
         ifindex: v.ifindex,
         host_started,
     }
+}
+
+/// Every drop counter of `map` (`hf_counters`: the loaded one, or its pin
+/// read by another process), summed over CPUs, in key order.
+fn read_counters(map: &impl MapCore) -> Result<Vec<CounterEntry>> {
+    let mut out = Vec::new();
+    for k in keys::<l::CounterKey>(map) {
+        // A key deleted since it was listed is no counter any more.
+        let per_cpu = map
+            .lookup_percpu(k.as_bytes(), MapFlags::ANY)
+            .map_err(|source| Error::MapRead { map: "hf_counters", source })?
+            .unwrap_or_default();
+        let packets = per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum();
+        out.push(CounterEntry {
+            ifindex: k.ifindex,
+            dir: dir_from_code(k.dir),
+            reason: DropReason::from_code(k.reason),
+            reason_code: k.reason,
+            audit: k.audit != 0,
+            packets,
+        });
+    }
+    out.sort_by_key(|c| (c.ifindex, c.dir as u8, c.reason_code, c.audit));
+    Ok(out)
+}
+
+/// The drop counters from the pinned map under `paths`, without loading
+/// the datapath (readers beside the one writer).
+pub fn pinned_counters(paths: &super::Paths) -> Result<Vec<CounterEntry>> {
+    let path = paths.map("hf_counters");
+    let map = libbpf_rs::MapHandle::from_pinned_path(&path).map_err(|source| Error::OpenPinned { path, source })?;
+    read_counters(&map)
 }
 
 fn dir_from_code(c: u8) -> Direction {
@@ -243,7 +301,10 @@ impl Datapath {
 
     pub fn set_global(&self, s: GlobalSettings) -> Result<()> {
         let mut g = self.global()?.unwrap_or_default();
-        let flags = (if s.audit { l::G_AUDIT } else { 0 }) | (if s.drop_non_ip { l::G_DROP_NON_IP } else { 0 });
+        // G_LOCAL_NETS follows hf_local_nets (set_local_nets_flag), not settings.
+        let flags = (g.flags & l::G_LOCAL_NETS)
+            | (if s.audit { l::G_AUDIT } else { 0 })
+            | (if s.drop_non_ip { l::G_DROP_NON_IP } else { 0 });
         if flags != g.flags {
             // Audit on or off: every tracked flow is judged again.
             g.epoch = g.epoch.wrapping_add(1);
@@ -333,23 +394,106 @@ impl Datapath {
         v
     }
 
+    /// Adds a host address (a local host prefix, see [`Datapath::add_local`]).
     pub fn add_host_addr(&self, ip: IpAddr) -> Result<()> {
-        update(&self.skel.maps.hf_host_addrs, "hf_host_addrs", &l::AddrKey { addr: l::addr16(ip) }, &1u8)
+        self.add_local(IpNet::from(ip))
     }
 
-    /// Removes a host address. Conntrack entries remember the generation of
-    /// host addresses under which their host side was last tested (and skip
-    /// the test while it holds): a removal starts a new generation.
+    /// Removes a host address (see [`Datapath::remove_local`]).
     pub fn remove_host_addr(&self, ip: IpAddr) -> Result<()> {
-        delete(&self.skel.maps.hf_host_addrs, "hf_host_addrs", &l::AddrKey { addr: l::addr16(ip) })?;
+        self.remove_local(IpNet::from(ip))
+    }
+
+    /// Makes an address or prefix local: traffic to it (ingress) or from it
+    /// (egress) is the host's own and judged. A full-length one goes into
+    /// the `hf_host_addrs` hash, a shorter one into the `hf_local_nets`
+    /// trie, which the datapath consults only while `G_LOCAL_NETS` is set.
+    /// A full map is [`Error::LocalFull`]: the address would otherwise pass
+    /// unjudged without anyone knowing.
+    pub fn add_local(&self, net: IpNet) -> Result<()> {
+        let net = net.trunc();
+        let m = &self.skel.maps;
+        if is_host_prefix(&net) {
+            let k = l::AddrKey { addr: l::addr16(net.addr()) };
+            return m
+                .hf_host_addrs
+                .update(k.as_bytes(), 1u8.as_bytes(), MapFlags::ANY)
+                .map_err(|source| self.local_error(&m.hf_host_addrs, "hf_host_addrs", l::HOST_ADDRS_MAX_ENTRIES, net, source));
+        }
+        let k = local_net_key(net);
+        m.hf_local_nets
+            .update(k.as_bytes(), 1u8.as_bytes(), MapFlags::ANY)
+            .map_err(|source| self.local_error(&m.hf_local_nets, "hf_local_nets", l::LOCAL_NETS_MAX_ENTRIES, net, source))?;
+        // The entry before the flag: a packet that sees the flag finds it.
+        self.set_local_nets_flag(true)
+    }
+
+    /// A failed write of a local net: [`Error::LocalFull`] when the map holds
+    /// `max` entries (hashes report E2BIG, the trie ENOSPC), else
+    /// [`Error::LocalUpdate`].
+    fn local_error(&self, map: &MapMut<'_>, name: &'static str, max: u32, net: IpNet, source: libbpf_rs::Error) -> Error {
+        let full = source.kind() == libbpf_rs::ErrorKind::TooBig || map.keys().count() >= max as usize;
+        if full {
+            Error::LocalFull { map: name, net, max_entries: max }
+        } else {
+            Error::LocalUpdate { map: name, net, source }
+        }
+    }
+
+    /// Removes a local address or prefix. Conntrack entries remember the
+    /// generation of host addresses under which their host side was last
+    /// tested (and skip the test while it holds): a removal starts a new
+    /// generation.
+    pub fn remove_local(&self, net: IpNet) -> Result<()> {
+        let net = net.trunc();
+        let m = &self.skel.maps;
+        if is_host_prefix(&net) {
+            delete(&m.hf_host_addrs, "hf_host_addrs", &l::AddrKey { addr: l::addr16(net.addr()) })?;
+        } else {
+            delete(&m.hf_local_nets, "hf_local_nets", &local_net_key(net))?;
+            if m.hf_local_nets.keys().next().is_none() {
+                self.set_local_nets_flag(false)?;
+            }
+        }
         let mut g = self.global()?.unwrap_or_default();
         g.host_gen = g.host_gen.wrapping_add(1);
         g.events_burst = g.events_burst.max(1);
         update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)
     }
 
+    fn set_local_nets_flag(&self, on: bool) -> Result<()> {
+        let mut g = self.global()?.unwrap_or_default();
+        let flags = if on { g.flags | l::G_LOCAL_NETS } else { g.flags & !l::G_LOCAL_NETS };
+        if flags == g.flags {
+            return Ok(());
+        }
+        g.flags = flags;
+        g.events_burst = g.events_burst.max(1);
+        update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)
+    }
+
+    /// The generation of host addresses (`hf_global.host_gen`): it moves
+    /// with every removal from the local set.
+    pub fn host_gen(&self) -> Result<u32> {
+        Ok(self.global()?.map_or(0, |g| g.host_gen))
+    }
+
+    /// Whether the datapath consults `hf_local_nets` (`G_LOCAL_NETS`).
+    pub fn local_nets_in_use(&self) -> Result<bool> {
+        Ok(self.global()?.is_some_and(|g| g.flags & l::G_LOCAL_NETS != 0))
+    }
+
+    /// The full-length local addresses (`hf_host_addrs`).
     pub fn host_addrs(&self) -> Vec<IpAddr> {
         let mut v: Vec<_> = keys::<l::AddrKey>(&self.skel.maps.hf_host_addrs).into_iter().map(|k| l::ip_from16(k.addr)).collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Every local address (as a host prefix) and prefix the datapath holds.
+    pub fn local_nets(&self) -> Vec<IpNet> {
+        let mut v: Vec<IpNet> = self.host_addrs().into_iter().map(IpNet::from).collect();
+        v.extend(keys::<l::LocalNetKey>(&self.skel.maps.hf_local_nets).into_iter().filter_map(net_from_key));
         v.sort_unstable();
         v
     }
@@ -466,25 +610,7 @@ impl Datapath {
 
     /// Drop counters summed over CPUs.
     pub fn counters(&self) -> Result<Vec<CounterEntry>> {
-        let map = &self.skel.maps.hf_counters;
-        let mut out = Vec::new();
-        for k in keys::<l::CounterKey>(map) {
-            let per_cpu = map
-                .lookup_percpu(k.as_bytes(), MapFlags::ANY)
-                .map_err(|source| Error::MapRead { map: "hf_counters", source })?
-                .unwrap_or_default();
-            let packets = per_cpu.iter().filter_map(|v| v.get(..8)).map(|b| u64::from_ne_bytes(b.try_into().unwrap_or([0; 8]))).sum();
-            out.push(CounterEntry {
-                ifindex: k.ifindex,
-                dir: dir_from_code(k.dir),
-                reason: DropReason::from_code(k.reason),
-                reason_code: k.reason,
-                audit: k.audit != 0,
-                packets,
-            });
-        }
-        out.sort_by_key(|c| (c.ifindex, c.dir as u8, c.reason_code, c.audit));
-        Ok(out)
+        read_counters(&self.skel.maps.hf_counters)
     }
 
     /// Sum of a drop counter over links, directions and audit flag.

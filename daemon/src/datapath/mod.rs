@@ -24,7 +24,7 @@ use libbpf_rs::{MapCore, OpenObject, ProgramAttachType};
 pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
 pub use events::{Event, EventReader};
-pub use maps::{ConntrackEntry, CounterEntry, GlobalSettings};
+pub use maps::{pinned_counters, ConntrackEntry, CounterEntry, GlobalSettings};
 pub use memory::{MapMemory, MapSize};
 pub use paths::Paths;
 
@@ -86,6 +86,10 @@ pub enum Error {
     MapRead { map: &'static str, source: libbpf_rs::Error },
     #[error("map {map} returned a {len}-byte value, expected {expected}")]
     MapLayout { map: &'static str, len: usize, expected: usize },
+    #[error("map {map} is full ({max_entries} entries): local {net} cannot be added, traffic to and from it passes unjudged")]
+    LocalFull { map: &'static str, net: ipnet::IpNet, max_entries: u32 },
+    #[error("adding local {net} to map {map}: {source}")]
+    LocalUpdate { map: &'static str, net: ipnet::IpNet, source: libbpf_rs::Error },
     #[error("test run of the {dir} program: {source}")]
     TestRun { dir: &'static str, source: libbpf_rs::Error },
     #[error("building the event ring buffer: {0}")]
@@ -344,7 +348,7 @@ impl Datapath {
             attachments: self.attachments()?.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
             links: self.links()?,
             vlans: self.vlans().into_iter().collect(),
-            host_addrs: self.host_addrs().into_iter().collect(),
+            local: self.local_nets().into_iter().collect(),
         })
     }
 
@@ -352,8 +356,8 @@ impl Datapath {
     pub fn execute(&self, action: &crate::reconcile::Action) -> Result<()> {
         use crate::reconcile::Action as A;
         match *action {
-            A::AddHostAddr(ip) => self.add_host_addr(ip),
-            A::RemoveHostAddr(ip) => self.remove_host_addr(ip),
+            A::AddLocal(net) => self.add_local(net),
+            A::RemoveLocal(net) => self.remove_local(net),
             A::SetLink(i, flags) => self.set_link(i, flags),
             A::RemoveLink(i) => self.remove_link(i),
             A::AllowVlan(i, vid) => self.allow_vlan(i, vid),

@@ -162,6 +162,10 @@ pub enum Change {
     AddrRemoved(Ifindex, IpNet),
     /// The set of links that carry a default route, for one family, replaced.
     DefaultRoutes { v6: bool, via: BTreeSet<Ifindex> },
+    /// The destinations of the `local` routing table's routes of type local,
+    /// broadcast and anycast, for one family, replaced: what the kernel
+    /// delivers to the host itself.
+    LocalRoutes { v6: bool, nets: BTreeSet<IpNet> },
     /// A qdisc or filter changed on this link (someone may have removed
     /// hostfwd's clsact): only triggers a reconcile.
     Tc(Ifindex),
@@ -175,6 +179,10 @@ pub struct Table {
     default_v4: BTreeSet<Ifindex>,
     #[serde(skip)]
     default_v6: BTreeSet<Ifindex>,
+    #[serde(skip)]
+    local_v4: BTreeSet<IpNet>,
+    #[serde(skip)]
+    local_v6: BTreeSet<IpNet>,
 }
 
 impl Table {
@@ -205,6 +213,16 @@ impl Table {
     /// Every address of the host (all links, all scopes).
     pub fn host_addrs(&self) -> BTreeSet<IpAddr> {
         self.links.values().flat_map(|l| l.addrs.iter().map(|a| a.addr())).collect()
+    }
+
+    /// Everything the kernel delivers to the host itself by address: the
+    /// local-table routes and, as host prefixes, every address of every
+    /// link (so that an address counts before its local route is read, and
+    /// while a route dump is missing).
+    pub fn local_nets(&self) -> BTreeSet<IpNet> {
+        let mut out: BTreeSet<IpNet> = self.local_v4.union(&self.local_v6).copied().collect();
+        out.extend(self.host_addrs().into_iter().map(IpNet::from));
+        out
     }
 
     /// Applies one change; returns whether anything changed. Messages about
@@ -238,6 +256,12 @@ impl Table {
                     l.default_route = self.default_v4.contains(i) || self.default_v6.contains(i);
                 }
                 true
+            }
+            Change::LocalRoutes { v6, nets } => {
+                let set = if v6 { &mut self.local_v6 } else { &mut self.local_v4 };
+                let changed = *set != nets;
+                *set = nets;
+                changed
             }
             Change::Tc(i) => self.links.contains_key(&i),
         }
@@ -281,6 +305,22 @@ mod tests {
         assert!(t.apply(Change::LinkGone(ifx(3))));
         assert!(!t.apply(Change::AddrAdded(ifx(3), "192.0.2.2/24".parse().unwrap())), "late message ignored");
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn local_nets_are_routes_and_addresses() {
+        let mut t = Table::new();
+        t.apply(Change::Link(Link::new(ifx(2), "eth0", LinkKind::Physical)));
+        t.apply(Change::AddrAdded(ifx(2), "192.0.2.1/24".parse().unwrap()));
+        let nets = |s: &[&str]| -> BTreeSet<IpNet> { s.iter().map(|n| n.parse().unwrap()).collect() };
+        assert_eq!(t.local_nets(), nets(&["192.0.2.1/32"]), "an address before its route");
+        assert!(t.apply(Change::LocalRoutes { v6: false, nets: nets(&["192.0.2.1/32", "192.0.2.255/32", "10.9.0.0/24"]) }));
+        assert!(!t.apply(Change::LocalRoutes { v6: false, nets: nets(&["192.0.2.1/32", "192.0.2.255/32", "10.9.0.0/24"]) }));
+        t.apply(Change::LocalRoutes { v6: true, nets: nets(&["2001:db8::/64"]) });
+        assert_eq!(t.local_nets(), nets(&["192.0.2.1/32", "192.0.2.255/32", "10.9.0.0/24", "2001:db8::/64"]));
+        assert_eq!(t.host_addrs().len(), 1, "the host entity keeps to interface addresses");
+        t.apply(Change::LocalRoutes { v6: false, nets: BTreeSet::new() });
+        assert_eq!(t.local_nets(), nets(&["192.0.2.1/32", "2001:db8::/64"]));
     }
 
     #[test]

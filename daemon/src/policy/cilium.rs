@@ -91,9 +91,28 @@ pub type NodeLabels = BTreeMap<String, String>;
 pub const MAX_POLICIES: usize = 0xffff;
 pub const MAX_RULES_PER_POLICY: usize = 0xffff;
 
-/// A YAML alias can duplicate large subtrees; expansion stops at this many
-/// nodes per file.
-const MAX_NODES: usize = 1_000_000;
+// Bounds on one source (a file or a text sent over D-Bus), so that any
+// input ends in an error with a position instead of exhausting the stack,
+// memory or time of the daemon (ValidatePolicy is open to every user).
+// Each is far above what a policy needs: the 10,000-rule bench set is
+// 1.6 MiB, 16,500 CIDRs and 12 levels deep.
+
+/// Most bytes in one source.
+pub const MAX_SOURCE_BYTES: usize = 4 << 20;
+/// Most nested collections. The tree and everything walking it recurse
+/// per level (clone, drop, the schema), so this bounds their stack use;
+/// Cilium's schema needs 9.
+pub const MAX_DEPTH: usize = 64;
+/// Most nodes per source, counted after expanding aliases (which can
+/// duplicate large subtrees: the "billion laughs").
+pub const MAX_NODES: usize = 1_000_000;
+/// Most rules (items of ingress, ingressDeny, egress, egressDeny) per source.
+pub const MAX_RULES_PER_SOURCE: usize = 0xffff;
+/// Most CIDRs (`fromCIDR`/`toCIDR` items, CIDR sets' `cidr` and `except`
+/// items) per source.
+pub const MAX_CIDRS_PER_SOURCE: usize = 0x10000;
+/// Most errors reported per source; one more says how many were left out.
+pub const MAX_ERRORS: usize = 100;
 
 // ---------------------------------------------------------------------------
 // Positions and errors
@@ -458,14 +477,6 @@ impl Node {
             },
         }
     }
-
-    fn size(&self) -> usize {
-        1 + match &self.value {
-            Value::Scalar { .. } => 0,
-            Value::Seq(items) => items.iter().map(Node::size).sum(),
-            Value::Map(entries) => entries.iter().map(|(k, v)| k.size() + v.size()).sum(),
-        }
-    }
 }
 
 fn core_bool(t: &str) -> Option<bool> {
@@ -549,18 +560,31 @@ fn core_tag(tag: Option<&Tag>) -> Result<Option<CoreTag>, String> {
     Err(format!("unsupported YAML tag {tag}"))
 }
 
-enum Frame {
-    Seq {
-        pos: Pos,
-        anchor: usize,
-        items: Vec<Node>,
-    },
+/// A collection being built, with what its node will need: the node
+/// count when it started (its size is the difference at its end) and the
+/// greatest height among its items.
+struct Frame {
+    pos: Pos,
+    anchor: usize,
+    start_nodes: usize,
+    height: usize,
+    kind: FrameKind,
+}
+
+enum FrameKind {
+    Seq(Vec<Node>),
     Map {
-        pos: Pos,
-        anchor: usize,
         entries: Vec<(Node, Node)>,
         key: Option<Node>,
     },
+}
+
+/// An anchored node with its size (nodes) and height (levels; a scalar
+/// is 1), which an alias adds to the document.
+struct Anchored {
+    node: Node,
+    size: usize,
+    height: usize,
 }
 
 #[derive(Default)]
@@ -568,33 +592,80 @@ struct TreeBuilder {
     docs: Vec<Node>,
     root: Option<Node>,
     stack: Vec<Frame>,
-    anchors: HashMap<usize, Node>,
+    anchors: HashMap<usize, Anchored>,
     nodes: usize,
 }
 
+fn too_many_nodes(pos: Pos) -> (Pos, String) {
+    (
+        pos,
+        format!("document too large: more than {MAX_NODES} nodes (after expanding aliases)"),
+    )
+}
+
+fn too_deep(pos: Pos, alias: bool) -> (Pos, String) {
+    let why = if alias {
+        " (after expanding this alias)"
+    } else {
+        ""
+    };
+    (pos, format!("nesting deeper than {MAX_DEPTH}{why}"))
+}
+
 impl TreeBuilder {
-    /// Adds `node`, which brings `new_nodes` nodes to the document: 1 for
-    /// a scalar or a collection (whose items were counted as they came),
-    /// the whole subtree for an alias.
-    fn add(&mut self, node: Node, anchor: usize, new_nodes: usize) -> Result<(), (Pos, String)> {
+    /// Adds `node` of `height` levels, which brings `new_nodes` nodes to
+    /// the document: 1 for a scalar or a collection (whose items were
+    /// counted as they came), the whole subtree for an alias (checked by
+    /// the caller before it was copied). `size` is the node's own size.
+    fn add(
+        &mut self,
+        node: Node,
+        anchor: usize,
+        new_nodes: usize,
+        size: usize,
+        height: usize,
+    ) -> Result<(), (Pos, String)> {
         self.nodes += new_nodes;
         if self.nodes > MAX_NODES {
-            return Err((
-                node.pos,
-                format!("document too large (more than {MAX_NODES} nodes after expanding aliases)"),
-            ));
+            return Err(too_many_nodes(node.pos));
         }
         if anchor != 0 {
-            self.anchors.insert(anchor, node.clone());
+            self.anchors.insert(
+                anchor,
+                Anchored {
+                    node: node.clone(),
+                    size,
+                    height,
+                },
+            );
         }
-        match self.stack.last_mut() {
-            None => self.root = Some(node),
-            Some(Frame::Seq { items, .. }) => items.push(node),
-            Some(Frame::Map { entries, key, .. }) => match key.take() {
+        let Some(frame) = self.stack.last_mut() else {
+            self.root = Some(node);
+            return Ok(());
+        };
+        frame.height = frame.height.max(height);
+        match &mut frame.kind {
+            FrameKind::Seq(items) => items.push(node),
+            FrameKind::Map { entries, key } => match key.take() {
                 None => *key = Some(node),
                 Some(k) => entries.push((k, node)),
             },
         }
+        Ok(())
+    }
+
+    /// Starts a collection, unless that nests too deep.
+    fn open(&mut self, pos: Pos, anchor: usize, kind: FrameKind) -> Result<(), (Pos, String)> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(too_deep(pos, false));
+        }
+        self.stack.push(Frame {
+            pos,
+            anchor,
+            start_nodes: self.nodes,
+            height: 0,
+            kind,
+        });
         Ok(())
     }
 
@@ -642,9 +713,30 @@ fn line_text(text: &str, line: usize) -> Option<&str> {
     Some(&rest[..rest.find(['\n', '\r']).unwrap_or(rest.len())])
 }
 
+/// The position of byte `offset` of `text` (rounded down to a character).
+fn pos_of_byte(text: &str, offset: usize) -> Pos {
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
+    // Line breaks as in YAML: `\n`, `\r\n` or a lone `\r`.
+    let line = 1 + before.matches('\n').count() + before.matches('\r').count()
+        - before.matches("\r\n").count();
+    let start = before.rfind(['\n', '\r']).map_or(0, |i| i + 1);
+    Pos::new(line, before[start..].chars().count() + 1)
+}
+
 /// Parses a YAML stream into one tree per (non-empty) document. A syntax
-/// error stops the whole file (nothing after it can be trusted).
+/// error stops the whole file (nothing after it can be trusted), as does a
+/// bound of the source exceeded (the `MAX_*` constants).
 fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
+    if text.len() > MAX_SOURCE_BYTES {
+        return Err((
+            pos_of_byte(text, MAX_SOURCE_BYTES),
+            format!("document too large: more than {MAX_SOURCE_BYTES} bytes"),
+        ));
+    }
     let mut parser = Parser::new_from_str(text);
     let mut b = TreeBuilder::default();
     while let Some(next) = parser.next_event() {
@@ -676,65 +768,59 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
                         tag,
                     },
                 };
-                b.add(node, anchor, 1)?;
+                b.add(node, anchor, 1, 1, 1)?;
             }
             Event::SequenceStart(anchor, tag) => {
                 let tag = core_tag(tag.as_deref()).map_err(|m| (pos, m))?;
                 if tag.is_some_and(|t| t != CoreTag::Seq) {
                     return Err((pos, "a list cannot be tagged as a scalar or mapping".into()));
                 }
-                b.stack.push(Frame::Seq {
-                    pos,
-                    anchor,
-                    items: Vec::new(),
-                });
+                b.open(pos, anchor, FrameKind::Seq(Vec::new()))?;
             }
             Event::MappingStart(anchor, tag) => {
                 let tag = core_tag(tag.as_deref()).map_err(|m| (pos, m))?;
                 if tag.is_some_and(|t| t != CoreTag::Map) {
                     return Err((pos, "a mapping cannot be tagged as a scalar or list".into()));
                 }
-                b.stack.push(Frame::Map {
+                b.open(
                     pos,
                     anchor,
-                    entries: Vec::new(),
-                    key: None,
-                });
+                    FrameKind::Map {
+                        entries: Vec::new(),
+                        key: None,
+                    },
+                )?;
             }
             Event::SequenceEnd | Event::MappingEnd => {
-                let (node, anchor) = match b.stack.pop() {
-                    Some(Frame::Seq { pos, anchor, items }) => (
-                        Node {
-                            pos,
-                            value: Value::Seq(items),
-                        },
-                        anchor,
-                    ),
-                    Some(Frame::Map {
-                        pos,
-                        anchor,
-                        entries,
-                        ..
-                    }) => (
-                        Node {
-                            pos,
-                            value: Value::Map(entries),
-                        },
-                        anchor,
-                    ),
-                    None => return Err((pos, "unbalanced YAML collection".into())),
+                let Some(frame) = b.stack.pop() else {
+                    return Err((pos, "unbalanced YAML collection".into()));
+                };
+                let value = match frame.kind {
+                    FrameKind::Seq(items) => Value::Seq(items),
+                    FrameKind::Map { entries, .. } => Value::Map(entries),
+                };
+                let node = Node {
+                    pos: frame.pos,
+                    value,
                 };
                 // Its items were counted as they came.
-                b.add(node, anchor, 1)?;
+                let size = b.nodes - frame.start_nodes + 1;
+                b.add(node, frame.anchor, 1, size, frame.height + 1)?;
             }
             Event::Alias(id) => {
-                let node = b
+                let a = b
                     .anchors
                     .get(&id)
-                    .cloned()
                     .ok_or_else(|| (pos, "alias to an unknown anchor".to_string()))?;
-                let size = node.size();
-                b.add(node, 0, size)?;
+                // Checked before copying: the copy is what would be too large.
+                if b.stack.len() + a.height > MAX_DEPTH {
+                    return Err(too_deep(pos, true));
+                }
+                if b.nodes + a.size > MAX_NODES {
+                    return Err(too_many_nodes(pos));
+                }
+                let (node, size, height) = (a.node.clone(), a.size, a.height);
+                b.add(node, 0, size, size, height)?;
             }
         }
     }
@@ -747,11 +833,31 @@ fn parse_yaml(text: &str) -> Result<Vec<Node>, (Pos, String)> {
 
 struct Cx<'f> {
     file: &'f str,
+    /// The first [`MAX_ERRORS`] errors.
     errors: Vec<PolicyError>,
+    /// Every error reported, kept or not.
+    reported: usize,
+    /// Rules and CIDRs so far, against the per-source bounds.
+    rules: usize,
+    cidrs: usize,
 }
 
-impl Cx<'_> {
+impl<'f> Cx<'f> {
+    fn new(file: &'f str) -> Cx<'f> {
+        Cx {
+            file,
+            errors: Vec::new(),
+            reported: 0,
+            rules: 0,
+            cidrs: 0,
+        }
+    }
+
     fn error(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.reported += 1;
+        if self.errors.len() >= MAX_ERRORS {
+            return;
+        }
         self.errors.push(PolicyError {
             file: self.file.to_string(),
             line: pos.line,
@@ -763,13 +869,67 @@ impl Cx<'_> {
 
     /// Runs `f` and tells whether it reported no error.
     fn clean<T>(&mut self, f: impl FnOnce(&mut Self) -> Option<T>) -> Option<T> {
-        let before = self.errors.len();
+        let before = self.reported;
         let v = f(self);
-        if self.errors.len() == before {
+        if self.reported == before {
             v
         } else {
             None
         }
+    }
+
+    /// Counts one rule at `pos`; false (and an error, once) past the bound.
+    fn count_rule(&mut self, pos: Pos, path: &str) -> bool {
+        self.rules += 1;
+        if self.rules == MAX_RULES_PER_SOURCE + 1 {
+            self.error(
+                pos,
+                path,
+                format!(
+                    "too many rules in one source (more than {MAX_RULES_PER_SOURCE}): split it"
+                ),
+            );
+        }
+        self.rules <= MAX_RULES_PER_SOURCE
+    }
+
+    /// Counts one CIDR at `pos`; false (and an error, once) past the bound.
+    fn count_cidr(&mut self, pos: Pos, path: &str) -> bool {
+        self.cidrs += 1;
+        if self.cidrs == MAX_CIDRS_PER_SOURCE + 1 {
+            self.error(
+                pos,
+                path,
+                format!(
+                    "too many CIDRs in one source (more than {MAX_CIDRS_PER_SOURCE}): split it"
+                ),
+            );
+        }
+        self.cidrs <= MAX_CIDRS_PER_SOURCE
+    }
+
+    /// The errors, in file order, with a last one saying how many were
+    /// left out.
+    fn into_errors(mut self) -> Vec<PolicyError> {
+        // A stable sort keeps the order of errors at one place.
+        self.errors.sort_by_key(|e| (e.line, e.column));
+        if self.reported > self.errors.len() {
+            let last = self
+                .errors
+                .last()
+                .map_or(Pos::new(1, 1), |e| Pos::new(e.line, e.column));
+            let more = self.reported - self.errors.len();
+            self.errors.push(PolicyError {
+                file: self.file.to_string(),
+                line: last.line,
+                column: last.column,
+                path: String::new(),
+                message: format!(
+                    "{more} more errors not shown (at most {MAX_ERRORS} are reported)"
+                ),
+            });
+        }
+        self.errors
     }
 }
 
@@ -1334,10 +1494,7 @@ pub fn icmp_type_by_name(family: IcmpFamily, name: &str) -> Option<u8> {
 /// any error yields no policy. Duplicate policy names within the file are
 /// errors too (see [`load_sources`] for several files).
 pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>, Vec<PolicyError>> {
-    let mut cx = Cx {
-        file,
-        errors: Vec::new(),
-    };
+    let mut cx = Cx::new(file);
     let docs = match parse_yaml(text) {
         Ok(docs) => docs,
         Err((pos, message)) => {
@@ -1351,13 +1508,13 @@ pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>, Vec<PolicyE
             policies.push(p);
         }
     }
-    cx.errors.extend(duplicate_errors(&policies, |_, _| true));
-    // In file order (a stable sort keeps the order of errors at one place).
-    cx.errors.sort_by_key(|e| (e.line, e.column));
-    if cx.errors.is_empty() {
+    for e in duplicate_errors(&policies, |_, _| true) {
+        cx.error(Pos::new(e.line, e.column), &e.path, e.message);
+    }
+    if cx.reported == 0 {
         Ok(policies)
     } else {
-        Err(cx.errors)
+        Err(cx.into_errors())
     }
 }
 
@@ -1622,7 +1779,11 @@ fn parse_spec(cx: &mut Cx, node: &Node, path: String) -> Option<PolicySpec> {
             continue;
         };
         for (i, item) in items.iter().enumerate() {
-            rules.extend(parse_rule(cx, item, index(&spath, i), direction, action));
+            let path = index(&spath, i);
+            if !cx.count_rule(item.pos, &path) {
+                break;
+            }
+            rules.extend(parse_rule(cx, item, path, direction, action));
         }
     }
 
@@ -1855,6 +2016,9 @@ fn parse_rule(
         }
         if let Some((items, lpath)) = peer_list(cx, &obj, cidr_key) {
             for (i, item) in items.iter().enumerate() {
+                if !cx.count_cidr(item.pos, &index(&lpath, i)) {
+                    break;
+                }
                 if let Some(s) = string_at(cx, item, || index(&lpath, i)) {
                     match parse_cidr(&s, true) {
                         Ok(net) => peers.push(Peer::Cidr(CidrSet::cidr(net))),
@@ -1993,6 +2157,9 @@ fn parse_cidr_set(cx: &mut Cx, node: &Node, path: &str) -> Option<Peer> {
         let obj = object(cx, node, path, &CIDR_RULE)?;
         let c = required(cx, &obj, "cidr", "a CIDR set needs a cidr")?;
         let cpath = obj.path("cidr");
+        if !cx.count_cidr(c.pos, &cpath) {
+            return None;
+        }
         let cidr = string(cx, c, &cpath).and_then(|s| match parse_cidr(&s, false) {
             Ok(n) => Some(n),
             Err(m) => {
@@ -2005,6 +2172,9 @@ fn parse_cidr_set(cx: &mut Cx, node: &Node, path: &str) -> Option<Peer> {
             let epath = obj.path("except");
             for (i, item) in list(cx, e, &epath).unwrap_or_default().iter().enumerate() {
                 let ipath = || index(&epath, i);
+                if !cx.count_cidr(item.pos, &ipath()) {
+                    break;
+                }
                 let Some(s) = string_at(cx, item, ipath) else {
                     continue;
                 };
@@ -2533,6 +2703,10 @@ pub fn to_rule_set(
     }
     (RuleSet::new(rules), report)
 }
+
+#[cfg(test)]
+#[path = "cilium_limits_tests.rs"]
+mod limits_tests;
 
 #[cfg(test)]
 mod tests {

@@ -41,11 +41,28 @@ pub fn policy_files(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     Ok(files)
 }
 
+/// The text of a policy file, read up to one byte past
+/// [`cilium::MAX_SOURCE_BYTES`]: a larger file (or a device that never
+/// ends) is not read whole, and the parser reports it as too large at the
+/// position of the bound.
+pub fn read(path: &Path) -> Result<String, Error> {
+    use std::io::Read;
+    let err = |source| Error::Read { path: path.to_path_buf(), source };
+    let file = std::fs::File::open(path).map_err(err)?;
+    let mut bytes = Vec::new();
+    file.take(cilium::MAX_SOURCE_BYTES as u64 + 1).read_to_end(&mut bytes).map_err(err)?;
+    if bytes.len() > cilium::MAX_SOURCE_BYTES {
+        // Cut anywhere, maybe inside a character: still longer than the bound.
+        return Ok(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    String::from_utf8(bytes).map_err(|e| err(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))
+}
+
 /// Parses `files` together (names must be unique across them).
 pub fn load(files: &[PathBuf]) -> Result<Vec<Policy>, Error> {
     let mut texts = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f).map_err(|source| Error::Read { path: f.clone(), source })?;
+        let text = read(f)?;
         texts.push((f.display().to_string(), text));
     }
     cilium::load_sources(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))).map_err(Error::Invalid)
@@ -90,5 +107,20 @@ mod tests {
         assert!(err.contains("a.yaml:8:"), "{err}");
         assert!(err.contains("toFQDNs"), "{err}");
         assert!(policy_files(&dir.path().join("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn files_are_read_up_to_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big.yaml");
+        // Two-byte characters across the bound.
+        std::fs::write(&big, "#".to_string() + &"é".repeat(cilium::MAX_SOURCE_BYTES)).unwrap();
+        let text = read(&big).unwrap();
+        assert!(text.len() > cilium::MAX_SOURCE_BYTES && text.len() < cilium::MAX_SOURCE_BYTES + 8);
+        let err = load(&[big]).unwrap_err().to_string();
+        assert!(err.ends_with(&format!(":1:{}: document too large: more than {} bytes", cilium::MAX_SOURCE_BYTES / 2 + 1, cilium::MAX_SOURCE_BYTES)), "{err}");
+        // /dev/zero never ends; it is not read whole.
+        let err = load(&[PathBuf::from("/dev/zero")]).unwrap_err().to_string();
+        assert!(err.contains("document too large"), "{err}");
     }
 }

@@ -60,7 +60,7 @@ pub fn read_dir(dir: &Path) -> Result<Sources, Error> {
     for path in files::policy_files(dir)? {
         let name = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         check_name(&name)?;
-        let text = std::fs::read_to_string(&path).map_err(|source| files::Error::Read { path: path.clone(), source })?;
+        let text = files::read(&path)?;
         if let Some(prev) = out.get(&name) {
             return Err(Error::SameName(prev.path.clone(), path));
         }
@@ -75,9 +75,12 @@ pub fn parse(sources: &Sources) -> Result<Vec<Policy>, files::Error> {
     cilium::load_sources(labelled.iter().map(|(l, t)| (l.as_str(), *t))).map_err(files::Error::Invalid)
 }
 
-/// The file a source named `name` is persisted as.
-pub fn file_for(dir: &Path, name: &str, current: Option<&Source>) -> PathBuf {
-    match current {
+/// The file a source named `name` is persisted as (or removed from): the
+/// file of the permanent source of that name (`x.yml` stays `x.yml`), else
+/// `<name>.yaml`. Asked of the permanent set, not of the source in force,
+/// which may be a runtime override of that file.
+pub fn file_for(dir: &Path, name: &str, permanent: Option<&Source>) -> PathBuf {
+    match permanent {
         Some(s) if s.origin == Origin::Permanent => s.path.clone(),
         _ => dir.join(format!("{name}.yaml")),
     }

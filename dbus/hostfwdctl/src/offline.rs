@@ -23,7 +23,10 @@ fn load_config(config: Option<&Path>) -> Result<Config> {
 pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<(String, Exit)> {
     let mut per_file = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f).map_err(|e| Failure::error(format!("reading {}: {e}", f.display())))?;
+        let text = pf::read(f).map_err(|e| match e {
+            pf::Error::Read { path, source } => Failure::error(format!("reading {}: {source}", path.display())),
+            other => Failure::error(other.to_string()),
+        })?;
         let errors = hostfwd::manager::validate_policy(&f.display().to_string(), &text);
         per_file.push((f.display().to_string(), errors));
     }

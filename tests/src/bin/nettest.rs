@@ -7,6 +7,9 @@
 //! nettest session ADDR:PORT SECONDS        one TCP session echoing every 50 ms; exit 0 if no round trip failed
 //! nettest send-tagged IFNAME VID DST_MAC SRC_IP DST_IP COUNT
 //!                                          UDP frames tagged VID out of IFNAME (AF_PACKET)
+//! nettest send-stack IFNAME TPID:VID[,TPID:VID…] DST_MAC SRC_IP DST_IP DPORT COUNT
+//!                                          UDP frames with that tag stack, outermost first
+//! nettest udp-count ADDR:PORT MS           count the datagrams received within MS ms; prints "received N"
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
@@ -17,6 +20,31 @@ use hostfwd_tests::{traffic, Frame};
 
 fn arg<T: std::str::FromStr>(args: &[String], i: usize, what: &str) -> Result<T, String> {
     args.get(i).ok_or_else(|| format!("missing {what}"))?.parse().map_err(|_| format!("bad {what}: {}", args[i]))
+}
+
+fn ifindex_of(args: &[String]) -> Result<u32, String> {
+    let ifname: String = arg(args, 2, "IFNAME")?;
+    nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|e| format!("{ifname}: {e}"))
+}
+
+fn mac_arg(args: &[String], i: usize) -> Result<[u8; 6], String> {
+    let s: String = arg(args, i, "DST_MAC")?;
+    let mut mac = [0u8; 6];
+    let parts: Vec<&str> = s.split(':').collect();
+    if parts.len() != 6 {
+        return Err(format!("bad MAC {s}"));
+    }
+    for (m, p) in mac.iter_mut().zip(parts) {
+        *m = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {s}"))?;
+    }
+    Ok(mac)
+}
+
+fn send(ifindex: u32, frame: &[u8], count: u32) -> Result<u8, String> {
+    for _ in 0..count {
+        hostfwd_tests::afpacket::send_frame(ifindex, frame).map_err(|e| e.to_string())?;
+    }
+    Ok(0)
 }
 
 fn main() -> ExitCode {
@@ -100,23 +128,50 @@ fn run(args: &[String]) -> Result<u8, String> {
             Ok(if failed == 0 && ok > 0 { 0 } else { 3 })
         }
         "send-tagged" => {
-            let ifname: String = arg(args, 2, "IFNAME")?;
             let vid: u16 = arg(args, 3, "VID")?;
-            let mac_s: String = arg(args, 4, "DST_MAC")?;
+            let (ifindex, mac) = (ifindex_of(args)?, mac_arg(args, 4)?);
             let src: IpAddr = arg(args, 5, "SRC_IP")?;
             let dst: IpAddr = arg(args, 6, "DST_IP")?;
             let count: u32 = arg(args, 7, "COUNT")?;
-            let mut mac = [0u8; 6];
-            for (i, p) in mac_s.split(':').enumerate().take(6) {
-                mac[i] = u8::from_str_radix(p, 16).map_err(|_| format!("bad MAC {mac_s}"))?;
-            }
-            let ifindex = nix::net::if_::if_nametoindex(ifname.as_str()).map_err(|e| format!("{ifname}: {e}"))?;
             let frame = Frame::udp(src, dst, 4000, 9).macs([2, 0, 0, 0, 0, 0x99], mac).vlan(vid).build();
-            for _ in 0..count {
-                hostfwd_tests::afpacket::send_frame(ifindex, &frame).map_err(|e| e.to_string())?;
+            send(ifindex, &frame, count)
+        }
+        "send-stack" => {
+            let stack: String = arg(args, 3, "TPID:VID list")?;
+            let (ifindex, mac) = (ifindex_of(args)?, mac_arg(args, 4)?);
+            let src: IpAddr = arg(args, 5, "SRC_IP")?;
+            let dst: IpAddr = arg(args, 6, "DST_IP")?;
+            let dport: u16 = arg(args, 7, "DPORT")?;
+            let count: u32 = arg(args, 8, "COUNT")?;
+            let mut frame = Frame::udp(src, dst, 4000, dport).macs([2, 0, 0, 0, 0, 0x99], mac);
+            for tag in stack.split(',') {
+                let (tpid, vid) = tag.split_once(':').ok_or_else(|| format!("bad tag {tag}: TPID:VID"))?;
+                let tpid = u16::from_str_radix(tpid.trim_start_matches("0x"), 16).map_err(|_| format!("bad TPID {tpid}"))?;
+                let vid: u16 = vid.parse().map_err(|_| format!("bad VID {vid}"))?;
+                frame = frame.tag(tpid, vid);
             }
+            send(ifindex, &frame.build(), count)
+        }
+        "udp-count" => {
+            let addr: SocketAddr = arg(args, 2, "ADDR:PORT")?;
+            let ms: u64 = arg(args, 3, "MS")?;
+            let sock = std::net::UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
+            let end = std::time::Instant::now() + Duration::from_millis(ms);
+            let mut n = 0u64;
+            let mut buf = [0u8; 2048];
+            loop {
+                let left = end.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                sock.set_read_timeout(Some(left)).map_err(|e| e.to_string())?;
+                if sock.recv(&mut buf).is_ok() {
+                    n += 1;
+                }
+            }
+            println!("received {n}");
             Ok(0)
         }
-        _ => Err("usage: nettest listen|connect|session|send-tagged ... (see source)".into()),
+        _ => Err("usage: nettest listen|connect|session|send-tagged|send-stack|udp-count ... (see source)".into()),
     }
 }

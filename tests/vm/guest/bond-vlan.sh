@@ -18,6 +18,12 @@ ip -n sw link set sw0.2000 up
 nettest listen 0.0.0.0:22 &
 nettest listen 0.0.0.0:8080 &
 
+# VLAN 3000 exists on bond0 but is excluded from hostfwd: VID 3000 must never
+# pass bond0, however the frame hides it in a tag stack.
+ip link add link bond0 name bond0.3000 type vlan id 3000
+ip addr add 10.30.0.1/24 dev bond0.3000
+ip link set bond0.3000 up
+
 # Policy: ingress TCP/22 from the switch's subnet only (default deny); the
 # failsafe list is narrowed so that port 22 is decided by the policy.
 mkdir -p /etc/hostfwd/policies
@@ -34,8 +40,10 @@ spec:
     - ports:
       - port: "22"
         protocol: TCP
+      - port: "161"
+        protocol: UDP
 Y
-export HOSTFWD_DEVICES=bond0,s2 HOSTFWD_AUDIT=false HOSTFWD_FAILSAFE__INGRESS=udp/68 HOSTFWD_DBUS=none RUST_LOG=info
+export HOSTFWD_DEVICES=bond0,s2 HOSTFWD_EXCLUDE=bond0.3000 HOSTFWD_AUDIT=false HOSTFWD_FAILSAFE__INGRESS=udp/68 HOSTFWD_DBUS=none RUST_LOG=info
 start_daemon
 
 # --- 1. bond0 vlan-guard, bond0.1000 enforce, VID 1000 allowed ---------------
@@ -50,6 +58,27 @@ grep -q "^drop bond0.1000 ingress policy-denied enforced" "$STATE" || fail "no p
 ip netns exec sw nettest send-tagged sw0 2000 "$(mac_of bond0)" 10.200.0.2 10.200.0.1 5
 wait_state 10 "frames tagged 2000 dropped on bond0 as vlan-filtered" \
 	'grep -Eq "^drop bond0 ingress vlan-filtered enforced ([5-9]|[0-9][0-9]+)$" "$STATE"'
+
+# --- 1b. tag stacks: the VID the kernel delivers through decides ----------
+grep -q 'link="bond0.3000" .*role=ignored' "$LOG" || fail "log does not show bond0.3000 as ignored"
+inspect
+has "vlan bond0 3000" && fail "VID 3000 allowed on bond0 although bond0.3000 is excluded"
+nettest udp-count 10.30.0.1:161 4000 >/tmp/v3000.out &
+C3000=$!
+nettest udp-count 10.100.0.1:161 4000 >/tmp/v1000.out &
+C1000=$!
+sleep 0.5
+for stack in 0x8100:3000 0x8100:0,0x8100:3000 0x8100:0,0x8100:0,0x8100:3000 \
+	0x88a8:0,0x8100:3000 0x8100:0,0x88a8:0,0x8100:0,0x8100:3000; do
+	ip netns exec sw nettest send-stack sw0 "$stack" "$(mac_of bond0)" 10.30.0.2 10.30.0.1 161 5
+done
+# The control: priority tags in front of the allowed VID 1000 arrive.
+ip netns exec sw nettest send-stack sw0 0x8100:0,0x8100:0,0x8100:1000 "$(mac_of bond0)" 10.100.0.2 10.100.0.1 161 5
+wait "$C3000" "$C1000"
+grep -qx "received 0" /tmp/v3000.out || fail "tagged frames reached a socket behind the excluded VID 3000: $(cat /tmp/v3000.out)"
+grep -qx "received 5" /tmp/v1000.out || fail "priority-tagged frames for VID 1000 lost: $(cat /tmp/v1000.out)"
+wait_state 10 "25 stacked frames for VID 3000 dropped on bond0 as vlan-filtered (plus 5 of VID 2000)" \
+	'grep -Eq "^drop bond0 ingress vlan-filtered enforced (3[0-9]|[4-9][0-9]|[0-9]{3,})$" "$STATE"'
 
 # --- 2. a new VLAN subinterface: allowed and enforced in one reconcile ------
 ip link add link bond0 name bond0.2000 type vlan id 2000
