@@ -84,3 +84,21 @@ fn a_size_for_a_map_the_object_lacks_is_an_error() {
     let e = Datapath::load(&cfg).err().expect("load must fail").to_string();
     assert!(e.contains("hf_nonexistent") && e.contains("maps.nonexistent"), "{e}");
 }
+
+/// A reader (`hostfwd inspect`) with another configuration takes the
+/// daemon's pinned maps as they are: it never replaces them.
+#[test]
+fn a_reader_adopts_pinned_maps_of_any_size() {
+    ensure_bpffs();
+    let root = Root(unique_root("reader"));
+    let daemon = Datapath::load(&config(&root, &[("HOSTFWD_MAPS__HOST_ADDRS", "1024")])).expect("load");
+    daemon.add_host_addr("192.0.2.1".parse().unwrap()).expect("add host address");
+    let reader = Datapath::load_maps(&config(&root, &[])).expect("open the maps");
+    assert_eq!(max_entries(&reader, "hf_host_addrs"), 1024);
+    assert_eq!(reader.host_addrs(), vec!["192.0.2.1".parse::<std::net::IpAddr>().unwrap()]);
+    drop(reader);
+    // The daemon's map is still the pinned one.
+    daemon.add_host_addr("192.0.2.2".parse().unwrap()).expect("add host address");
+    let again = Datapath::load_maps(&config(&root, &[])).expect("open the maps");
+    assert_eq!(again.host_addrs().len(), 2);
+}

@@ -49,6 +49,11 @@ pub(super) fn pinned_mismatch(want: &libbpf_rs::OpenMapMut<'_>, pin: &Path) -> O
     (!diffs.is_empty()).then(|| diffs.join(", "))
 }
 
+/// max_entries of the map pinned at `pin`, if it can be read.
+pub(super) fn pinned_max_entries(pin: &Path) -> Option<u32> {
+    Some(MapHandle::from_pinned_path(pin).ok()?.info().ok()?.info.max_entries)
+}
+
 /// The `memlock:` line of an fd's fdinfo, in bytes.
 fn memlock(fd: i32) -> std::io::Result<u64> {
     let text = fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;

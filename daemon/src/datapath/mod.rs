@@ -235,7 +235,14 @@ impl Datapath {
                 map.set_max_entries(s.entries).map_err(|source| Error::MapSize { map: name.clone(), key: s.key, entries: s.entries, source })?;
             }
             let pin = paths.map(&name);
-            if pin.exists() {
+            if pin.exists() && !programs {
+                // A reader takes the daemon's maps as they are, whatever
+                // this configuration says, and never replaces one.
+                if let Some(entries) = memory::pinned_max_entries(&pin) {
+                    map.set_max_entries(entries).map_err(|source| Error::MapSize { map: name.clone(), key: "(pinned)", entries, source })?;
+                }
+                map.reuse_pinned_map(&pin).map_err(|source| Error::OpenPinned { path: pin.clone(), source })?;
+            } else if pin.exists() {
                 // Adopting takes the pinned map as it is: one of another
                 // size, layout or type would silently win over this load.
                 if let Some(why) = memory::pinned_mismatch(&map, &pin) {
