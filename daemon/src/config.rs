@@ -32,6 +32,8 @@ pub struct Maps {
     pub conntrack_out_v6: u32,
     pub fragments: u32,
     pub host_addrs: u32,
+    pub local_nets: u32,
+    pub vlans: u32,
     pub identities_v4: u32,
     pub identities_v6: u32,
     pub rules: u32,
@@ -49,13 +51,15 @@ struct MapKey {
     max: u32,
 }
 
-const MAP_KEYS: [MapKey; 10] = [
+const MAP_KEYS: [MapKey; 12] = [
     MapKey { key: "maps.conntrack_in_v4", map: "hf_ct4", min: 1024, max: 1 << 24 },
     MapKey { key: "maps.conntrack_in_v6", map: "hf_ct6", min: 1024, max: 1 << 24 },
     MapKey { key: "maps.conntrack_out_v4", map: "hf_ct4_out", min: 1024, max: 1 << 24 },
     MapKey { key: "maps.conntrack_out_v6", map: "hf_ct6_out", min: 1024, max: 1 << 24 },
     MapKey { key: "maps.fragments", map: "hf_frags", min: 1024, max: 1 << 20 },
     MapKey { key: "maps.host_addrs", map: "hf_host_addrs", min: 64, max: 1 << 20 },
+    MapKey { key: "maps.local_nets", map: "hf_local_nets", min: 64, max: 1 << 20 },
+    MapKey { key: "maps.vlans", map: "hf_vlans", min: 4094, max: 1 << 20 },
     MapKey { key: "maps.identities_v4", map: "hf_ident4", min: 1024, max: 1 << 24 },
     MapKey { key: "maps.identities_v6", map: "hf_ident6", min: 1024, max: 1 << 24 },
     MapKey { key: "maps.rules", map: "hf_rules", min: 1024, max: 1 << 24 },
@@ -64,7 +68,7 @@ const MAP_KEYS: [MapKey; 10] = [
 
 impl Maps {
     /// Values in the order of MAP_KEYS.
-    fn values(&self) -> [u32; 10] {
+    fn values(&self) -> [u32; 12] {
         [
             self.conntrack_in_v4,
             self.conntrack_in_v6,
@@ -72,6 +76,8 @@ impl Maps {
             self.conntrack_out_v6,
             self.fragments,
             self.host_addrs,
+            self.local_nets,
+            self.vlans,
             self.identities_v4,
             self.identities_v6,
             self.rules,

@@ -418,12 +418,12 @@ impl Datapath {
             return m
                 .hf_host_addrs
                 .update(k.as_bytes(), 1u8.as_bytes(), MapFlags::ANY)
-                .map_err(|source| self.local_error(&m.hf_host_addrs, "hf_host_addrs", l::HOST_ADDRS_MAX_ENTRIES, net, source));
+                .map_err(|source| self.local_error(&m.hf_host_addrs, "hf_host_addrs", net, source));
         }
         let k = local_net_key(net);
         m.hf_local_nets
             .update(k.as_bytes(), 1u8.as_bytes(), MapFlags::ANY)
-            .map_err(|source| self.local_error(&m.hf_local_nets, "hf_local_nets", l::LOCAL_NETS_MAX_ENTRIES, net, source))?;
+            .map_err(|source| self.local_error(&m.hf_local_nets, "hf_local_nets", net, source))?;
         // The entry before the flag: a packet that sees the flag finds it.
         self.set_local_nets_flag(true)
     }
@@ -431,7 +431,9 @@ impl Datapath {
     /// A failed write of a local net: [`Error::LocalFull`] when the map holds
     /// `max` entries (hashes report E2BIG, the trie ENOSPC), else
     /// [`Error::LocalUpdate`].
-    fn local_error(&self, map: &MapMut<'_>, name: &'static str, max: u32, net: IpNet, source: libbpf_rs::Error) -> Error {
+    fn local_error(&self, map: &MapMut<'_>, name: &'static str, net: IpNet, source: libbpf_rs::Error) -> Error {
+        // The size the map was loaded with ([maps] in the configuration).
+        let max = map.max_entries();
         let full = source.kind() == libbpf_rs::ErrorKind::TooBig || map.keys().count() >= max as usize;
         if full {
             Error::LocalFull { map: name, net, max_entries: max }
@@ -548,7 +550,8 @@ impl Datapath {
         let known = self.policy_keys[next as usize].take();
         self.clear_generation(next as u8, known.as_ref())?;
 
-        let maps = PolicyMaps::new(image, next as u8, RULE_CAPACITY);
+        // Room for both generations: the size the map was loaded with.
+        let maps = PolicyMaps::new(image, next as u8, self.skel.maps.hf_rules.max_entries() as usize);
         let m = &self.skel.maps;
         update_all(&m.hf_ident4, "hf_ident4", &maps.ident4)?;
         update_all(&m.hf_ident6, "hf_ident6", &maps.ident6)?;
@@ -688,6 +691,7 @@ impl Datapath {
 // The policy image as exact-match hashes.
 
 /// Room for both generations of rule entries.
+#[cfg(test)]
 const RULE_CAPACITY: usize = l::RULES_MAX_ENTRIES as usize;
 
 /// Port prefixes of a head may be expanded into longer ones so that a
