@@ -17,6 +17,7 @@ use std::time::Duration;
 use common::*;
 use hostfwd::datapath::{AttachModeChoice, Direction, EventReader};
 use hostfwd_bpf::layout as l;
+use hostfwd_tests::fuzz::Rng;
 use hostfwd_tests::NetNs;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::MapCore;
@@ -27,25 +28,6 @@ use hostfwd_tests::packet::{Frame, TcpFlags};
 
 const HOST4: &str = "10.250.0.1";
 const HOST6: &str = "fd00:250::1";
-
-/// splitmix64: small, seeded, good enough for test inputs.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn pick<T: Copy>(&mut self, v: &[T]) -> T {
-        v[self.below(v.len() as u64) as usize]
-    }
-}
 
 const MAPPED: u128 = 0xffff << 32;
 

@@ -25,6 +25,7 @@ use hostfwd::policy::cilium::{
 };
 use hostfwd_dbus::{BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH};
 use hostfwd_tests::bus::{Caller, Daemon, TestBus};
+use hostfwd_tests::fuzz::Rng;
 use hostfwd_tests::Topology;
 use zbus::zvariant::{OwnedValue, Value};
 
@@ -648,31 +649,10 @@ fn a_flood_of_open_calls_from_nobody_is_bounded_per_user() {
 
 // ----------------------------------------------------------------- random
 
-/// splitmix64, as the daemon's unit tests use.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn pick<T: Clone>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len())].clone()
-    }
-}
-
 /// A valid policy mutated a few times: YAML structure, anchors, tags,
 /// deep nesting, bytes of every kind.
 fn random_document(rng: &mut Rng) -> String {
-    let base = if rng.below(2) == 0 {
+    let base = if rng.index(2) == 0 {
         WEB_ONLY.to_string()
     } else {
         ccnp_with_ingress("  - fromCIDR: [10.0.0.0/8, \"2001:db8::/32\"]\n    toPorts: [{ports: [{port: \"22\", endPort: 30, protocol: TCP}]}]\n")
@@ -713,30 +693,30 @@ fn random_document(rng: &mut Rng) -> String {
         "::/0",
     ];
     // Sometimes none: valid documents reach the options and names.
-    for _ in 0..rng.below(6) {
-        let at = rng.below(chars.len() + 1);
-        match rng.below(6) {
+    for _ in 0..rng.index(6) {
+        let at = rng.index(chars.len() + 1);
+        match rng.index(6) {
             0 => {
-                let end = (at + rng.below(40)).min(chars.len());
+                let end = (at + rng.index(40)).min(chars.len());
                 chars.drain(at..end);
             }
             1 => {
-                let end = (at + rng.below(80)).min(chars.len());
+                let end = (at + rng.index(80)).min(chars.len());
                 let copy: Vec<char> = chars[at..end].to_vec();
-                let to = rng.below(chars.len() + 1);
+                let to = rng.index(chars.len() + 1);
                 chars.splice(to..to, copy);
             }
             2 => {
                 // Deep nesting, block or flow, around the bound: anywhere.
-                let n = rng.below(3 * MAX_DEPTH);
-                let deep: String = if rng.below(2) == 0 {
+                let n = rng.index(3 * MAX_DEPTH);
+                let deep: String = if rng.index(2) == 0 {
                     "- ".repeat(n)
                 } else {
                     "[".repeat(n)
                 };
                 chars.splice(at..at, deep.chars());
             }
-            3 if rng.below(3) == 0 => {
+            3 if rng.index(3) == 0 => {
                 // Far past it, as a document of its own that is complete
                 // (what overflowed the stack): at the end.
                 let deep = format!("\n---\n{}x\n", "- ".repeat(rng.pick(&[1000, 100_000])));
@@ -758,23 +738,23 @@ fn random_document(rng: &mut Rng) -> String {
 }
 
 fn random_value(rng: &mut Rng) -> Value<'static> {
-    match rng.below(8) {
-        0 => Value::from(rng.below(2) == 0),
+    match rng.index(8) {
+        0 => Value::from(rng.index(2) == 0),
         1 => Value::from(rng.next() as u32),
         2 => Value::from(rng.pick(&[0u32, 1, 60, 86_400, 86_401, u32::MAX])),
         3 => Value::from(rng.next()),
-        4 => Value::from(-(rng.below(1000) as i32)),
+        4 => Value::from(-(rng.index(1000) as i32)),
         5 => Value::from(
             rng.pick(&["60", "", "true", "policy-denied", "h0"])
                 .to_string(),
         ),
         6 => Value::from(rng.next() as f64),
-        _ => Value::from(rng.below(10) as u8),
+        _ => Value::from(rng.index(10) as u8),
     }
 }
 
 fn random_options(rng: &mut Rng, keys: &[&'static str]) -> HashMap<String, Value<'static>> {
-    (0..rng.below(4))
+    (0..rng.index(4))
         .map(|_| (rng.pick(keys).to_string(), random_value(rng)))
         .collect()
 }
@@ -814,7 +794,7 @@ fn random_documents_and_arguments_leave_the_daemon_alive_and_its_policy_unchange
     let (mut refused, mut accepted) = (0, 0);
     for i in 0..calls {
         let doc = random_document(&mut rng);
-        let (what, result) = match rng.below(7) {
+        let (what, result) = match rng.index(7) {
             0 | 1 => ("ValidatePolicy", s.call("ValidatePolicy", &(doc.as_str(),))),
             2 | 3 => {
                 let o =
