@@ -66,6 +66,18 @@ fn web_policy(dp: &mut TestDp) {
     ]);
 }
 
+/// Round trips on `sess` every `pause` until `stop`; the number that failed.
+fn talk_until(sess: &mut Session, stop: &std::sync::atomic::AtomicBool, pause: Duration) -> usize {
+    let mut fails = 0;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        if sess.roundtrip(T).is_err() {
+            fails += 1;
+        }
+        std::thread::sleep(pause);
+    }
+    fails
+}
+
 fn connects(s: &Setup, addr: SocketAddr) -> bool {
     match s.topo.peer.tcp_connect(addr, T) {
         Ok(_) => true,
@@ -322,18 +334,9 @@ fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
     // Restart while the session keeps talking: no gap, no duplicate.
     let stop = std::sync::atomic::AtomicBool::new(false);
     let failures = std::thread::scope(|sc| {
-        let talker = sc.spawn(|| {
-            let mut fails = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if sess.roundtrip(T).is_err() {
-                    fails += 1;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            fails
-        });
+        let talker = sc.spawn(|| talk_until(&mut sess, &stop, Duration::from_millis(20)));
         let mut second = daemon(&s, &root, policies.path(), mode);
-        wait_until("the new daemon's programs replace the old ones", Duration::from_secs(5), || kernel_view(&s, mode) != before);
+        wait_until("the new daemon's programs replace the old ones", Duration::from_secs(30), || kernel_view(&s, mode) != before);
         std::thread::sleep(Duration::from_millis(300));
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let fails = talker.join().unwrap();
@@ -455,16 +458,7 @@ fn tcx_daemon_moves_back_to_the_front() {
     let stop = std::sync::atomic::AtomicBool::new(false);
     let (fails, _link) = std::thread::scope(|sc| {
         // An allowed flow all through the insertion and the move.
-        let talker = sc.spawn(|| {
-            let mut fails = 0;
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                if sess.roundtrip(T).is_err() {
-                    fails += 1;
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            fails
-        });
+        let talker = sc.spawn(|| talk_until(&mut sess, &stop, Duration::from_millis(5)));
         let link = foreign.attach_tcx(&s.topo.host, h, Direction::Ingress, true);
         // No netlink event announces a tcx attach: the periodic order check
         // has to find it.
