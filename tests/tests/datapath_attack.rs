@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::web::*;
 use common::*;
-use hostfwd::datapath::EventReader;
+use hostfwd::datapath::{EventReader, MapSize};
 use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, L4Proto, PortMatch};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
@@ -292,12 +292,14 @@ fn tiny_first_fragments_are_dropped() {
     assert_eq!(dp.drops(DropReason::Fragment), 1);
 }
 
-/// Flows the host started live apart from those started outside: a flood
-/// of twice the table's size in SYNs and bare ACKs from many sources to
-/// the failsafe port evicts none of them, and leaves no established entry.
+/// Flows the host started live apart from those started outside: with a
+/// small inbound table (as `maps.conntrack_in_v4` would make it), a flood
+/// of twice its size in SYNs and bare ACKs from many sources to the
+/// failsafe port evicts none of them, and leaves no established entry.
 #[test]
 fn inbound_floods_cannot_evict_the_hosts_flows() {
-    let mut dp = setup("flood");
+    let small = MapSize { map: "hf_ct4", key: "maps.conntrack_in_v4", entries: 4096 };
+    let mut dp = setup_sized("flood", vec![small]);
     web_policy(&mut dp);
     dp.set_failsafe(&[(IN, 6, 22)]).unwrap();
     let (h, _, far) = addrs(false);
@@ -307,6 +309,7 @@ fn inbound_floods_cannot_evict_the_hosts_flows() {
 
     let ct4 = libbpf_rs::MapHandle::from_pinned_path(dp.paths().map("hf_ct4")).expect("hf_ct4 pin");
     let capacity = ct4.max_entries();
+    assert_eq!(capacity, 4096);
     let mut template = Frame::tcp(ip("10.0.0.1"), h, 1, 22, TcpFlags::SYN).build();
     for i in 0..2 * capacity {
         // Source 11.x.y.z and port vary; every other one a bare ACK.

@@ -67,12 +67,17 @@ impl Drop for TestDp {
 
 impl TestDp {
     pub fn load(tag: &str, mode: AttachModeChoice) -> TestDp {
+        TestDp::load_sized(tag, mode, Vec::new())
+    }
+
+    /// With map sizes of its own (as `[maps]` in the configuration).
+    pub fn load_sized(tag: &str, mode: AttachModeChoice, map_sizes: Vec<datapath::MapSize>) -> TestDp {
         ensure_bpffs();
         let root = unique_root(tag);
         let dp = Datapath::load(&datapath::Config {
             bpffs_root: root.clone(),
             attach_mode: mode,
-            ..Default::default()
+            map_sizes,
         })
         .unwrap_or_else(|e| panic!("loading the datapath under {}: {e}", root.display()));
         dp.set_global(GlobalSettings {

@@ -23,7 +23,12 @@ pub fn addrs(v6: bool) -> (IpAddr, IpAddr, IpAddr) {
 }
 
 pub fn setup(tag: &str) -> TestDp {
-    let dp = TestDp::load(tag, AttachModeChoice::Auto);
+    setup_sized(tag, Vec::new())
+}
+
+/// [`setup`] with map sizes of its own.
+pub fn setup_sized(tag: &str, map_sizes: Vec<hostfwd::datapath::MapSize>) -> TestDp {
+    let dp = TestDp::load_sized(tag, AttachModeChoice::Auto, map_sizes);
     dp.enforce(IF);
     for v6 in [false, true] {
         dp.add_host_addr(addrs(v6).0).expect("host addr");
