@@ -128,6 +128,8 @@ pub struct Datapath {
     /// Per generation, the policy keys this process wrote into it (see
     /// `apply_policy`); `None` when unknown (adopted maps, a failed write).
     policy_keys: [Option<maps::GenerationKeys>; 2],
+    /// The maps were set up by an earlier load (see [`Datapath::adopted`]).
+    adopted: bool,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -222,9 +224,15 @@ impl Datapath {
                 map.pin(&pin).map_err(|source| Error::PinMap { map: name.clone(), path: pin.clone(), source })?;
             }
         }
-        let dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None] };
-        dp.init_global()?;
+        let mut dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None], adopted: false };
+        dp.adopted = dp.init_global()?;
         Ok(dp)
+    }
+
+    /// Whether the maps were pinned and set up before this load (a restart,
+    /// not a cold start): they hold the policy of the last run.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     pub fn mode(&self) -> AttachMode {
