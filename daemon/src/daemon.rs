@@ -435,7 +435,8 @@ impl Daemon {
             s.links.values().filter(|l| l.role == "vlan-guard").count(),
             s.policy_revision,
             if s.pending_confirm.is_some() { " (awaiting confirmation)" } else { "" },
-            s.problems.iter().map(|p| format!("; {}", p.lines().next().unwrap_or_default())).collect::<String>()
+            // One line: a newline would end the notification's field.
+            s.problems.iter().map(|p| format!("; {}", p.replace('\n', " "))).collect::<String>()
         );
         if status != self.status {
             let _ = sd_notify::notify(&[NotifyState::Status(&status)]);

@@ -451,6 +451,9 @@ fn sigkill_at_random_moments_leaves_the_old_or_the_new_policy() {
     let h0 = e.topo.h.ifindex;
     let mut max_rev = revision(&e);
     let fast = Duration::from_millis(200);
+    // (operation, the new text in force afterwards): both outcomes must
+    // occur, or the kills missed the windows.
+    let mut outcomes: std::collections::BTreeMap<(String, bool), u32> = Default::default();
 
     for i in 0..kills {
         let old = std::fs::read_to_string(&file).unwrap();
@@ -522,6 +525,7 @@ fn sigkill_at_random_moments_leaves_the_old_or_the_new_policy() {
 
         // The policy in force is the permanent one, whole, by real traffic.
         assert_eq!(e.manager("State"), "s \"enforcing\"", "{what}: {}", e.manager("Problems"));
+        *outcomes.entry((format!("{op:?}"), now == new)).or_default() += 1;
         let (open, shut) = if now == variants[0] { (80, 22) } else { (22, 80) };
         assert!(e.connects_within(open, Duration::from_secs(2)), "{what}: port {open} must be open");
         assert!(!e.connects_within(shut, fast), "{what}: port {shut} must be dropped");
@@ -541,4 +545,5 @@ fn sigkill_at_random_moments_leaves_the_old_or_the_new_policy() {
             }
         }
     }
+    eprintln!("crash loop outcomes (operation, new text in force): {outcomes:?}");
 }
