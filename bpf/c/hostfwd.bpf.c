@@ -76,24 +76,54 @@ __attribute__((noinline)) int hf_icmp_related(struct __sk_buff *skb,
 	return v && !(v->flags & HF_CT_DENIED);
 }
 
-/* Steps 7 and 8 for a flow, given as its first packet: failsafe ports,
- * then the policy where the direction is enforced. */
+/* Steps 7 and 8 for a flow, given as its first packet. */
+struct hf_judge_query {
+	__u8 remote[16]; /* source on ingress, destination on egress */
+	__u32 gen;
+	__u16 port;  /* policy port */
+	__u16 dport; /* failsafe port */
+	__u8 dir;
+	__u8 proto;
+	__u8 enforce; /* hf_ctx.enforce */
+	__u8 pad;
+};
+
+/* Failsafe ports, then the policy where the direction is enforced.
+ * Returns reason << 32 | rule id. A global function, verified once on its
+ * own: each caller's paths then pay one call, not its branches. */
+__attribute__((noinline)) __u64 hf_judge_flow(const struct hf_judge_query *q)
+{
+	struct hf_policy_result pol;
+
+	if (!q)
+		return 0;
+	if (hf_failsafe_match(q->dir, q->proto, q->dport))
+		return 0;
+	if (!(q->enforce & (1 << (q->dir & 1))))
+		return 0;
+	hf_policy_eval(q->remote, q->dir, q->proto, q->port, q->gen, &pol);
+	return (__u64)pol.reason << 32 | pol.rule_id;
+}
+
 static __always_inline void hf_judge(const struct hf_ctx *c,
 				     const __u8 *remote, __u8 dir, __u8 proto,
 				     __u16 port, __u16 dport,
 				     struct hf_verdict *out)
 {
-	struct hf_policy_result pol;
+	struct hf_judge_query q = {
+		.gen = c->gen,
+		.port = port,
+		.dport = dport,
+		.dir = dir,
+		.proto = proto,
+		.enforce = c->enforce,
+	};
+	__u64 r;
 
-	out->reason = HF_REASON_NONE;
-	out->rule_id = 0;
-	if (hf_failsafe_match(dir, proto, dport))
-		return;
-	if (!(c->enforce & (1 << dir)))
-		return;
-	hf_policy_eval(remote, dir, proto, port, c->gen, &pol);
-	out->reason = pol.reason;
-	out->rule_id = pol.rule_id;
+	__builtin_memcpy(q.remote, remote, 16);
+	r = hf_judge_flow(&q);
+	out->reason = r >> 32;
+	out->rule_id = (__u32)r;
 }
 
 static __always_inline void hf_decide(struct __sk_buff *skb,

@@ -19,6 +19,16 @@ pub mod empty_skel {
     include!(concat!(env!("OUT_DIR"), "/empty.skel.rs"));
 }
 
+/// Someone else's program that ends the chain (`c/pass.bpf.c`: returns
+/// TC_ACT_OK on both hooks), for the hook-order tests.
+pub mod pass_skel {
+    #![allow(clippy::all, missing_docs, non_camel_case_types, unused)]
+    include!(concat!(env!("OUT_DIR"), "/pass.skel.rs"));
+}
+
+/// The pass program's object file (for `tc filter add … bpf obj`).
+pub const PASS_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/pass.bpf.o"));
+
 /// The benchmark baseline's object file (also a handy "someone else's
 /// program" in tests).
 pub const EMPTY_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/empty.bpf.o"));

@@ -13,14 +13,14 @@ use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
 use crate::config::{Bus, Config};
-use crate::datapath::{Datapath, EventReader};
+use crate::datapath::{AttachMode, Datapath, Direction, EventReader};
 use crate::links::{Ifindex, LinkKind, Table};
 use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
 use crate::netlink::{Event, Monitor};
 use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
 use crate::policy::store::{self, Source, Sources};
-use crate::reconcile::{self, Action};
+use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord, SavedSource};
 use crate::vlan;
@@ -34,6 +34,10 @@ pub const QUICK: Duration = Duration::from_millis(3);
 pub const COALESCE: Duration = Duration::from_millis(25);
 /// A full pass even without events, as a safety net.
 const PERIODIC: Duration = Duration::from_secs(30);
+/// How often, without any other pass, the tcx hooks are checked for a
+/// program inserted in front of hostfwd (tcx attaches send no netlink
+/// event). One BPF_PROG_QUERY per hook that copies a single id.
+pub const ORDER_CHECK: Duration = Duration::from_secs(2);
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -83,6 +87,9 @@ pub struct Daemon {
     sets: BTreeMap<Ifindex, vlan::AllowSet>,
     /// Links whose configuration or attachment failed in the last pass.
     failed: BTreeSet<u32>,
+    /// Hooks where other programs still run before hostfwd after the last
+    /// pass (legacy tc, or a move to the front that failed).
+    ahead: BTreeMap<(u32, Direction), Vec<HookProg>>,
     /// Local addresses or prefixes the last pass could not write (a full
     /// map): traffic to them passes unjudged, so the state is degraded.
     local_failed: usize,
@@ -135,6 +142,7 @@ impl Daemon {
             decisions: BTreeMap::new(),
             sets: BTreeMap::new(),
             failed: BTreeSet::new(),
+            ahead: BTreeMap::new(),
             local_failed: 0,
             started: false,
             policies: Policies::default(),
@@ -304,7 +312,7 @@ impl Daemon {
             }
         }
         let sets = vlan::allowed(&self.table, &decisions, &self.cfg.vlan_bypass);
-        let global = reconcile::GlobalInputs { audit_links: self.audit_links() };
+        let global = reconcile::GlobalInputs { audit_links: self.audit_links(), to_front: self.dp.mode() == AttachMode::Tcx };
         let desired = reconcile::desired(&self.table, &decisions, &sets, &global, self.dp.prog_ids());
         self.decisions = decisions;
         self.sets = sets;
@@ -317,7 +325,14 @@ impl Daemon {
             }
         };
         let actions = reconcile::plan(&desired, &actual);
+        for a in &actions {
+            if let Action::MoveToFront(i, dir) = *a {
+                let progs = actual.ahead.get(&(i, dir)).map(|p| reconcile::hook_progs_text(p)).unwrap_or_default();
+                tracing::warn!(link = self.link_name(i), ifindex = i, direction = crate::datapath::dir_name(dir), ahead = %progs, "other programs were inserted in front of hostfwd; moving hostfwd back to the front");
+            }
+        }
         (self.failed, self.local_failed) = self.execute(&actions);
+        self.note_ahead(&desired, actual.ahead);
         self.refresh_policy();
         if !actions.is_empty() {
             tracing::debug!(n = actions.len(), ms = t0.elapsed().as_secs_f64() * 1e3, "reconciled");
@@ -334,13 +349,63 @@ impl Daemon {
             v.push(format!("policy record: {e}"));
         }
         for i in &self.failed {
-            let name = Ifindex::new(*i).and_then(|i| self.table.get(i)).map(|l| l.name.as_str()).unwrap_or("?");
-            v.push(format!("link {name} (ifindex {i}): configuring or attaching failed; retrying (the journal has the error)"));
+            v.push(format!("link {} (ifindex {i}): configuring or attaching failed; retrying (the journal has the error)", self.link_name(*i)));
         }
         if self.local_failed > 0 {
             v.push(format!("{} local address updates failed (a full map?): traffic to them passes unjudged; retrying", self.local_failed));
         }
         v
+    }
+
+    fn link_name(&self, ifindex: u32) -> String {
+        Ifindex::new(ifindex).and_then(|i| self.table.get(i)).map(|l| l.name.clone()).unwrap_or_else(|| format!("#{ifindex}"))
+    }
+
+    /// Keeps the hooks where others still run first after this pass (all
+    /// of them on legacy tc; where the move failed on tcx) and warns once
+    /// per change.
+    fn note_ahead(&mut self, desired: &reconcile::Desired, ahead: BTreeMap<(u32, Direction), Vec<HookProg>>) {
+        let left: BTreeMap<_, _> = ahead
+            .into_iter()
+            .filter(|((i, _), _)| desired.links.contains_key(i) && (!desired.to_front || self.failed.contains(i)))
+            .collect();
+        let why = if desired.to_front {
+            "moving hostfwd to the front failed; retrying on the next pass"
+        } else {
+            "legacy tc cannot put hostfwd in front of them without deleting them, which hostfwd never does"
+        };
+        for ((i, dir), progs) in &left {
+            if self.ahead.get(&(*i, *dir)) != Some(progs) {
+                tracing::warn!(
+                    link = self.link_name(*i),
+                    ifindex = i,
+                    direction = crate::datapath::dir_name(*dir),
+                    ahead = %reconcile::hook_progs_text(progs),
+                    "other programs run before hostfwd and decide first; {why}"
+                );
+            }
+        }
+        self.ahead = left;
+    }
+
+    /// What is wrong with a link's hooks, for the API (empty when nothing).
+    fn problem(&self, ifindex: u32) -> String {
+        self.ahead
+            .iter()
+            .filter(|((i, _), _)| *i == ifindex)
+            .map(|((_, dir), progs)| format!("{}: runs after {}", crate::datapath::dir_name(*dir), reconcile::hook_progs_text(progs)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    /// The hooks the periodic order check looks at: both directions of
+    /// every link attached in the last pass.
+    fn hooks(&self) -> Vec<(u32, Direction)> {
+        self.decisions
+            .iter()
+            .filter(|(i, d)| d.role.is_attached() && !self.failed.contains(&i.get()))
+            .flat_map(|(i, _)| Direction::ALL.map(|d| (i.get(), d)))
+            .collect()
     }
 
     fn state(&self) -> State {
@@ -383,6 +448,7 @@ impl Daemon {
                     attach_mode: if attached { mode.to_string() } else { String::new() },
                     audit: audit || link_audit,
                     link_audit,
+                    problem: self.problem(l.ifindex.get()),
                 };
                 (l.ifindex, info)
             })
@@ -724,7 +790,7 @@ impl Daemon {
                 continue;
             }
             match a {
-                Action::Attach(..) => {
+                Action::Attach(..) | Action::MoveToFront(..) => {
                     batch.push(a);
                     continue;
                 }
@@ -871,6 +937,8 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;
+    // Reset by every pass: the check only runs when nothing else did.
+    let mut order_check = Instant::now() + ORDER_CHECK;
     // End and duration of the last pass: when the next one may start.
     let mut last_pass = (Instant::now(), Duration::ZERO);
     let next_pass = |last: (Instant, Duration)| {
@@ -909,6 +977,15 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
                 d.reconcile();
                 last_pass = (Instant::now(), start.elapsed());
                 periodic = Instant::now() + PERIODIC;
+                order_check = Instant::now() + ORDER_CHECK;
+            }
+            _ = sleep_until(order_check) => {
+                if !d.dp.first_on_hooks(d.hooks()) {
+                    let start = Instant::now();
+                    d.reconcile();
+                    last_pass = (Instant::now(), start.elapsed());
+                }
+                order_check = Instant::now() + ORDER_CHECK;
             }
             Some(req) = d.hub.requests.recv() => d.handle(req),
             _ = sleep_until(confirm_deadline.unwrap_or(periodic)), if confirm_deadline.is_some() => {

@@ -42,6 +42,8 @@ pub struct AttachmentView {
     pub name: String,
     pub direction: &'static str,
     pub prog_id: u32,
+    /// Programs that run before hostfwd's on this hook.
+    pub ahead: Vec<crate::reconcile::HookProg>,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,7 +109,13 @@ pub fn snapshot(dp: &Datapath) -> datapath::Result<Snapshot> {
         mode: dp.mode().name(),
         attachments: attachments
             .into_iter()
-            .map(|a| AttachmentView { ifindex: a.ifindex, name: name(a.ifindex), direction: datapath::dir_name(a.dir), prog_id: a.prog_id })
+            .map(|a| AttachmentView {
+                ifindex: a.ifindex,
+                name: name(a.ifindex),
+                direction: datapath::dir_name(a.dir),
+                prog_id: a.prog_id,
+                ahead: a.ahead,
+            })
             .collect(),
         links: dp.links()?.into_iter().map(|(i, f)| LinkView { ifindex: i, name: name(i), flags: link_flag_names(f) }).collect(),
         vlans: dp.vlans().into_iter().map(|(i, vid)| VlanView { ifindex: i, name: name(i), vid }).collect(),
@@ -132,11 +140,17 @@ pub fn snapshot(dp: &Datapath) -> datapath::Result<Snapshot> {
 impl Snapshot {
     /// One fact per line, for shell scripts (`grep -qx 'vlan bond0 1000'`):
     /// `mode M`, `attach NAME DIR`, `link NAME FLAGS`, `vlan NAME VID`,
-    /// `addr IP`, `local PREFIX`, `drop NAME DIR REASON audit|enforced PACKETS`.
+    /// `addr IP`, `local PREFIX`, `drop NAME DIR REASON audit|enforced PACKETS`,
+    /// `ahead NAME DIR PROGRAM ID` (a program that runs before hostfwd's).
     pub fn lines(&self) -> String {
         let mut out = format!("mode {}\n", self.mode);
         for a in &self.attachments {
             out += &format!("attach {} {}\n", a.name, a.direction);
+        }
+        for a in &self.attachments {
+            for p in &a.ahead {
+                out += &format!("ahead {} {} {} {}\n", a.name, a.direction, p.name, p.id);
+            }
         }
         for h in &self.hooks {
             out += &format!("hook {} {} {}\n", h.name, h.direction, h.programs);

@@ -98,7 +98,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
         }
         Cmd::Probe { attach, keep } => probe(&cfg, &attach, keep),
         Cmd::Inspect { lines } => {
-            let dp = Datapath::load(&cfg.datapath()?)?;
+            let dp = Datapath::load_maps(&cfg.datapath()?)?;
             let snap = hostfwd::inspect::snapshot(&dp)?;
             if lines {
                 print!("{}", snap.lines());

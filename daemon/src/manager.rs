@@ -90,6 +90,10 @@ pub struct LinkInfo {
     pub audit: bool,
     /// Per-link audit switched on (independent of the global mode).
     pub link_audit: bool,
+    /// What keeps hostfwd from deciding on this link, empty when nothing:
+    /// other programs that run before it on its hooks
+    /// (`ingress: runs after name (id 7, tcx)`).
+    pub problem: String,
 }
 
 /// Where a policy source comes from.

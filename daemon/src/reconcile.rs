@@ -18,7 +18,10 @@
 //!    bridge of a bridged VLAN) before that lower device — each: its
 //!    `AllowVlan` additions, its `SetLink` if the flags differ, then `Attach`
 //!    for each direction that is missing or runs another load's program (the
-//!    executor updates that one in place: adoption). So a new subinterface is
+//!    executor updates that one in place: adoption), or `MoveToFront` where
+//!    hostfwd is attached but other programs run before it and the attach
+//!    mode can move it (tcx: a new link in front of all, then the old one
+//!    released — hostfwd never leaves the hook). So a new subinterface is
 //!    attached and configured before its VID opens on the lower device, VIDs
 //!    are added before a flag change that drops `L_VLAN_ALLOW_ALL`, and a
 //!    program never starts on a link whose entries are incomplete.
@@ -79,6 +82,10 @@ pub struct Desired {
     /// tagged traffic a lower device lets through comes before that lower
     /// device. Links missing here are attached after, in ifindex order.
     pub attach_order: Vec<u32>,
+    /// hostfwd must run first on its hooks and can be moved there (tcx).
+    /// Legacy tc cannot move in front of a filter without deleting it, and
+    /// hostfwd never deletes anyone else's filter: there it is reported only.
+    pub to_front: bool,
 }
 
 impl Desired {
@@ -90,11 +97,36 @@ impl Desired {
     }
 }
 
+/// A program that runs on one of hostfwd's hooks before hostfwd's own.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct HookProg {
+    /// Program id (0 for a legacy filter that is not cls_bpf).
+    pub id: u32,
+    /// The program's name (or the legacy filter's kind).
+    pub name: String,
+    /// Where it sits: `tcx`, or `tc prio 1 handle 0x1`.
+    pub at: String,
+}
+
+impl fmt::Display for HookProg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (id {}, {})", self.name, self.id, self.at)
+    }
+}
+
+/// `a (id 1, tcx), b (id 2, tcx)`.
+pub fn hook_progs_text(progs: &[HookProg]) -> String {
+    progs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+}
+
 /// The state the kernel is in, as read back by the datapath.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actual {
     /// (ifindex, direction) → id of the attached program.
     pub attachments: BTreeMap<(u32, Direction), u32>,
+    /// Hooks where hostfwd is attached but other programs run first, with
+    /// those programs in the order they run. Absent when hostfwd is first.
+    pub ahead: BTreeMap<(u32, Direction), Vec<HookProg>>,
     /// `hf_links`: ifindex → flags.
     pub links: BTreeMap<u32, u32>,
     /// `hf_vlans`: allowed (ifindex, VID).
@@ -118,6 +150,9 @@ pub enum Action {
     /// Attach this load's program, or update an attachment running another
     /// program in place.
     Attach(u32, Direction),
+    /// hostfwd is attached but others run first: attach this load's program
+    /// in front of all, then release the old attachment.
+    MoveToFront(u32, Direction),
     Detach(u32, Direction),
 }
 
@@ -127,7 +162,7 @@ impl Action {
         match *self {
             Action::AddLocal(_) | Action::RemoveLocal(_) => None,
             Action::SetLink(i, _) | Action::RemoveLink(i) | Action::AllowVlan(i, _) | Action::DisallowVlan(i, _) => Some(i),
-            Action::Attach(i, _) | Action::Detach(i, _) => Some(i),
+            Action::Attach(i, _) | Action::MoveToFront(i, _) | Action::Detach(i, _) => Some(i),
         }
     }
 }
@@ -149,6 +184,7 @@ impl fmt::Display for Action {
             Action::AllowVlan(i, v) => write!(f, "allow VLAN {v} on link {i}"),
             Action::DisallowVlan(i, v) => write!(f, "disallow VLAN {v} on link {i}"),
             Action::Attach(i, d) => write!(f, "attach {} on link {i}", dir_name(d)),
+            Action::MoveToFront(i, d) => write!(f, "move {} on link {i} to the front", dir_name(d)),
             Action::Detach(i, d) => write!(f, "detach {} from link {i}", dir_name(d)),
         }
     }
@@ -189,6 +225,8 @@ pub struct GlobalInputs {
     /// Links in per-link audit mode (`L_AUDIT`). Global audit lives in
     /// `hf_global`, not here.
     pub audit_links: BTreeSet<Ifindex>,
+    /// The attach mode can put hostfwd in front of other programs (tcx).
+    pub to_front: bool,
 }
 
 /// The desired state: every attached link (role enforce or vlan-guard) with
@@ -217,7 +255,7 @@ pub fn desired(
         links.insert(i.get(), LinkState { flags, vids: set.vids.iter().map(|v| v.get()).collect() });
     }
     let attach_order = attach_order(table, &links);
-    Desired { links, local: local_set(table), prog_ids, attach_order }
+    Desired { links, local: local_set(table), prog_ids, attach_order, to_front: global.to_front }
 }
 
 /// Desired links, uppers first: for a VLAN subinterface V on lower D whose
@@ -278,7 +316,11 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Vec<Action> {
             out.push(Action::SetLink(i, s.flags));
         }
         for dir in Direction::ALL {
-            if actual.attachments.get(&(i, dir)) != Some(&desired.prog(dir)) {
+            let attached = actual.attachments.get(&(i, dir));
+            let behind = actual.ahead.get(&(i, dir)).is_some_and(|a| !a.is_empty());
+            if attached.is_some() && behind && desired.to_front {
+                out.push(Action::MoveToFront(i, dir));
+            } else if attached != Some(&desired.prog(dir)) {
                 out.push(Action::Attach(i, dir));
             }
         }
@@ -355,10 +397,19 @@ mod tests {
                 a.vlans.remove(&(i, v));
             }
             Action::Attach(i, d) => {
+                // A fresh attachment is read back afresh; an update in place
+                // keeps its place on the hook.
+                if a.attachments.insert((i, d), if d == In { prog_ids.0 } else { prog_ids.1 }).is_none() {
+                    a.ahead.remove(&(i, d));
+                }
+            }
+            Action::MoveToFront(i, d) => {
                 a.attachments.insert((i, d), if d == In { prog_ids.0 } else { prog_ids.1 });
+                a.ahead.remove(&(i, d));
             }
             Action::Detach(i, d) => {
                 a.attachments.remove(&(i, d));
+                a.ahead.remove(&(i, d));
             }
         }
     }
@@ -366,7 +417,7 @@ mod tests {
     fn pipeline(t: &Topo, c: &SelectConfig, audit: &[u32]) -> Desired {
         let d = select(&t.t, c);
         let s = allowed(&t.t, &d, &c.vlan_bypass);
-        let g = GlobalInputs { audit_links: audit.iter().map(|i| ifx(*i)).collect() };
+        let g = GlobalInputs { audit_links: audit.iter().map(|i| ifx(*i)).collect(), to_front: true };
         desired(&t.t, &d, &s, &g, PROGS)
     }
 
@@ -587,10 +638,44 @@ mod tests {
         assert_eq!(a.vlans.len(), 1001);
     }
 
+    fn foreign(id: u32) -> HookProg {
+        HookProg { id, name: format!("foreign{id}"), at: "tcx".into() }
+    }
+
+    #[test]
+    fn a_program_in_front_moves_hostfwd_back() {
+        let t = Topo::reference();
+        let d = pipeline(&t, &cfg(&["bond0"], &[], &[]), &[]);
+        let mut a = materialize(&d);
+        a.ahead.insert((4, In), vec![foreign(90)]);
+        assert_eq!(plan(&d, &a), vec![Action::MoveToFront(4, In)]);
+        // Running another load's program as well: the move attaches this
+        // load's program, no separate update in place.
+        a.attachments.insert((5, Eg), 7);
+        a.ahead.insert((5, Eg), vec![foreign(91), foreign(92)]);
+        let p = plan(&d, &a);
+        assert_eq!(p, vec![Action::MoveToFront(5, Eg), Action::MoveToFront(4, In)], "in attach order: uppers first");
+        let end = apply(&a, &p, PROGS);
+        assert_eq!(end, materialize(&d));
+        assert!(plan(&d, &end).is_empty());
+        // Legacy tc cannot move: nothing to do but report.
+        let tc = Desired { to_front: false, ..d.clone() };
+        a.attachments.insert((5, Eg), PROGS.1);
+        assert!(plan(&tc, &a).is_empty());
+        // A device no longer desired is detached, not moved.
+        a.attachments.insert((9, In), 41);
+        a.ahead.insert((9, In), vec![foreign(93)]);
+        assert!(plan(&d, &a).contains(&Action::Detach(9, In)));
+        assert!(!plan(&d, &a).contains(&Action::MoveToFront(9, In)));
+    }
+
     #[test]
     fn display_and_ifindex() {
         assert_eq!(Action::AllowVlan(4, 1000).to_string(), "allow VLAN 1000 on link 4");
         assert_eq!(Action::Attach(4, Eg).to_string(), "attach egress on link 4");
+        assert_eq!(Action::MoveToFront(4, In).to_string(), "move ingress on link 4 to the front");
+        assert_eq!(Action::MoveToFront(4, In).ifindex(), Some(4));
+        assert_eq!(foreign(3).to_string(), "foreign3 (id 3, tcx)");
         assert_eq!(Action::SetLink(4, 3).to_string(), "set link 4 flags 0x3");
         assert_eq!(Action::Detach(9, In).ifindex(), Some(9));
         assert_eq!(Action::AddLocal("::1/128".parse().unwrap()).ifindex(), None);
@@ -781,6 +866,9 @@ mod tests {
     #[test]
     fn property_plans_converge_safely() {
         let mut rng = Rng(0x5eed_f405_7f3d);
+        // Foreign programs in front come from their own stream, so the
+        // topologies and plans above stay the ones already explored.
+        let mut front_rng = Rng(0xf0e1_9000);
         for round in 0..600 {
             let old = random_topo(&mut rng);
             let old_cfg = random_cfg(&mut rng);
@@ -832,6 +920,11 @@ mod tests {
             if rng.chance(70) {
                 start.attachments.retain(|(i, _), _| *i >= 50 || new.t.get(ifx(*i)).is_some());
             }
+            for k in start.attachments.keys() {
+                if front_rng.chance(15) {
+                    start.ahead.insert(*k, vec![foreign(front_rng.index(3) as u32 + 1)]);
+                }
+            }
             let audit: Vec<u32> = dec.keys().map(|i| i.get()).filter(|_| rng.chance(10)).collect();
             let d = pipeline(&new, &new_cfg, &audit);
             let p = plan(&d, &start);
@@ -848,6 +941,11 @@ mod tests {
                 assert!(unconfigured(&s).is_subset(&bad0), "round {round}: after {act}: attachment without link entry");
                 let open = open_paths(&new.t, &s);
                 assert!(open.is_subset(&open0), "round {round}: after {act}: opened {:?}\nplan {p:?}", open.difference(&open0).collect::<Vec<_>>());
+            }
+            for act in &p {
+                if let Action::MoveToFront(i, d) = *act {
+                    assert!(start.ahead.contains_key(&(i, d)) && start.attachments.contains_key(&(i, d)), "round {round}: {act} where nothing is in front");
+                }
             }
             assert_eq!(s, end, "round {round}: plan does not reach the desired state");
             assert!(plan(&d, &s).is_empty(), "round {round}: not idempotent");

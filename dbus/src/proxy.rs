@@ -203,6 +203,11 @@ pub trait Link {
     #[zbus(property, name = "AuditMode")]
     fn audit_mode(&self) -> Result<bool, Error>;
 
+    /// Other programs that run before hostfwd on this link's hooks, empty
+    /// when none.
+    #[zbus(property, name = "Problem")]
+    fn problem(&self) -> Result<String, Error>;
+
     /// Audit mode for this link alone.
     #[zbus(name = "SetAuditMode", allow_interactive_auth)]
     fn set_audit_mode(&self, enabled: bool, persist: bool) -> Result<(), Error>;

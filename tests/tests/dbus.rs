@@ -504,6 +504,7 @@ fn reads_are_open_to_everyone() {
         assert_eq!(s.link_prop(c, &h0, "AllowedVlans"), serde_json::json!([]));
         assert_eq!(s.link_prop(c, &h0, "AttachMode"), mode);
         assert!(s.link_prop(c, &h0, "AuditMode").is_boolean());
+        assert_eq!(s.link_prop(c, &h0, "Problem"), "", "nothing runs before hostfwd");
         let describe = s.json(c, &["call", BUS_NAME, &h0, LINK_INTERFACE, "Describe"]);
         let d: Json = serde_json::from_str(describe[0].as_str().expect("s")).expect("Link.Describe is JSON");
         assert_eq!(d["name"], "h0");

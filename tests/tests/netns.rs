@@ -260,9 +260,13 @@ spec:
 ";
 
 fn daemon(s: &Setup, root: &std::path::Path, policies: &std::path::Path, mode: &str) -> Child {
-    s.topo
-        .host
-        .cmd(hostfwd_bin())
+    daemon_cmd(s, root, policies, mode).spawn().expect("start hostfwd")
+}
+
+/// The daemon on h0 in the host namespace, logging warnings to stderr.
+fn daemon_cmd(s: &Setup, root: &std::path::Path, policies: &std::path::Path, mode: &str) -> std::process::Command {
+    let mut cmd = s.topo.host.cmd(hostfwd_bin());
+    cmd
         .env("HOSTFWD_BPFFS_ROOT", root)
         .env("HOSTFWD_POLICY_DIR", policies)
         .env("HOSTFWD_DEVICES", "h0")
@@ -270,9 +274,8 @@ fn daemon(s: &Setup, root: &std::path::Path, policies: &std::path::Path, mode: &
         .env("HOSTFWD_DBUS", "none")
         .env("HOSTFWD_ATTACH_MODE", mode)
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start hostfwd")
+        .stdout(Stdio::null());
+    cmd
 }
 
 /// hostfwd's own programs on h0's hooks as the kernel lists them.
@@ -355,3 +358,163 @@ fn tc_sigkill_and_adopt() {
     sigkill_and_adopt("tc", TC);
 }
 
+
+// --- First on the hook ------------------------------------------------------
+//
+// Whoever runs first on a hook decides: a program that returns "pass" in
+// front of hostfwd made the policy irrelevant. Each test has a foreign
+// program that passes everything (bpf/c/pass.bpf.c) on h0's ingress.
+
+/// How many of `n` datagrams to the denied UDP/5353 were echoed, from a
+/// fresh socket (a port that already talked has a conntrack entry from the
+/// echo hostfwd saw leaving).
+fn udp_echoes(s: &Setup, n: usize) -> usize {
+    let sock = s.topo.peer.udp_bind(sa(s.topo.p.v4.into(), 0)).unwrap();
+    for k in 0..n {
+        sock.send_to(&[k as u8], s.udp.addr()).unwrap();
+    }
+    let mut got = 0;
+    while hostfwd_tests::traffic::udp_recv(&sock, T).is_ok() {
+        got += 1;
+    }
+    got
+}
+
+fn tcx_chain(s: &Setup, dir: Direction) -> Vec<u32> {
+    s.topo.host.run(|| Datapath::tcx_progs(s.topo.h.ifindex, dir).unwrap()).unwrap()
+}
+
+/// The programs hostfwd reports in front of it on h0's ingress.
+fn ahead_on_ingress(s: &Setup) -> Vec<String> {
+    let list = s.topo.host.run(|| s.dp.attachments().unwrap()).unwrap();
+    let a = list.into_iter().find(|a| a.ifindex == s.topo.h.ifindex && a.dir == Direction::Ingress).expect("ingress attached");
+    a.ahead.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn tcx_attaches_in_front_of_a_foreign_pass_program() {
+    let mut s = setup("ns-tcx-front", AttachModeChoice::Tcx);
+    let h = s.topo.h.ifindex;
+    for d in Direction::ALL {
+        s.topo.host.run(|| s.dp.detach(h, d).unwrap()).unwrap();
+    }
+    web_policy(&mut s.dp);
+    let foreign = ForeignPass::load();
+    let fid = foreign.prog_id(Direction::Ingress);
+    // Attached before hostfwd, at the end of the chain (no flags).
+    let _first = foreign.attach_tcx(&s.topo.host, h, Direction::Ingress, false);
+    assert_eq!(udp_echoes(&s, 20), 20, "alone, the foreign program passes everything");
+
+    s.topo.host.run(|| Direction::ALL.map(|d| s.dp.attach(h, d).expect("attach"))).unwrap();
+    let own = s.dp.prog_id(Direction::Ingress);
+    assert_eq!(tcx_chain(&s, Direction::Ingress), vec![own, fid], "hostfwd attaches in front");
+    assert!(ahead_on_ingress(&s).is_empty());
+    assert_eq!(udp_echoes(&s, 20), 0, "denied UDP is dropped although a program passing everything was there first");
+    assert!(connects(&s, s.web.addr()), "allowed traffic goes on through the foreign program (hostfwd passes with TCX_NEXT)");
+
+    // Someone inserts the program in front again: reported by name, and
+    // the move puts hostfwd back first with one link, on the same pin.
+    // (A program runs once per hook: a second load.)
+    let other = ForeignPass::load();
+    let oid = other.prog_id(Direction::Ingress);
+    let _second = other.attach_tcx(&s.topo.host, h, Direction::Ingress, true);
+    assert_eq!(tcx_chain(&s, Direction::Ingress), vec![oid, own, fid]);
+    assert_eq!(ahead_on_ingress(&s), vec![format!("{} (id {oid}, tcx)", ForeignPass::INGRESS)]);
+    assert_eq!(udp_echoes(&s, 20), 20, "in front, the foreign program decides");
+    let pin = s.dp.paths().tcx_link(h, Direction::Ingress);
+    let link_id = |p: &std::path::Path| libbpf_rs::Link::open(p).and_then(|l| l.info()).map(|i| i.id).unwrap();
+    let before = link_id(&pin);
+    s.topo.host.run(|| s.dp.move_to_front(h, Direction::Ingress).expect("move to front")).unwrap();
+    assert_eq!(tcx_chain(&s, Direction::Ingress), vec![own, oid, fid], "hostfwd first, its old link released");
+    assert_ne!(link_id(&pin), before, "the pin holds the new link");
+    assert!(!s.dp.paths().tcx_link_tmp(h, Direction::Ingress).exists(), "no temporary pin left");
+    assert!(ahead_on_ingress(&s).is_empty());
+    assert_eq!(udp_echoes(&s, 20), 0, "hostfwd decides again");
+}
+
+#[test]
+fn tcx_daemon_moves_back_to_the_front() {
+    let s = setup("ns-tcx-move", AttachModeChoice::Tcx);
+    let h = s.topo.h.ifindex;
+    for d in Direction::ALL {
+        s.topo.host.run(|| s.dp.detach(h, d).unwrap()).unwrap();
+    }
+    let root = s.dp.root.clone();
+    let policies = tempfile::tempdir().unwrap();
+    std::fs::write(policies.path().join("web.yaml"), WEB_CCNP).unwrap();
+    let mut child = daemon_cmd(&s, &root, policies.path(), "tcx").stderr(Stdio::piped()).spawn().expect("start hostfwd");
+    wait_until("daemon attached both directions", Duration::from_secs(5), || kernel_view(&s, "tcx").len() == 2);
+    wait_until("the daemon's policy enforced", Duration::from_secs(5), || !connects(&s, s.other.addr()));
+    assert_eq!(udp_echoes(&s, 20), 0);
+    let own = tcx_chain(&s, Direction::Ingress)[0];
+
+    let foreign = ForeignPass::load();
+    let fid = foreign.prog_id(Direction::Ingress);
+    let mut sess = Session::connect(&s.topo.peer, s.web.addr(), T).unwrap();
+    sess.roundtrip(T).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (fails, _link) = std::thread::scope(|sc| {
+        // An allowed flow all through the insertion and the move.
+        let talker = sc.spawn(|| {
+            let mut fails = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if sess.roundtrip(T).is_err() {
+                    fails += 1;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            fails
+        });
+        let link = foreign.attach_tcx(&s.topo.host, h, Direction::Ingress, true);
+        // No netlink event announces a tcx attach: the periodic order check
+        // has to find it.
+        wait_until("hostfwd first again", Duration::from_secs(15), || tcx_chain(&s, Direction::Ingress) == vec![own, fid]);
+        std::thread::sleep(Duration::from_millis(200));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        (talker.join().unwrap(), link)
+    });
+    assert_eq!(fails, 0, "the allowed session never stalled");
+    assert_eq!(tcx_chain(&s, Direction::Egress).len(), 1, "egress untouched");
+    assert_eq!(udp_echoes(&s, 20), 0, "denied UDP dropped again");
+    assert!(connects(&s, s.web.addr()), "allowed after the move");
+
+    child.kill().unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let named = format!("{} (id {fid}, tcx)", ForeignPass::INGRESS);
+    assert!(log.lines().any(|l| l.contains("WARN") && l.contains(&named) && l.contains("h0")), "warning names the program and the device:\n{log}");
+}
+
+#[test]
+fn tc_foreign_filters_run_after_hostfwd_or_are_reported() {
+    let mut s = setup("ns-tc-order", TC);
+    web_policy(&mut s.dp);
+    let obj = std::env::temp_dir().join(format!("hf-pass-{}.o", std::process::id()));
+    std::fs::write(&obj, hostfwd_bpf::PASS_OBJECT).unwrap();
+    let add = |prio: &str, handle: &str| {
+        let out = s
+            .topo
+            .host
+            .cmd("tc")
+            .args(["filter", "add", "dev", "h0", "ingress", "protocol", "all", "prio", prio, "handle", handle, "bpf", "obj"])
+            .arg(&obj)
+            .args(["sec", "tcx/ingress", "da"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "tc filter add prio {prio}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    // A higher priority number runs after hostfwd's priority 1.
+    add("7", "0x7");
+    assert!(ahead_on_ingress(&s).is_empty(), "{:?}", ahead_on_ingress(&s));
+    assert_eq!(udp_echoes(&s, 20), 0, "hostfwd decides before the foreign filter");
+    assert!(connects(&s, s.web.addr()), "allowed traffic goes on to the foreign filter and in");
+
+    // Priority 1 as well, added after hostfwd's: cls_bpf runs the newest
+    // filter of a priority first, so it decides, and it is reported.
+    add("1", "0x1");
+    let _ = std::fs::remove_file(&obj);
+    let ahead = ahead_on_ingress(&s);
+    assert_eq!(ahead.len(), 1, "{ahead:?}");
+    assert!(ahead[0].starts_with(ForeignPass::INGRESS) && ahead[0].ends_with("tc prio 1 handle 0x1)"), "{ahead:?}");
+    assert_eq!(udp_echoes(&s, 20), 20, "in front, the foreign filter decides");
+}

@@ -142,20 +142,25 @@ static __always_inline bool hf_ct_rst_fits(const struct hf_ct_val *v,
 	return p->tcp_seq == v->seq_next[s & 1];
 }
 
-/* Advance the TCP state machine for a packet of a known flow. */
-static __always_inline void hf_ct_update(struct hf_ct_val *v,
-					 const struct hf_pkt *p, bool reply,
-					 __u64 now)
+/* Advance the TCP state machine for a packet of a known flow. A global
+ * function: the verifier checks its branches once, on their own, instead
+ * of on every path of the two callers (the fast path and the full order). */
+__attribute__((noinline)) int hf_ct_update(struct hf_ct_val *v,
+					   const struct hf_pkt *p, __u32 reply,
+					   __u64 now)
 {
-	__u32 s = reply, known = reply ? HF_CT_SEQ_REPLY : HF_CT_SEQ_ORIG;
-	__u8 flags = p->tcp_flags;
+	__u32 s = !!reply, known = reply ? HF_CT_SEQ_REPLY : HF_CT_SEQ_ORIG;
+	__u8 flags;
 	__u32 end;
 
+	if (!v || !p)
+		return 0;
+	flags = p->tcp_flags;
 	if (p->proto != IPPROTO_TCP) {
 		v->last_seen_ns = now;
 		if (reply)
 			v->flags |= HF_CT_SEEN_REPLY;
-		return;
+		return 0;
 	}
 	if (flags & HF_TCP_RST) {
 		/* One that does not fit changes nothing, not even the
@@ -164,7 +169,7 @@ static __always_inline void hf_ct_update(struct hf_ct_val *v,
 			v->state = HF_CT_CLOSING;
 			v->last_seen_ns = now;
 		}
-		return;
+		return 0;
 	}
 	v->last_seen_ns = now;
 	end = p->tcp_seq + p->tcp_len;
@@ -183,7 +188,7 @@ static __always_inline void hf_ct_update(struct hf_ct_val *v,
 	if ((v->flags & (HF_CT_FIN_ORIG | HF_CT_FIN_REPLY)) ==
 	    (HF_CT_FIN_ORIG | HF_CT_FIN_REPLY)) {
 		v->state = HF_CT_CLOSING;
-		return;
+		return 0;
 	}
 	switch (v->state) {
 	case HF_CT_SYN_SENT:
@@ -200,6 +205,7 @@ static __always_inline void hf_ct_update(struct hf_ct_val *v,
 			v->state = HF_CT_ESTABLISHED;
 		break;
 	}
+	return 0;
 }
 
 /* The map a flow lives in: the host's own (_out) or the others'. */

@@ -175,6 +175,7 @@ mod tests {
                     attach_mode: "tcx".into(),
                     audit: false,
                     link_audit: false,
+                    problem: String::new(),
                 },
             );
         }

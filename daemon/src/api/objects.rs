@@ -413,6 +413,13 @@ impl Link {
         Ok(self.info()?.audit)
     }
 
+    /// What keeps hostfwd from deciding on this link (other programs that
+    /// run before it on its hooks), empty when nothing.
+    #[zbus(property, name = "Problem")]
+    fn problem(&self) -> zbus::fdo::Result<String> {
+        Ok(self.info()?.problem)
+    }
+
     /// Audit mode on this link only; `persist` keeps it across restarts.
     #[zbus(name = "SetAuditMode")]
     async fn set_audit_mode(
@@ -465,6 +472,9 @@ pub fn link_changes(old: &LinkInfo, new: &LinkInfo) -> HashMap<&'static str, Val
     }
     if old.audit != new.audit {
         c.insert("AuditMode", Value::from(new.audit));
+    }
+    if old.problem != new.problem {
+        c.insert("Problem", Value::from(new.problem.clone()));
     }
     c
 }

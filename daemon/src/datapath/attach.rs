@@ -2,6 +2,18 @@
 //! legacy clsact + cls_bpf with hostfwd's own handle and priority. Other
 //! users' qdiscs and filters are never touched: a clsact qdisc is created if
 //! missing and never deleted.
+//!
+//! hostfwd must be first on its hooks (see `order.rs`: the first program
+//! decides). tcx links are created in front of all (BPF_F_BEFORE without a
+//! relative program) and moved back there when someone else is inserted in
+//! front later ([`Datapath::move_to_front`]). Legacy tc has no such move:
+//! filters run by priority, and within one cls_bpf priority the newest
+//! first. hostfwd's default priority 1 is the lowest there is, so only a
+//! filter at priority 1 added after hostfwd's (or any filter when hostfwd
+//! is configured at a higher number) runs before it; it cannot be overtaken
+//! without deleting it (hostfwd never deletes a foreign filter) and is
+//! reported instead. A tcx program (on kernels that have tcx) runs before
+//! every legacy filter and is reported the same way.
 
 use std::fmt;
 use std::fs;
@@ -12,7 +24,9 @@ use std::ptr::NonNull;
 use libbpf_rs::query::{LinkInfo, LinkTypeInfo};
 use libbpf_rs::{Link, TcHookBuilder, TC_EGRESS, TC_INGRESS};
 
+use super::order::{self, query_opts, tcx_attach_type};
 use super::{dir_name, paths::Paths, AttachModeChoice, Datapath, Direction, Error, Result};
+use crate::reconcile::HookProg;
 
 /// The default legacy tc priority and handle ("HF").
 pub const DEFAULT_TC_PRIORITY: u16 = 1;
@@ -73,20 +87,6 @@ pub fn probe_tcx() -> Result<bool> {
     }
 }
 
-fn query_opts() -> libbpf_sys::bpf_prog_query_opts {
-    // SAFETY: a zeroed bpf_prog_query_opts is valid once sz is set.
-    let mut opts: libbpf_sys::bpf_prog_query_opts = unsafe { std::mem::zeroed() };
-    opts.sz = std::mem::size_of::<libbpf_sys::bpf_prog_query_opts>() as _;
-    opts
-}
-
-fn tcx_attach_type(dir: Direction) -> u32 {
-    match dir {
-        Direction::Ingress => libbpf_sys::BPF_TCX_INGRESS,
-        Direction::Egress => libbpf_sys::BPF_TCX_EGRESS,
-    }
-}
-
 /// One of hostfwd's own attachments, as read back from the kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attachment {
@@ -94,6 +94,8 @@ pub struct Attachment {
     pub dir: Direction,
     pub mode: AttachMode,
     pub prog_id: u32,
+    /// Programs that run before this one on its hook, in order.
+    pub ahead: Vec<HookProg>,
 }
 
 /// A pinned tcx link is trusted only if the kernel still has it on the
@@ -127,19 +129,7 @@ impl Datapath {
                         }
                     }
                 }
-                let mut opts: libbpf_sys::bpf_tcx_opts = unsafe { std::mem::zeroed() };
-                opts.sz = std::mem::size_of::<libbpf_sys::bpf_tcx_opts>() as _;
-                // SAFETY: prog is a loaded program owned by self.skel; opts is valid.
-                let ptr = unsafe {
-                    libbpf_sys::bpf_program__attach_tcx(
-                        std::ptr::from_ref(libbpf_rs::AsRawLibbpf::as_libbpf_object(prog).as_ref()).cast_mut(),
-                        ifindex as i32,
-                        &opts,
-                    )
-                };
-                let ptr = NonNull::new(ptr).ok_or_else(|| err(libbpf_rs::Error::from(io::Error::last_os_error())))?;
-                // SAFETY: a non-null pointer from bpf_program__attach_tcx is an owned bpf_link.
-                let mut link = unsafe { Link::from_ptr(ptr) };
+                let mut link = self.tcx_attach_front(prog, ifindex).map_err(err)?;
                 link.pin(&pin).map_err(|source| Error::PinLink { ifindex, dir: dir_name(dir), path: pin, source })
             }
             AttachMode::Tc { priority, handle } => {
@@ -158,6 +148,70 @@ impl Datapath {
                 hook.attach().map(|_| ()).map_err(err)
             }
         }
+    }
+
+    /// A new tcx link for `prog` on `ifindex`, in front of every program
+    /// already there (BPF_F_BEFORE relative to nothing).
+    fn tcx_attach_front(&self, prog: &libbpf_rs::ProgramMut<'static>, ifindex: u32) -> libbpf_rs::Result<Link> {
+        // SAFETY: a zeroed bpf_tcx_opts is valid once sz is set.
+        let mut opts: libbpf_sys::bpf_tcx_opts = unsafe { std::mem::zeroed() };
+        opts.sz = std::mem::size_of::<libbpf_sys::bpf_tcx_opts>() as _;
+        opts.flags = libbpf_sys::BPF_F_BEFORE;
+        // SAFETY: prog is a loaded program owned by self.skel; opts is valid.
+        let ptr = unsafe {
+            libbpf_sys::bpf_program__attach_tcx(
+                std::ptr::from_ref(libbpf_rs::AsRawLibbpf::as_libbpf_object(prog).as_ref()).cast_mut(),
+                ifindex as i32,
+                &opts,
+            )
+        };
+        let ptr = NonNull::new(ptr).ok_or_else(|| libbpf_rs::Error::from(io::Error::last_os_error()))?;
+        // SAFETY: a non-null pointer from bpf_program__attach_tcx is an owned bpf_link.
+        Ok(unsafe { Link::from_ptr(ptr) })
+    }
+
+    /// Puts hostfwd back in front of the tcx hook of `ifindex`/`dir`
+    /// without a moment off the hook: a new link in front of all first,
+    /// pinned under a temporary name and renamed over the old pin (bpffs
+    /// renames atomically), and only then the old link released. tcx takes
+    /// a program once per hook, so the new link starts with the spare copy
+    /// (same code, same maps) and is switched in place to this load's
+    /// program once the old link is gone; this also adopts an old load.
+    pub fn move_to_front(&self, ifindex: u32, dir: Direction) -> Result<()> {
+        let AttachMode::Tcx = self.mode else { return self.attach(ifindex, dir) };
+        let err = |source| Error::Attach { ifindex, dir: dir_name(dir), mode: self.mode, source };
+        let pin = self.paths.tcx_link(ifindex, dir);
+        let tmp = self.paths.tcx_link_tmp(ifindex, dir);
+        // A move cut short (the daemon killed between pin and rename) left
+        // a second hostfwd link pinned under the temporary name: release it.
+        if tmp.exists() {
+            if let Ok(mut stale) = Link::open(&tmp) {
+                let _ = stale.unpin();
+                let _ = stale.detach();
+            }
+            let _ = fs::remove_file(&tmp);
+        }
+        let old = match Link::open(&pin) {
+            Ok(l) if l.info().is_ok_and(|i| tcx_link_valid(&i, ifindex, dir)) => l,
+            // Nothing of ours to move: an ordinary attach is in front anyway.
+            _ => return self.attach(ifindex, dir),
+        };
+        let mut new = self.tcx_attach_front(self.spare_prog(dir)?, ifindex).map_err(err)?;
+        if let Err(source) = new.pin(&tmp) {
+            // Dropping `new` detaches it: back to the old state.
+            return Err(Error::PinLink { ifindex, dir: dir_name(dir), path: tmp, source });
+        }
+        if let Err(source) = fs::rename(&tmp, &pin) {
+            let _ = new.unpin();
+            return Err(Error::RenamePin { from: tmp, to: pin, source });
+        }
+        // The old link's pin is gone with the rename; this detaches it even
+        // if another process still holds it open.
+        old.detach().map_err(|source| Error::Detach { ifindex, dir: dir_name(dir), mode: self.mode, source })?;
+        drop(old);
+        // Should this fail, the spare copy stays in front (it filters the
+        // same) and the next pass updates it in place.
+        new.update_prog(self.prog(dir)).map_err(err)
     }
 
     /// Removes hostfwd's attachment for `dir` from `ifindex`; absent is fine.
@@ -218,7 +272,8 @@ impl Datapath {
             let info = Link::open(entry.path()).and_then(|l| l.info());
             match info {
                 Ok(info) if tcx_link_valid(&info, ifindex, d) => {
-                    out.push(Attachment { ifindex, dir: d, mode: self.mode, prog_id: info.prog_id })
+                    let ahead = tcx_ahead(ifindex, d, info.id)?;
+                    out.push(Attachment { ifindex, dir: d, mode: self.mode, prog_id: info.prog_id, ahead })
                 }
                 _ => {
                     if fs::remove_file(entry.path()).is_ok() {
@@ -230,6 +285,8 @@ impl Datapath {
         Ok(out)
     }
 
+    /// Legacy attachments: every device's clsact filters (one dump per
+    /// hook), hostfwd's found by its (priority, handle) and program name.
     fn tc_attachments(&self) -> Result<Vec<Attachment>> {
         let AttachMode::Tc { priority, handle } = self.mode else { return Ok(Vec::new()) };
         let ifaces = nix::net::if_::if_nameindex().map_err(Error::Interfaces)?;
@@ -237,16 +294,14 @@ impl Datapath {
         for iface in ifaces.iter() {
             let ifindex = iface.index();
             for dir in [Direction::Ingress, Direction::Egress] {
-                let mut hook = TcHookBuilder::new(self.prog(dir).as_fd())
-                    .ifindex(ifindex as i32)
-                    .handle(handle)
-                    .priority(priority as u32)
-                    .hook(tc_point(dir));
-                if let Ok(prog_id) = hook.query() {
-                    if self.is_own_prog(prog_id) {
-                        out.push(Attachment { ifindex, dir, mode: self.mode, prog_id });
-                    }
-                }
+                // A device that went away between the listing and the dump
+                // has nothing attached.
+                let Ok(filters) = order::tc_filters(ifindex, dir) else { continue };
+                let Some(pos) = filters.iter().position(|f| f.priority == priority && f.handle == handle && f.kind == "bpf") else { continue };
+                let Some(prog_id) = filters[pos].prog_id.filter(|id| is_own_prog(*id)) else { continue };
+                let mut ahead: Vec<HookProg> = tcx_chain_progs(ifindex, dir);
+                ahead.extend(filters[..pos].iter().map(order::TcFilter::hook_prog));
+                out.push(Attachment { ifindex, dir, mode: self.mode, prog_id, ahead });
             }
         }
         Ok(out)
@@ -255,26 +310,25 @@ impl Datapath {
     /// Ids of every program the kernel runs on the tcx hook of `ifindex`
     /// (hostfwd's and anyone else's), in order: how duplicates are caught.
     pub fn tcx_progs(ifindex: u32, dir: Direction) -> Result<Vec<u32>> {
-        let mut ids = [0u32; 64];
-        let mut opts = query_opts();
-        opts.prog_ids = ids.as_mut_ptr();
-        opts.__bindgen_anon_1.count = ids.len() as u32;
-        // SAFETY: prog_ids points at `count` writable u32s that outlive the call.
-        let rc = unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, tcx_attach_type(dir), &mut opts) };
-        if rc != 0 {
-            return Err(Error::Query { ifindex, source: io::Error::from_raw_os_error(-rc) });
-        }
-        // SAFETY: both union members are the same u32.
-        let n = unsafe { opts.__bindgen_anon_1.count } as usize;
-        Ok(ids[..n.min(ids.len())].to_vec())
+        Ok(order::tcx_chain(ifindex, dir)?.into_iter().map(|e| e.prog_id).collect())
     }
 
-    /// Whether a program id is one of hostfwd's entry programs (this load or
-    /// an earlier one with the same names).
-    fn is_own_prog(&self, prog_id: u32) -> bool {
-        libbpf_rs::query::ProgInfoIter::default()
-            .find(|p| p.id == prog_id)
-            .is_some_and(|p| matches!(p.name.to_str(), Some("hf_ingress") | Some("hf_egress")))
+    /// For the periodic order check: whether this load's program runs first
+    /// on each of `hooks` (tcx: one query per hook that copies one id).
+    /// Empty hooks count as first. Always true on legacy tc, where
+    /// nothing can be moved (the regular pass reports what runs first).
+    pub fn first_on_hooks(&self, hooks: impl IntoIterator<Item = (u32, Direction)>) -> bool {
+        let AttachMode::Tcx = self.mode else { return true };
+        let ids = self.prog_ids();
+        hooks.into_iter().all(|(ifindex, dir)| {
+            let own = if dir == Direction::Ingress { ids.0 } else { ids.1 };
+            match order::tcx_first(ifindex, dir) {
+                Ok(Some(first)) => first == own,
+                // Empty (not attached yet) or unreadable (the device is
+                // going): netlink events bring the pass for those.
+                Ok(None) | Err(_) => true,
+            }
+        })
     }
 
     /// The kernel id of this load's program for `dir`, to compare with
@@ -282,6 +336,27 @@ impl Datapath {
     pub fn prog_id(&self, dir: Direction) -> u32 {
         libbpf_rs::Program::id_from_fd(self.prog(dir).as_fd()).unwrap_or(0)
     }
+}
+
+/// Whether a program id is one of hostfwd's entry programs (this load or
+/// an earlier one with the same names).
+fn is_own_prog(prog_id: u32) -> bool {
+    matches!(order::prog_name(prog_id).as_str(), "hf_ingress" | "hf_egress")
+}
+
+/// The programs before hostfwd's link `own_link` on a tcx hook.
+fn tcx_ahead(ifindex: u32, dir: Direction, own_link: u32) -> Result<Vec<HookProg>> {
+    let chain = order::tcx_chain(ifindex, dir)?;
+    let Some(pos) = chain.iter().position(|e| e.link_id == own_link) else { return Ok(Vec::new()) };
+    Ok(chain[..pos].iter().map(|e| HookProg { id: e.prog_id, name: order::prog_name(e.prog_id), at: "tcx".into() }).collect())
+}
+
+/// Every tcx program of a hook (they all run before legacy filters); none
+/// where the kernel has no tcx.
+fn tcx_chain_progs(ifindex: u32, dir: Direction) -> Vec<HookProg> {
+    order::tcx_chain(ifindex, dir)
+        .map(|c| c.iter().map(|e| HookProg { id: e.prog_id, name: order::prog_name(e.prog_id), at: "tcx".into() }).collect())
+        .unwrap_or_default()
 }
 
 fn tc_point(dir: Direction) -> libbpf_rs::TcAttachPoint {

@@ -8,6 +8,7 @@
 mod attach;
 mod events;
 mod maps;
+pub mod order;
 pub mod paths;
 
 use std::fs;
@@ -19,6 +20,7 @@ use std::time::Instant;
 use hostfwd_bpf::skel::{HostfwdSkel, HostfwdSkelBuilder, OpenHostfwdSkel};
 use libbpf_rs::skel::{OpenSkel, Skel, SkelBuilder};
 use libbpf_rs::{MapCore, OpenObject, ProgramAttachType};
+use std::os::fd::AsFd;
 
 pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
@@ -62,6 +64,8 @@ pub enum Error {
     Load(#[source] libbpf_rs::Error),
     #[error("pinning map {map} at {path}: {source}")]
     PinMap { map: String, path: PathBuf, source: libbpf_rs::Error },
+    #[error("sharing map {map} with the spare programs: {source}")]
+    ReuseMap { map: String, source: libbpf_rs::Error },
     #[error("opening pinned map {path}: {source}")]
     OpenPinned { path: PathBuf, source: libbpf_rs::Error },
     #[error("probing tcx support: {0}")]
@@ -72,6 +76,8 @@ pub enum Error {
     Detach { ifindex: u32, dir: &'static str, mode: AttachMode, source: libbpf_rs::Error },
     #[error("pinning the tcx link for {dir} on ifindex {ifindex} at {path}: {source}")]
     PinLink { ifindex: u32, dir: &'static str, path: PathBuf, source: libbpf_rs::Error },
+    #[error("renaming pin {from} over {to}: {source}")]
+    RenamePin { from: PathBuf, to: PathBuf, source: io::Error },
     #[error("querying attachments on ifindex {ifindex}: {source}")]
     Query { ifindex: u32, source: io::Error },
     #[error("listing network interfaces: {0}")]
@@ -130,6 +136,10 @@ pub struct Datapath {
     policy_keys: [Option<maps::GenerationKeys>; 2],
     /// The maps were set up by an earlier load (see [`Datapath::adopted`]).
     adopted: bool,
+    /// A second copy of the programs on the same maps, loaded on the first
+    /// move to the front: tcx holds a program once per hook, so the new
+    /// link in front runs the copy until the old link is gone.
+    spare: std::sync::OnceLock<HostfwdSkel<'static>>,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -175,6 +185,19 @@ impl Datapath {
     /// (state such as conntrack and counters survives restarts), and pins the
     /// rest. Nothing is attached yet.
     pub fn load(cfg: &Config) -> Result<Self> {
+        Self::load_with(cfg, true)
+    }
+
+    /// The maps alone, pinned or new, without loading the programs: no
+    /// verifier run (a second or more on a slow machine), for readers such
+    /// as `hostfwd inspect`. Attachments are still listed (hostfwd's
+    /// programs are known by name); attaching and detaching need
+    /// [`Datapath::load`].
+    pub fn load_maps(cfg: &Config) -> Result<Self> {
+        Self::load_with(cfg, false)
+    }
+
+    fn load_with(cfg: &Config, programs: bool) -> Result<Self> {
         route_libbpf_logs();
         let paths = Paths::new(&cfg.bpffs_root);
         ensure_bpffs_dir(&paths.maps_dir())?;
@@ -206,6 +229,11 @@ impl Datapath {
                 }
             }
         }
+        if !programs {
+            for mut prog in open.open_object_mut().progs_mut() {
+                prog.set_autoload(false);
+            }
+        }
         if let AttachMode::Tc { .. } = mode {
             // Kernels without tcx know no tcx attach type: load as plain tc.
             for mut prog in open.open_object_mut().progs_mut() {
@@ -224,7 +252,7 @@ impl Datapath {
                 map.pin(&pin).map_err(|source| Error::PinMap { map: name.clone(), path: pin.clone(), source })?;
             }
         }
-        let mut dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None], adopted: false };
+        let mut dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None], spare: std::sync::OnceLock::new(), adopted: false };
         dp.adopted = dp.init_global()?;
         Ok(dp)
     }
@@ -268,6 +296,34 @@ impl Datapath {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             other => other,
         }
+    }
+
+    /// The spare copy's program for `dir` (see `spare`), loaded on first use
+    /// with every map of this load (same state, nothing pinned anew).
+    fn spare_prog(&self, dir: Direction) -> Result<&libbpf_rs::ProgramMut<'static>> {
+        let skel = match self.spare.get() {
+            Some(s) => s,
+            None => {
+                let storage: &'static mut MaybeUninit<OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+                let mut open = HostfwdSkelBuilder::default().open(storage).map_err(Error::Open)?;
+                for mut map in open.open_object_mut().maps_mut() {
+                    let name = map.name().to_owned();
+                    if !name.to_string_lossy().starts_with("hf_") {
+                        continue;
+                    }
+                    if let Some(ours) = self.skel.object().maps().find(|m| m.name() == name) {
+                        map.reuse_fd(ours.as_fd()).map_err(|source| Error::ReuseMap { map: name.to_string_lossy().into_owned(), source })?;
+                    }
+                }
+                let skel = open.load().map_err(Error::Load)?;
+                // Two moves at once may both load one; the first kept wins.
+                self.spare.get_or_init(|| skel)
+            }
+        };
+        Ok(match dir {
+            Direction::Ingress => &skel.progs.hf_ingress,
+            Direction::Egress => &skel.progs.hf_egress,
+        })
     }
 
     fn prog(&self, dir: Direction) -> &libbpf_rs::ProgramMut<'static> {
@@ -330,8 +386,10 @@ impl Datapath {
     /// (attachments from the hooks and pins, the rest from the maps).
     /// Legacy tc attachments are found in the caller's network namespace.
     pub fn actual(&self) -> Result<crate::reconcile::Actual> {
+        let list = self.attachments()?;
         Ok(crate::reconcile::Actual {
-            attachments: self.attachments()?.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
+            ahead: list.iter().filter(|a| !a.ahead.is_empty()).map(|a| ((a.ifindex, a.dir), a.ahead.clone())).collect(),
+            attachments: list.into_iter().map(|a| ((a.ifindex, a.dir), a.prog_id)).collect(),
             links: self.links()?,
             vlans: self.vlans().into_iter().collect(),
             local: self.local_nets().into_iter().collect(),
@@ -349,6 +407,7 @@ impl Datapath {
             A::AllowVlan(i, vid) => self.allow_vlan(i, vid),
             A::DisallowVlan(i, vid) => self.disallow_vlan(i, vid),
             A::Attach(i, d) => self.attach(i, d),
+            A::MoveToFront(i, d) => self.move_to_front(i, d),
             A::Detach(i, d) => self.detach(i, d),
         }
     }

@@ -4,6 +4,8 @@
 //! <root>/                              default /sys/fs/bpf/hostfwd
 //!   maps/<map name>                    every datapath map (hf_links, hf_ct4, …)
 //!   links/tcx-<ifindex>-<direction>    tcx links (direction: ingress | egress)
+//!   links/tcxnew-<ifindex>-<direction> a tcx link being moved to the front,
+//!                                      renamed over the one above at once
 //! ```
 //!
 //! Legacy tc attachments cannot be pinned: they are found again by querying
@@ -46,6 +48,13 @@ impl Paths {
         self.links_dir().join(format!("tcx-{ifindex}-{}", dir_name(dir)))
     }
 
+    /// Where a new link is pinned before it replaces [`Paths::tcx_link`]
+    /// (a name [`Paths::parse_tcx_link`] does not take for a link; bpffs
+    /// refuses names with a dot).
+    pub fn tcx_link_tmp(&self, ifindex: u32, dir: Direction) -> PathBuf {
+        self.links_dir().join(format!("tcxnew-{ifindex}-{}", dir_name(dir)))
+    }
+
     /// Parses a file name made by [`Paths::tcx_link`].
     pub fn parse_tcx_link(name: &str) -> Option<(u32, Direction)> {
         let rest = name.strip_prefix("tcx-")?;
@@ -67,5 +76,8 @@ mod tests {
         assert_eq!(Paths::parse_tcx_link(name), Some((42, Direction::Egress)));
         assert_eq!(Paths::parse_tcx_link("tcx-x-egress"), None);
         assert_eq!(Paths::parse_tcx_link("tcx-4-sideways"), None);
+        let tmp = p.tcx_link_tmp(42, Direction::Egress);
+        assert_eq!(tmp.parent(), path.parent(), "renamed within one directory");
+        assert_eq!(Paths::parse_tcx_link(tmp.file_name().and_then(|n| n.to_str()).unwrap()), None);
     }
 }

@@ -156,3 +156,56 @@ pub fn wait_until(what: &str, within: std::time::Duration, mut f: impl FnMut() -
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+/// Someone else's program for the hook-order tests (`bpf/c/pass.bpf.c`:
+/// `foreign_pass_in`/`foreign_pass_eg` return "pass", which ends the tcx
+/// chain and, as a direct-action filter, legacy classification).
+pub struct ForeignPass {
+    obj: libbpf_rs::Object,
+}
+
+impl ForeignPass {
+    pub const INGRESS: &'static str = "foreign_pass_in";
+
+    pub fn load() -> ForeignPass {
+        let open = libbpf_rs::ObjectBuilder::default().open_memory(hostfwd_bpf::PASS_OBJECT).expect("open pass object");
+        // Not pinned anywhere: the test's links are its only users.
+        let obj = open.load().expect("load pass object");
+        ForeignPass { obj }
+    }
+
+    fn prog_fd(&self, dir: Direction) -> std::os::fd::RawFd {
+        use std::os::fd::{AsFd, AsRawFd};
+        let name = if dir == Direction::Ingress { "foreign_pass_in" } else { "foreign_pass_eg" };
+        let prog = self.obj.progs().find(|p| p.name() == name).expect("pass program");
+        prog.as_fd().as_raw_fd()
+    }
+
+    pub fn prog_id(&self, dir: Direction) -> u32 {
+        // SAFETY: the fd belongs to self.obj, which outlives the call.
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.prog_fd(dir)) };
+        libbpf_rs::Program::id_from_fd(fd).expect("pass program id")
+    }
+
+    /// Attaches to the tcx hook of `ifindex` in `ns`, in front of all
+    /// (`front`, BPF_F_BEFORE) or behind all. Detached when the returned
+    /// link fd is closed.
+    pub fn attach_tcx(&self, ns: &hostfwd_tests::NetNs, ifindex: u32, dir: Direction, front: bool) -> std::os::fd::OwnedFd {
+        use std::os::fd::FromRawFd;
+        let prog_fd = self.prog_fd(dir);
+        let ty = if dir == Direction::Ingress { libbpf_sys::BPF_TCX_INGRESS } else { libbpf_sys::BPF_TCX_EGRESS };
+        let fd = ns
+            .run(move || {
+                // SAFETY: a zeroed bpf_link_create_opts is valid once sz is set.
+                let mut opts: libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+                opts.sz = std::mem::size_of::<libbpf_sys::bpf_link_create_opts>() as _;
+                opts.flags = if front { libbpf_sys::BPF_F_BEFORE } else { 0 };
+                // SAFETY: prog_fd is a loaded program; opts is valid.
+                unsafe { libbpf_sys::bpf_link_create(prog_fd, ifindex as i32, ty, &opts) }
+            })
+            .expect("netns");
+        assert!(fd >= 0, "attaching the foreign pass program: {}", std::io::Error::from_raw_os_error(-fd));
+        // SAFETY: a new link fd that nothing else owns.
+        unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+    }
+}
