@@ -22,7 +22,7 @@ use crate::policy::files;
 use crate::policy::store::{self, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
-use crate::state::{self, Persisted, PolicyRecord, SavedSource};
+use crate::state::{self, Persisted, PolicyRecord};
 use crate::vlan;
 
 /// After a quiet period, the first event is acted on this soon: enough to
@@ -200,7 +200,7 @@ impl Daemon {
                 let problem = format!("policy directory {} rejected:\n{e}", dir.display());
                 match self.record.last_good.clone() {
                     Some(saved) => {
-                        let sources: Sources = saved.into_iter().map(|s| (s.name.clone(), from_saved(s))).collect();
+                        let sources: Sources = saved.into_iter().map(|s| (s.name.clone(), Source::from_saved(s))).collect();
                         tracing::error!("{problem}\nthe last good policy set ({} sources) stays in force", sources.len());
                         self.policies.permanent = sources.iter().filter(|(_, s)| s.origin == Origin::Permanent).map(|(n, s)| (n.clone(), s.clone())).collect();
                         self.policies.sources = Some(sources);
@@ -230,7 +230,7 @@ impl Daemon {
     fn save_record(&mut self) {
         let mut r = PolicyRecord { revision: self.policies.revision, last_good: self.record.last_good.clone() };
         if let Some(good) = self.confirmed() {
-            r.last_good = Some(good.values().map(to_saved).collect());
+            r.last_good = Some(good.values().map(Source::saved).collect());
         }
         if r == self.record {
             return;
@@ -1020,12 +1020,4 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
         tracing::info!("exiting; programs stay attached (pinned)");
     }
     Ok(())
-}
-
-fn to_saved(s: &Source) -> SavedSource {
-    SavedSource { name: s.name.clone(), path: s.path.clone(), permanent: s.origin == Origin::Permanent, text: s.text.clone() }
-}
-
-fn from_saved(s: SavedSource) -> Source {
-    Source { name: s.name, origin: if s.permanent { Origin::Permanent } else { Origin::Runtime }, path: s.path, text: s.text }
 }
