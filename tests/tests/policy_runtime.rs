@@ -460,7 +460,9 @@ fn sigkill_at_random_moments_leaves_the_old_or_the_new_policy() {
         let old_i = variants.iter().position(|v| *v == old).expect("a known variant");
         let new = variants[1 - old_i].clone();
         let op = [Op::ApplyPersist, Op::ApplyConfirm, Op::ApplyRollback, Op::Reload, Op::ApplyRuntime][rng.below(5) as usize];
-        let delay = Duration::from_micros(rng.below(40_000));
+        // Two calls (apply, then confirm or rollback) take about twice as long.
+        let window = if matches!(op, Op::ApplyConfirm | Op::ApplyRollback) { 90_000 } else { 40_000 };
+        let delay = Duration::from_micros(rng.below(window));
         // The files the permanent set may hold afterwards.
         let allowed: Vec<&String> = match op {
             Op::ApplyPersist | Op::ApplyConfirm => vec![&old, &new],
