@@ -126,9 +126,10 @@ static __always_inline void hf_judge(const struct hf_ctx *c,
 	out->rule_id = (__u32)r;
 }
 
+/* no_entry: the fast path looked and found no entry in either map. */
 static __always_inline void hf_decide(struct __sk_buff *skb,
 				      const struct hf_ctx *c,
-				      const struct hf_pkt *p,
+				      const struct hf_pkt *p, bool no_entry,
 				      struct hf_verdict *out)
 {
 	enum hf_ct_result res = HF_CT_NEW;
@@ -145,7 +146,7 @@ static __always_inline void hf_decide(struct __sk_buff *skb,
 		return;
 
 	/* 6. Established flows and replies. */
-	if (p->flow)
+	if (p->flow && !no_entry)
 		ct = hf_ct_lookup(p, hf_host_port(p, c->dir), c->now, &res);
 	if (ct && hf_ct_restarts(ct, p))
 		ct = NULL;
@@ -232,6 +233,7 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 	struct hf_pkt p = {};
 	struct hf_l2 l2;
 	struct hf_ctx c;
+	int fast = HF_FAST_ENTRY;
 	__u32 zero = 0;
 	int rc;
 
@@ -282,9 +284,11 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 	 * discovery always take the full order. */
 	c.host_gen = c.g->host_gen;
 	c.epoch = c.g->epoch;
-	if (!rc && p.frag == HF_FRAG_NONE && p.flow && !p.icmp_error &&
-	    hf_ct_fast_pass(&p, dir, c.host_gen, c.epoch, c.now))
-		return HF_PASS;
+	if (!rc && p.frag == HF_FRAG_NONE && p.flow && !p.icmp_error) {
+		fast = hf_ct_fast_pass(&p, dir, c.host_gen, c.epoch, c.now);
+		if (fast == HF_FAST_PASS)
+			return HF_PASS;
+	}
 
 	/* 4. Only traffic to (ingress) or from (egress) the host itself;
 	 * anything else is forwarded, malformed or not, and not ours. */
@@ -325,7 +329,7 @@ static __always_inline int hf_handle(struct __sk_buff *skb, const __u8 dir)
 		return hf_drop(&c, skb, &p, fv->reason, fv->rule_id);
 	}
 
-	hf_decide(skb, &c, &p, &v);
+	hf_decide(skb, &c, &p, fast == HF_FAST_MISS, &v);
 
 	if (p.frag == HF_FRAG_FIRST) {
 		struct hf_frag_val val = {

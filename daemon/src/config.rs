@@ -21,6 +21,70 @@ pub enum Error {
     Invalid { field: String, problem: String },
 }
 
+/// `[maps]`: the size (max_entries) of every map that can fill. The
+/// defaults and their memory are documented in `hostfwd.toml`.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Maps {
+    pub conntrack_in_v4: u32,
+    pub conntrack_in_v6: u32,
+    pub conntrack_out_v4: u32,
+    pub conntrack_out_v6: u32,
+    pub fragments: u32,
+    pub host_addrs: u32,
+    pub identities_v4: u32,
+    pub identities_v6: u32,
+    pub rules: u32,
+    pub counters: u32,
+}
+
+/// One `[maps]` key: its map and the sizes hostfwd accepts. None of these
+/// map types needs a power of two (the kernel rounds hash buckets up
+/// itself); the bounds keep a typo from asking for gigabytes or a map too
+/// small to work (an LRU map needs entries for every CPU's free list).
+struct MapKey {
+    key: &'static str,
+    map: &'static str,
+    min: u32,
+    max: u32,
+}
+
+const MAP_KEYS: [MapKey; 10] = [
+    MapKey { key: "maps.conntrack_in_v4", map: "hf_ct4", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.conntrack_in_v6", map: "hf_ct6", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.conntrack_out_v4", map: "hf_ct4_out", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.conntrack_out_v6", map: "hf_ct6_out", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.fragments", map: "hf_frags", min: 1024, max: 1 << 20 },
+    MapKey { key: "maps.host_addrs", map: "hf_host_addrs", min: 64, max: 1 << 20 },
+    MapKey { key: "maps.identities_v4", map: "hf_ident4", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.identities_v6", map: "hf_ident6", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.rules", map: "hf_rules", min: 1024, max: 1 << 24 },
+    MapKey { key: "maps.counters", map: "hf_counters", min: 256, max: 1 << 20 },
+];
+
+impl Maps {
+    /// Values in the order of MAP_KEYS.
+    fn values(&self) -> [u32; 10] {
+        [
+            self.conntrack_in_v4,
+            self.conntrack_in_v6,
+            self.conntrack_out_v4,
+            self.conntrack_out_v6,
+            self.fragments,
+            self.host_addrs,
+            self.identities_v4,
+            self.identities_v6,
+            self.rules,
+            self.counters,
+        ]
+    }
+}
+
+/// The configuration key (`maps.…`) that sizes a map, if any.
+pub fn map_size_key(map: &str) -> Option<&'static str> {
+    MAP_KEYS.iter().find(|k| k.map == map).map(|k| k.key)
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Failsafe {
@@ -61,6 +125,7 @@ pub struct Config {
     pub events_per_sec: u32,
     pub events_burst: u32,
     pub failsafe: Failsafe,
+    pub maps: Maps,
 }
 
 impl Config {
@@ -96,6 +161,7 @@ impl Config {
             }
         }
         self.failsafe_entries()?;
+        self.map_sizes()?;
         self.bus()?;
         for (field, list) in [("devices", &self.devices), ("exclude", &self.exclude)] {
             for (i, pat) in list.iter().enumerate() {
@@ -133,7 +199,21 @@ impl Config {
     }
 
     pub fn datapath(&self) -> Result<datapath::Config, Error> {
-        Ok(datapath::Config { bpffs_root: self.bpffs_root.clone(), attach_mode: self.attach_choice()? })
+        Ok(datapath::Config { bpffs_root: self.bpffs_root.clone(), attach_mode: self.attach_choice()?, map_sizes: self.map_sizes()? })
+    }
+
+    /// `[maps]` as sizes for the loader, each checked against its bounds.
+    pub fn map_sizes(&self) -> Result<Vec<datapath::MapSize>, Error> {
+        MAP_KEYS
+            .iter()
+            .zip(self.maps.values())
+            .map(|(k, entries)| {
+                if entries < k.min || entries > k.max {
+                    return Err(Error::Invalid { field: k.key.to_string(), problem: format!("{entries} entries is outside {}..={}", k.min, k.max) });
+                }
+                Ok(datapath::MapSize { map: k.map, key: k.key, entries })
+            })
+            .collect()
     }
 
     /// Failsafe entries as (direction, IP protocol, port).
@@ -274,5 +354,28 @@ mod tests {
     fn failsafe_can_be_disabled() {
         let c = load_str("[failsafe]\ningress = []\negress = []\n").unwrap();
         assert!(c.failsafe_entries().unwrap().is_empty());
+    }
+
+    #[test]
+    fn map_sizes_merge_validate_and_name_the_key() {
+        let d = Config::load(None).unwrap().map_sizes().unwrap();
+        assert_eq!(d.len(), MAP_KEYS.len());
+        let c = load_str("[maps]\nrules = 524288\n").unwrap();
+        let sizes = c.map_sizes().unwrap();
+        let rules = sizes.iter().find(|s| s.map == "hf_rules").unwrap();
+        assert_eq!((rules.key, rules.entries), ("maps.rules", 524288));
+        // The other keys keep the built-in default.
+        assert_eq!(sizes.iter().find(|s| s.map == "hf_ct4").map(|s| s.entries), d.iter().find(|s| s.map == "hf_ct4").map(|s| s.entries));
+        let e = load_str("[maps]\nconntrack_in_v6 = 10\n").unwrap_err().to_string();
+        assert!(e.contains("maps.conntrack_in_v6") && e.contains("10 entries"), "{e}");
+        let e = load_str("[maps]\ncounters = 4294967295\n").unwrap_err().to_string();
+        assert!(e.contains("maps.counters"), "{e}");
+        let e = load_str("[maps]\nconntrack = 1024\n").unwrap_err().to_string();
+        assert!(e.contains("conntrack"), "{e}");
+        let env = [("HOSTFWD_MAPS__CONNTRACK_OUT_V4", "4096")].map(|(k, v)| (k.to_string(), v.to_string()));
+        let c = Config::load_with_env(None, env).unwrap();
+        assert_eq!(c.maps.conntrack_out_v4, 4096);
+        assert_eq!(map_size_key("hf_ct4_out"), Some("maps.conntrack_out_v4"));
+        assert_eq!(map_size_key("hf_events"), None);
     }
 }

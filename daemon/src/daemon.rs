@@ -38,6 +38,13 @@ const PERIODIC: Duration = Duration::from_secs(30);
 /// program inserted in front of hostfwd (tcx attaches send no netlink
 /// event). One BPF_PROG_QUERY per hook that copies a single id.
 pub const ORDER_CHECK: Duration = Duration::from_secs(2);
+/// How often the drop counters are checked for a full conntrack map (at
+/// most one warning per map per interval).
+const FULL_CHECK: Duration = Duration::from_secs(10);
+/// The conntrack maps a new flow goes to, by the hook that saw it: flows
+/// started from outside (ingress), flows the host started (egress).
+const CONNTRACK_MAPS: [(crate::datapath::Direction, [&str; 2]); 2] =
+    [(crate::datapath::Direction::Ingress, ["hf_ct4", "hf_ct6"]), (crate::datapath::Direction::Egress, ["hf_ct4_out", "hf_ct6_out"])];
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -117,6 +124,9 @@ pub struct Daemon {
     problems: Vec<String>,
     /// The last `STATUS=` sent to systemd.
     status: String,
+    /// `conntrack-full` drops per CONNTRACK_MAPS row at the last check;
+    /// `None` before the first (drops from before the start are no news).
+    ct_full_seen: Option<[u64; 2]>,
 }
 
 impl Daemon {
@@ -153,6 +163,7 @@ impl Daemon {
             record_error: None,
             problems: Vec::new(),
             status: String::new(),
+            ct_full_seen: None,
         }
     }
 
@@ -720,6 +731,7 @@ impl Daemon {
             ("attach_mode", cfg.attach_mode != self.cfg.attach_mode || cfg.tc_priority != self.cfg.tc_priority || cfg.tc_handle != self.cfg.tc_handle),
             ("dbus", cfg.dbus != self.cfg.dbus),
             ("state_dir", cfg.state_dir != self.cfg.state_dir),
+            ("maps", cfg.maps != self.cfg.maps),
         ] {
             if changed {
                 tracing::warn!(key, "changed in the configuration; takes effect on restart");
@@ -764,6 +776,38 @@ impl Daemon {
         Ok(())
     }
 
+    /// Warns when flows were dropped because a conntrack map was full,
+    /// naming the maps of that direction, their fill and the key to raise.
+    fn check_full_maps(&mut self) {
+        let counters = match self.dp.counters() {
+            Ok(c) => c,
+            Err(e) => return tracing::warn!(error = %e, "reading drop counters"),
+        };
+        let full = Some(hostfwd_bpf::DropReason::ConntrackFull);
+        let now = CONNTRACK_MAPS.map(|(dir, _)| counters.iter().filter(|c| c.reason == full && c.dir == dir).map(|c| c.packets).sum::<u64>());
+        if let Some(seen) = self.ct_full_seen {
+            for (i, (dir, maps)) in CONNTRACK_MAPS.iter().enumerate() {
+                // Counters may have been reset: only growth is news.
+                let grew = now[i].saturating_sub(seen[i]);
+                if grew == 0 {
+                    continue;
+                }
+                for map in maps {
+                    let (used, max) = self.dp.map_fill(map).unwrap_or((0, 0));
+                    tracing::warn!(
+                        map,
+                        entries = used,
+                        max_entries = max,
+                        key = crate::config::map_size_key(map).unwrap_or("-"),
+                        dropped = grew,
+                        direction = crate::datapath::dir_name(*dir),
+                        "new flows dropped: no conntrack entry could be made (conntrack-full); if this map is near max_entries, raise its key in the configuration"
+                    );
+                }
+            }
+        }
+        self.ct_full_seen = Some(now);
+    }
 }
 
 /// Attaches that may run at once: each tcx/tc attach waits for an RCU grace
@@ -935,6 +979,7 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut full_check = tokio::time::interval(FULL_CHECK);
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;
     // Reset by every pass: the check only runs when nothing else did.
@@ -1006,6 +1051,7 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
             _ = watchdog.tick() => {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
+            _ = full_check.tick() => d.check_full_maps(),
             _ = tokio::signal::ctrl_c() => break,
             _ = term.recv() => break,
         }

@@ -26,6 +26,15 @@ pub struct Snapshot {
     /// tcx only: how many programs the kernel runs on each hook hostfwd is
     /// attached to (anything above one of ours would be a duplicate).
     pub hooks: Vec<HookView>,
+    pub memory: MemoryView,
+}
+
+/// Kernel memory of hostfwd's maps, as the kernel charges it (fdinfo
+/// `memlock`).
+#[derive(Debug, Serialize)]
+pub struct MemoryView {
+    pub total_bytes: u64,
+    pub maps: Vec<datapath::MapMemory>,
 }
 
 #[derive(Debug, Serialize)]
@@ -104,7 +113,10 @@ pub fn snapshot(dp: &Datapath) -> datapath::Result<Snapshot> {
     } else {
         Vec::new()
     };
+    let maps = dp.map_memory()?;
+    let memory = MemoryView { total_bytes: maps.iter().map(|m| m.memlock).sum(), maps };
     Ok(Snapshot {
+        memory,
         hooks,
         mode: dp.mode().name(),
         attachments: attachments
@@ -141,7 +153,8 @@ impl Snapshot {
     /// One fact per line, for shell scripts (`grep -qx 'vlan bond0 1000'`):
     /// `mode M`, `attach NAME DIR`, `link NAME FLAGS`, `vlan NAME VID`,
     /// `addr IP`, `local PREFIX`, `drop NAME DIR REASON audit|enforced PACKETS`,
-    /// `ahead NAME DIR PROGRAM ID` (a program that runs before hostfwd's).
+    /// `ahead NAME DIR PROGRAM ID` (a program that runs before hostfwd's),
+    /// `memory TOTAL_BYTES`, `map NAME MAX_ENTRIES BYTES`.
     pub fn lines(&self) -> String {
         let mut out = format!("mode {}\n", self.mode);
         for a in &self.attachments {
@@ -170,6 +183,10 @@ impl Snapshot {
         for c in &self.counters {
             let name = self.attachments.iter().find(|a| a.ifindex == c.ifindex).map(|a| a.name.clone()).unwrap_or_else(|| format!("#{}", c.ifindex));
             out += &format!("drop {name} {} {} {} {}\n", c.direction, c.reason, if c.audit { "audit" } else { "enforced" }, c.packets);
+        }
+        out += &format!("memory {}\n", self.memory.total_bytes);
+        for m in &self.memory.maps {
+            out += &format!("map {} {} {}\n", m.map, m.max_entries, m.memlock);
         }
         out
     }

@@ -25,7 +25,7 @@ fn main() {
     ns.ip(&["-batch", file.to_str().expect("utf-8 path")]).expect("ip -batch");
     let _ = std::fs::remove_file(&file);
     let root = PathBuf::from(format!("/sys/fs/bpf/hfbench-order-{}", std::process::id()));
-    let dp = Datapath::load(&datapath::Config { bpffs_root: root.clone(), attach_mode: AttachModeChoice::Tcx }).expect("load");
+    let dp = Datapath::load(&datapath::Config { bpffs_root: root.clone(), attach_mode: AttachModeChoice::Tcx, ..Default::default() }).expect("load");
 
     let (check, read) = ns
         .run(|| {

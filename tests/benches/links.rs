@@ -119,7 +119,7 @@ fn main() {
     // The kernel's own cost of one tcx attach on a fresh device (it waits
     // for an RCU grace period under the RTNL lock), from this process.
     let raw_root = PathBuf::from(format!("/sys/fs/bpf/hfbench-raw-{}", std::process::id()));
-    let raw = hostfwd::datapath::Datapath::load(&hostfwd::datapath::Config { bpffs_root: raw_root.clone(), attach_mode: hostfwd::datapath::AttachModeChoice::Tcx }).expect("load");
+    let raw = hostfwd::datapath::Datapath::load(&hostfwd::datapath::Config { bpffs_root: raw_root.clone(), attach_mode: hostfwd::datapath::AttachModeChoice::Tcx, ..Default::default() }).expect("load");
     let mut raw_ms = Vec::new();
     for i in 0..20 {
         let name = format!("raw{i}");

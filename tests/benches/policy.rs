@@ -465,6 +465,7 @@ fn fixture() -> Fixture {
     let dp = Datapath::load(&datapath::Config {
         bpffs_root: root.clone(),
         attach_mode: AttachModeChoice::Auto,
+        ..Default::default()
     })
     .expect("load datapath (root? bpffs mounted?)");
     dp.set_global(GlobalSettings {

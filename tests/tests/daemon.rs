@@ -60,7 +60,7 @@ fn auto_follows_addresses_and_default_routes() {
     assert_eq!(attached(&topo, &dp), vec![], "veth without default route is plumbing");
     // With a default route through it, it is the uplink.
     topo.host.ip(&["route", "add", "default", "via", "10.77.0.2"]).unwrap();
-    wait_until("h0 attached once it carries the default route", Duration::from_secs(10), || attached(&topo, &dp) == both(h));
+    wait_until("h0 attached once it carries the default route", Duration::from_secs(30), || attached(&topo, &dp) == both(h));
     wait_until("host addresses in the map", Duration::from_secs(10), || dp.host_addrs().contains(&topo.h.v4.into()));
     // Link down and up: still the uplink, still attached.
     topo.host.ip(&["link", "set", "h0", "down"]).unwrap();

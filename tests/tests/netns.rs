@@ -307,7 +307,7 @@ fn sigkill_and_adopt(mode: &str, choice: AttachModeChoice) {
     let policies = tempfile::tempdir().unwrap();
     std::fs::write(policies.path().join("web.yaml"), WEB_CCNP).unwrap();
     let mut first = daemon(&s, &root, policies.path(), mode);
-    wait_until("daemon attached both directions", Duration::from_secs(5), || kernel_view(&s, mode).len() == 2);
+    wait_until("daemon attached both directions", Duration::from_secs(30), || kernel_view(&s, mode).len() == 2);
     wait_until("the daemon's policy enforced", Duration::from_secs(5), || !connects(&s, s.other.addr()));
     let mut sess = Session::connect(&s.topo.peer, s.web.addr(), T).unwrap();
     sess.roundtrip(T).unwrap();
@@ -443,7 +443,7 @@ fn tcx_daemon_moves_back_to_the_front() {
     let policies = tempfile::tempdir().unwrap();
     std::fs::write(policies.path().join("web.yaml"), WEB_CCNP).unwrap();
     let mut child = daemon_cmd(&s, &root, policies.path(), "tcx").stderr(Stdio::piped()).spawn().expect("start hostfwd");
-    wait_until("daemon attached both directions", Duration::from_secs(5), || kernel_view(&s, "tcx").len() == 2);
+    wait_until("daemon attached both directions", Duration::from_secs(30), || kernel_view(&s, "tcx").len() == 2);
     wait_until("the daemon's policy enforced", Duration::from_secs(5), || !connects(&s, s.other.addr()));
     assert_eq!(udp_echoes(&s, 20), 0);
     let own = tcx_chain(&s, Direction::Ingress)[0];

@@ -54,6 +54,7 @@ fn a_reused_generation_holds_exactly_the_new_policy() {
     let mut adopted = Datapath::load(&datapath::Config {
         bpffs_root: dp.root.clone(),
         attach_mode: AttachModeChoice::Auto,
+        ..Default::default()
     })
     .expect("adopt the pinned maps");
     let image = compile(&RuleSet::new(rules(400, 80))).expect("compile");

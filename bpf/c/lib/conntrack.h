@@ -126,6 +126,25 @@ static __always_inline bool hf_seq_within(__u32 seq, __u32 ref)
 	return d >= -(__s32)HF_TCP_WINDOW && d <= (__s32)HF_TCP_WINDOW;
 }
 
+/* Moves the next sequence number expected from side s (0 origin, 1
+ * responder) to the end of this segment, if it lies ahead inside the
+ * window; the first segment seen from s sets it. Returns the segment's end. */
+static __always_inline __u32 hf_ct_advance_seq(struct hf_ct_val *v,
+					       const struct hf_pkt *p, __u32 s)
+{
+	__u32 known = s ? HF_CT_SEQ_REPLY : HF_CT_SEQ_ORIG;
+	__u32 end = p->tcp_seq + p->tcp_len;
+
+	if (!(v->flags & known)) {
+		v->seq_next[s & 1] = end;
+		v->flags |= known;
+	} else if ((__s32)(end - v->seq_next[s & 1]) > 0 &&
+		   hf_seq_within(end, v->seq_next[s & 1])) {
+		v->seq_next[s & 1] = end;
+	}
+	return end;
+}
+
 /* Whether an RST from side s (0 origin, 1 responder) may close the flow:
  * its sequence number is exactly the one expected from s (what the
  * receiver itself requires), or, answering a SYN, it acknowledges the SYN.
@@ -149,7 +168,7 @@ __attribute__((noinline)) int hf_ct_update(struct hf_ct_val *v,
 					   const struct hf_pkt *p, __u32 reply,
 					   __u64 now)
 {
-	__u32 s = !!reply, known = reply ? HF_CT_SEQ_REPLY : HF_CT_SEQ_ORIG;
+	__u32 s = !!reply;
 	__u8 flags;
 	__u32 end;
 
@@ -172,14 +191,7 @@ __attribute__((noinline)) int hf_ct_update(struct hf_ct_val *v,
 		return 0;
 	}
 	v->last_seen_ns = now;
-	end = p->tcp_seq + p->tcp_len;
-	if (!(v->flags & known)) {
-		v->seq_next[s & 1] = end;
-		v->flags |= known;
-	} else if ((__s32)(end - v->seq_next[s & 1]) > 0 &&
-		   hf_seq_within(end, v->seq_next[s & 1])) {
-		v->seq_next[s & 1] = end;
-	}
+	end = hf_ct_advance_seq(v, p, s);
 	if ((flags & HF_TCP_FIN) && hf_seq_within(end, v->seq_next[s & 1]))
 		v->flags |= reply ? HF_CT_FIN_REPLY : HF_CT_FIN_ORIG;
 
@@ -284,25 +296,55 @@ static __always_inline bool hf_ct_restarts(const struct hf_ct_val *v,
 	       (p->tcp_flags & (HF_TCP_SYN | HF_TCP_ACK)) == HF_TCP_SYN;
 }
 
+/* What most packets of a flow need of hf_ct_update, inline: nothing that
+ * changes the state (an established TCP segment without SYN, FIN or RST,
+ * or any packet of another protocol). False: call hf_ct_update. */
+static __always_inline bool hf_ct_touch(struct hf_ct_val *v,
+					const struct hf_pkt *p, bool reply,
+					__u64 now)
+{
+	if (p->proto != IPPROTO_TCP) {
+		v->last_seen_ns = now;
+		if (reply)
+			v->flags |= HF_CT_SEEN_REPLY;
+		return true;
+	}
+	if (v->state != HF_CT_ESTABLISHED ||
+	    (p->tcp_flags & (HF_TCP_SYN | HF_TCP_FIN | HF_TCP_RST)))
+		return false;
+	v->last_seen_ns = now;
+	hf_ct_advance_seq(v, p, reply);
+	return true;
+}
+
+#define HF_FAST_PASS 1   /* passed on the entry */
+#define HF_FAST_ENTRY 0  /* an entry exists: the full order decides */
+#define HF_FAST_MISS -1  /* no entry in either map */
+
 /* The established-flow fast path: a live entry whose last verdict was a
  * pass under the epoch in force, and whose host side is known
  * (hf_ct_host_known), is updated and the packet passes. Anything else is
  * left to the full verdict order, which looks the entry up again: a second
- * lookup for a new flow, which keeps the two paths apart for the verifier
- * (handing the entry over doubles its work). */
-static __always_inline bool hf_ct_fast_pass(const struct hf_pkt *p, __u8 dir,
-					    __u32 host_gen, __u32 epoch,
-					    __u64 now)
+ * lookup when one exists, which keeps the two paths apart for the verifier
+ * (handing the entry over doubles its work); a miss it is told about. */
+static __always_inline int hf_ct_fast_pass(const struct hf_pkt *p, __u8 dir,
+					   __u32 host_gen, __u32 epoch,
+					   __u64 now)
 {
 	enum hf_ct_result res;
 	struct hf_ct_val *v;
+	bool reply;
 
 	v = hf_ct_lookup(p, hf_host_port(p, dir), now, &res);
-	if (!v || (v->flags & HF_CT_DENIED) || v->epoch != epoch ||
+	if (!v)
+		return HF_FAST_MISS;
+	if ((v->flags & HF_CT_DENIED) || v->epoch != epoch ||
 	    hf_ct_restarts(v, p) || !hf_ct_host_known(v, res, dir, host_gen))
-		return false;
-	hf_ct_update(v, p, res == HF_CT_REPLY_PKT, now);
-	return true;
+		return HF_FAST_ENTRY;
+	reply = res == HF_CT_REPLY_PKT;
+	if (!hf_ct_touch(v, p, reply, now))
+		hf_ct_update(v, p, reply, now);
+	return HF_FAST_PASS;
 }
 
 /* Whether a new flow goes into the host's own map: it started on egress,

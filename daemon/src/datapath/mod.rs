@@ -8,6 +8,7 @@
 mod attach;
 mod events;
 mod maps;
+mod memory;
 pub mod order;
 pub mod paths;
 
@@ -26,6 +27,7 @@ pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
 pub use events::{Event, EventReader};
 pub use maps::{pinned_counters, ConntrackEntry, CounterEntry, GlobalSettings};
+pub use memory::{MapMemory, MapSize};
 pub use paths::Paths;
 
 /// The user-visible name of a direction (`ingress`, `egress`).
@@ -98,6 +100,12 @@ pub enum Error {
     TestRun { dir: &'static str, source: libbpf_rs::Error },
     #[error("building the event ring buffer: {0}")]
     RingBuf(#[source] libbpf_rs::Error),
+    #[error("setting the size of map {map} to {entries} (configuration key {key}): {source}")]
+    MapSize { map: String, key: &'static str, entries: u32, source: libbpf_rs::Error },
+    #[error("map {map} (configuration key {key}) is not in the eBPF object")]
+    MapUnknown { map: &'static str, key: &'static str },
+    #[error("reading the memory of map {map} from fdinfo: {source}")]
+    MapMemory { map: String, source: io::Error },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -116,11 +124,14 @@ pub enum AttachModeChoice {
 pub struct Config {
     pub bpffs_root: PathBuf,
     pub attach_mode: AttachModeChoice,
+    /// max_entries of the maps named here (the configuration's `[maps]`);
+    /// the others keep the object's size.
+    pub map_sizes: Vec<MapSize>,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { bpffs_root: PathBuf::from(paths::DEFAULT_ROOT), attach_mode: AttachModeChoice::Auto }
+        Config { bpffs_root: PathBuf::from(paths::DEFAULT_ROOT), attach_mode: AttachModeChoice::Auto, map_sizes: Vec::new() }
     }
 }
 
@@ -214,14 +225,32 @@ impl Datapath {
         let mut open = HostfwdSkelBuilder::default().open(storage).map_err(Error::Open)?;
 
         let names = pinned_map_names(&open);
+        if let Some(s) = cfg.map_sizes.iter().find(|s| !names.iter().any(|n| n == s.map)) {
+            return Err(Error::MapUnknown { map: s.map, key: s.key });
+        }
         for mut map in open.open_object_mut().maps_mut() {
             let name = map.name().to_string_lossy().into_owned();
             if !names.contains(&name) {
                 continue;
             }
+            if let Some(s) = cfg.map_sizes.iter().find(|s| s.map == name) {
+                map.set_max_entries(s.entries).map_err(|source| Error::MapSize { map: name.clone(), key: s.key, entries: s.entries, source })?;
+            }
             let pin = paths.map(&name);
-            if pin.exists() {
-                if let Err(e) = map.reuse_pinned_map(&pin) {
+            if pin.exists() && !programs {
+                // A reader takes the daemon's maps as they are, whatever
+                // this configuration says, and never replaces one.
+                if let Some(entries) = memory::pinned_max_entries(&pin) {
+                    map.set_max_entries(entries).map_err(|source| Error::MapSize { map: name.clone(), key: "(pinned)", entries, source })?;
+                }
+                map.reuse_pinned_map(&pin).map_err(|source| Error::OpenPinned { path: pin.clone(), source })?;
+            } else if pin.exists() {
+                // Adopting takes the pinned map as it is: one of another
+                // size, layout or type would silently win over this load.
+                if let Some(why) = memory::pinned_mismatch(&map, &pin) {
+                    tracing::warn!(map = %name, path = %pin.display(), differences = %why, "pinned map differs from this configuration; replacing it");
+                    let _ = fs::remove_file(&pin);
+                } else if let Err(e) = map.reuse_pinned_map(&pin) {
                     // An incompatible map from another version: start afresh
                     // (the old programs keep their copy until replaced).
                     tracing::warn!(map = %name, path = %pin.display(), error = %e, "pinned map is incompatible; replacing it");

@@ -72,6 +72,7 @@ impl TestDp {
         let dp = Datapath::load(&datapath::Config {
             bpffs_root: root.clone(),
             attach_mode: mode,
+            ..Default::default()
         })
         .unwrap_or_else(|e| panic!("loading the datapath under {}: {e}", root.display()));
         dp.set_global(GlobalSettings {
