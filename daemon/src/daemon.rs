@@ -22,7 +22,7 @@ use crate::policy::files;
 use crate::policy::store::{self, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
-use crate::state::{self, Persisted};
+use crate::state::{self, Persisted, PolicyRecord};
 use crate::vlan;
 
 /// After a quiet period, the first event is acted on this soon: enough to
@@ -108,7 +108,20 @@ pub struct Daemon {
     /// Per-link audit by link name (runtime, starting from the saved state).
     link_audit: BTreeMap<String, bool>,
     policies: Policies,
-    policy_failed: bool,
+    /// Why the last install of the policy in force failed (retried).
+    policy_failed: Option<String>,
+    /// Why the policy directory was rejected at start or on the last
+    /// reload: the policy in force is not the configured one.
+    dir_problem: Option<String>,
+    /// Set when no good policy was ever installed and the configured one is
+    /// invalid: nothing is enforced.
+    not_enforcing: Option<String>,
+    /// The revision counter and the last good policy set, as in state_dir.
+    record: PolicyRecord,
+    /// Why the policy record could not be read or written.
+    record_error: Option<String>,
+    /// The problems last published (each new one goes to the journal).
+    problems: Vec<String>,
     /// The last `STATUS=` sent to systemd.
     status: String,
     /// `conntrack-full` drops per CONNTRACK_MAPS row at the last check;
@@ -143,7 +156,12 @@ impl Daemon {
             local_failed: 0,
             started: false,
             policies: Policies::default(),
-            policy_failed: false,
+            policy_failed: None,
+            dir_problem: None,
+            not_enforcing: None,
+            record: PolicyRecord::default(),
+            record_error: None,
+            problems: Vec::new(),
             status: String::new(),
             ct_full_seen: None,
         }
@@ -158,10 +176,29 @@ impl Daemon {
     }
 
     /// Reads the policy directory at start (a missing one is an empty
-    /// set). An invalid set is logged with every error and nothing is
-    /// installed: the policy in the maps stays until a reload or an API
-    /// change.
-    pub fn load_policies(&mut self) {
+    /// set) and the policy record. An invalid set is not installed: the
+    /// last good set of the record takes its place (the pinned maps hold it
+    /// too after a restart, a cold start has empty maps); without one, the
+    /// pinned maps stay as they are, and empty maps are said to enforce
+    /// nothing. `adopted`: the maps were pinned before this start.
+    pub fn load_policies(&mut self, adopted: bool) {
+        // Writes a crash interrupted leave temp files; their targets are
+        // whole (the old or the new content).
+        for d in [self.cfg.policy_dir.clone(), self.cfg.state_dir.clone()] {
+            match state::remove_stale_temps(&d) {
+                Ok(0) => {}
+                Ok(n) => tracing::warn!(dir = %d.display(), n, "removed temp files of interrupted writes"),
+                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "removing temp files of interrupted writes"),
+            }
+        }
+        match state::load_policy(&self.cfg.state_dir) {
+            Ok(r) => self.record = r,
+            Err(e) => {
+                tracing::error!(error = %e, "ignoring the policy record: the revision starts afresh, no last good policy");
+                self.record_error = Some(e.to_string());
+            }
+        }
+        self.policies.revision = self.record.revision;
         let dir = self.cfg.policy_dir.clone();
         match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p)?, p))) {
             Ok((parsed, p)) => {
@@ -170,7 +207,54 @@ impl Daemon {
                 self.policies.sources = Some(p);
                 self.policies.installed_for = None;
             }
-            Err(e) => tracing::error!(dir = %dir.display(), "policy set rejected, the policy in the maps stays:\n{e}"),
+            Err(e) => {
+                let problem = format!("policy directory {} rejected:\n{e}", dir.display());
+                match self.record.last_good.clone() {
+                    Some(saved) => {
+                        let sources: Sources = saved.into_iter().map(|s| (s.name.clone(), Source::from_saved(s))).collect();
+                        tracing::error!("{problem}\nthe last good policy set ({} sources) stays in force", sources.len());
+                        self.policies.permanent = sources.iter().filter(|(_, s)| s.origin == Origin::Permanent).map(|(n, s)| (n.clone(), s.clone())).collect();
+                        self.policies.sources = Some(sources);
+                        self.policies.installed_for = None;
+                    }
+                    None if adopted => tracing::error!("{problem}\nno last good policy set is recorded: the policy in the pinned maps stays"),
+                    None => {
+                        tracing::error!("{problem}\nno good policy was ever installed: NOT ENFORCING any policy");
+                        self.not_enforcing = Some(format!("not enforcing: no good policy was ever installed and the policy directory {} is invalid", dir.display()));
+                    }
+                }
+                self.dir_problem = Some(problem);
+            }
+        }
+    }
+
+    /// The policy set last installed and not awaiting confirmation.
+    fn confirmed(&self) -> Option<Sources> {
+        match &self.policies.pending {
+            Some(p) => p.previous.clone(),
+            None => self.policies.sources.clone().filter(|_| self.policies.installed_for.is_some()),
+        }
+    }
+
+    /// Writes the revision and the last good set to state_dir: before a
+    /// change is answered, so a restart never hands out a revision again.
+    fn save_record(&mut self) {
+        let mut r = PolicyRecord { revision: self.policies.revision, last_good: self.record.last_good.clone() };
+        if let Some(good) = self.confirmed() {
+            r.last_good = Some(good.values().map(Source::saved).collect());
+        }
+        if r == self.record {
+            return;
+        }
+        match state::save_policy(&self.cfg.state_dir, &r) {
+            Ok(()) => {
+                self.record = r;
+                self.record_error = None;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "saving the policy record");
+                self.record_error = Some(e.to_string());
+            }
         }
     }
 
@@ -188,7 +272,8 @@ impl Daemon {
         tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
         self.policies.report = Some(compiled.report);
         self.policies.installed_for = Some(host_addrs);
-        self.policy_failed = false;
+        self.policy_failed = None;
+        self.not_enforcing = None;
         Ok(())
     }
 
@@ -199,9 +284,14 @@ impl Daemon {
         if self.policies.installed_for.as_ref() == Some(&self.table.host_addrs()) {
             return;
         }
-        if let Err(e) = self.install(&sources) {
-            tracing::error!(error = %e, "installing the policy; retrying on the next pass");
-            self.policy_failed = true;
+        match self.install(&sources) {
+            // The first install of a set (at start, after a failure) makes
+            // it the last good one.
+            Ok(()) => self.save_record(),
+            Err(e) => {
+                tracing::error!(error = %e, "installing the policy; retrying on the next pass");
+                self.policy_failed = Some(format!("installing the policy: {e}"));
+            }
         }
     }
 
@@ -263,6 +353,21 @@ impl Daemon {
         actions
     }
 
+    /// Every reason the state is not what the configuration asks for.
+    fn problems(&self) -> Vec<String> {
+        let mut v: Vec<String> = [&self.not_enforcing, &self.dir_problem, &self.policy_failed].into_iter().flatten().cloned().collect();
+        if let Some(e) = &self.record_error {
+            v.push(format!("policy record: {e}"));
+        }
+        for i in &self.failed {
+            v.push(format!("link {} (ifindex {i}): configuring or attaching failed; retrying (the journal has the error)", self.link_name(*i)));
+        }
+        if self.local_failed > 0 {
+            v.push(format!("{} local address updates failed (a full map?): traffic to them passes unjudged; retrying", self.local_failed));
+        }
+        v
+    }
+
     fn link_name(&self, ifindex: u32) -> String {
         Ifindex::new(ifindex).and_then(|i| self.table.get(i)).map(|l| l.name.clone()).unwrap_or_else(|| format!("#{ifindex}"))
     }
@@ -317,7 +422,9 @@ impl Daemon {
     fn state(&self) -> State {
         if !self.started {
             State::Starting
-        } else if !self.failed.is_empty() || self.local_failed > 0 || self.policy_failed {
+        } else if self.not_enforcing.is_some() {
+            State::NotEnforcing
+        } else if !self.problems().is_empty() {
             State::Degraded
         } else if self.audit() {
             State::Audit
@@ -382,6 +489,7 @@ impl Daemon {
         Snapshot {
             version: manager::VERSION,
             state: self.state(),
+            problems: if self.started { self.problems() } else { Vec::new() },
             audit,
             policy_revision: self.policies.revision,
             pending_confirm: self.policies.pending.as_ref().map(|p| Pending { revision: p.revision, deadline: p.wall }),
@@ -393,13 +501,19 @@ impl Daemon {
 
     fn publish(&mut self) {
         let s = self.snapshot();
+        for p in s.problems.iter().filter(|p| !self.problems.contains(p)) {
+            tracing::error!(state = s.state.name(), "{p}");
+        }
+        self.problems = s.problems.clone();
         let status = format!(
-            "{}: {} enforced, {} guarded, policy revision {}{}",
+            "{}: {} enforced, {} guarded, policy revision {}{}{}",
             s.state.name(),
             s.links.values().filter(|l| l.role == "enforce").count(),
             s.links.values().filter(|l| l.role == "vlan-guard").count(),
             s.policy_revision,
-            if s.pending_confirm.is_some() { " (awaiting confirmation)" } else { "" }
+            if s.pending_confirm.is_some() { " (awaiting confirmation)" } else { "" },
+            // One line: a newline would end the notification's field.
+            s.problems.iter().map(|p| format!("; {}", p.replace('\n', " "))).collect::<String>()
         );
         if status != self.status {
             let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
@@ -498,7 +612,8 @@ impl Daemon {
                 if let Err(e) = self.persist(op) {
                     if let Err(e2) = self.install(&previous.clone().unwrap_or_default()) {
                         tracing::error!(error = %e2, "putting the previous policy back");
-                        self.policy_failed = true;
+                        self.policy_failed = Some(format!("putting the previous policy back: {e2}"));
+                        self.policies.installed_for = None;
                     }
                     return Err(e);
                 }
@@ -515,6 +630,7 @@ impl Daemon {
         } else {
             tracing::info!(revision, "policy applied");
         }
+        self.save_record();
         self.hub.notify(Notice::PolicyApplied { revision });
         Ok(revision)
     }
@@ -548,10 +664,12 @@ impl Daemon {
             }
         };
         tracing::info!(revision, "policy confirmed");
-        match p.persist {
+        let r = match p.persist {
             Some(op) => self.persist(op).map_err(|e| manager::Error::Failed(format!("confirmed, but not persisted: {e}"))),
             None => Ok(()),
-        }
+        };
+        self.save_record();
+        r
     }
 
     /// Puts back the policy of before the change awaiting confirmation.
@@ -561,11 +679,12 @@ impl Daemon {
         if let Err(e) = self.install(&previous) {
             // The previous set was in force a moment ago; keep retrying it.
             tracing::error!(error = %e, "putting the previous policy back; retrying on the next pass");
-            self.policy_failed = true;
+            self.policy_failed = Some(format!("putting the previous policy back: {e}"));
             self.policies.installed_for = None;
         }
         self.policies.sources = p.previous;
         self.policies.revision += 1;
+        self.save_record();
         tracing::warn!(revision = p.revision, restored = self.policies.revision, reason, "policy rolled back");
         self.hub.notify(Notice::PolicyRolledBack { revision: p.revision, reason: reason.to_string() });
         Ok(self.policies.revision)
@@ -619,8 +738,17 @@ impl Daemon {
             }
         }
         let failsafe = cfg.failsafe_entries().map_err(|e| manager::Error::Failed(e.to_string()))?;
-        let permanent = store::read_dir(&cfg.policy_dir).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        store::parse(&permanent).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        // An invalid directory changes nothing in force, but a cold start
+        // would not load it: degraded until a reload succeeds.
+        let invalid = |e: String| format!("policy directory {} rejected:\n{e}", cfg.policy_dir.display());
+        let permanent = store::read_dir(&cfg.policy_dir).map_err(|e| {
+            self.dir_problem = Some(invalid(e.to_string()));
+            manager::Error::InvalidPolicy(e.to_string())
+        })?;
+        store::parse(&permanent).map_err(|e| {
+            self.dir_problem = Some(invalid(e.to_string()));
+            manager::Error::InvalidPolicy(e.to_string())
+        })?;
         let old = std::mem::replace(&mut self.cfg, cfg);
         let applied = (|| {
             self.dp.set_failsafe(&failsafe).map_err(|e| manager::Error::Failed(format!("setting failsafe ports: {e}")))?;
@@ -640,6 +768,8 @@ impl Daemon {
         self.policies.sources = Some(permanent.clone());
         self.policies.permanent = permanent;
         self.policies.revision += 1;
+        self.dir_problem = None;
+        self.save_record();
         self.hub.notify(Notice::PolicyApplied { revision: self.policies.revision });
         tracing::info!(revision = self.policies.revision, "reloaded");
         self.reconcile();
@@ -820,6 +950,7 @@ fn watchdog_interval() -> Option<Duration> {
 
 pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError> {
     let dp = Datapath::load(&cfg.datapath()?)?;
+    let adopted = dp.adopted();
     let bus = cfg.bus()?;
     let (handle, hub) = manager::channel(Snapshot::starting(dp.mode().name()));
     let mut d = Daemon::new(cfg, cfg_file, dp, hub);
@@ -831,12 +962,15 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     for p in select::unmatched_patterns(&d.table, &d.select_config()) {
         tracing::warn!(pattern = %p, "configured device matches no link (yet)");
     }
-    d.load_policies();
-    d.reconcile();
-    if d.policies.sources.is_some() && d.policies.revision == 0 {
-        d.policies.revision = 1;
-        d.publish();
+    d.load_policies(adopted);
+    // The set loaded is a new revision: one past every revision handed out
+    // before (persisted, so a restart never goes backwards).
+    if d.policies.sources.is_some() {
+        d.policies.revision += 1;
     }
+    d.reconcile();
+    d.save_record();
+    d.publish();
     spawn_event_reader(d.dp.paths().clone(), d.hub.events.clone());
     spawn_api(handle.clone(), bus, d.dp.paths().clone());
     tracing::info!(mode = d.dp.mode().name(), audit = d.audit(), links = d.table.len(), "hostfwd running");

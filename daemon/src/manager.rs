@@ -27,8 +27,13 @@ pub enum State {
     /// Programs attached, global audit mode: nothing is dropped.
     Audit,
     /// Something the daemon wants in the kernel is not there (a failed
-    /// attach, a policy that could not be installed); it keeps retrying.
+    /// attach, a policy that could not be installed) or the policy in force
+    /// is not the one configured (an invalid policy directory: the last
+    /// good policy stays); `Problems` says why. It keeps retrying.
     Degraded,
+    /// No good policy was ever installed and the configured one is
+    /// invalid: programs may be attached, but no policy is enforced.
+    NotEnforcing,
 }
 
 impl State {
@@ -38,6 +43,7 @@ impl State {
             State::Enforcing => "enforcing",
             State::Audit => "audit",
             State::Degraded => "degraded",
+            State::NotEnforcing => "not-enforcing",
         }
     }
 }
@@ -123,6 +129,9 @@ pub struct PolicyInfo {
 pub struct Snapshot {
     pub version: &'static str,
     pub state: State,
+    /// Why the state is `degraded` or `not-enforcing`, one problem each;
+    /// empty otherwise.
+    pub problems: Vec<String>,
     /// Global audit mode.
     pub audit: bool,
     pub policy_revision: u64,
@@ -139,6 +148,7 @@ impl Snapshot {
         Snapshot {
             version: VERSION,
             state: State::Starting,
+            problems: Vec::new(),
             audit: true,
             policy_revision: 0,
             pending_confirm: None,

@@ -63,9 +63,13 @@ pub trait Manager {
     #[zbus(property, name = "Version")]
     fn version(&self) -> Result<String, Error>;
 
-    /// `starting`, `enforcing`, `audit` or `degraded`.
+    /// `starting`, `enforcing`, `audit`, `degraded` or `not-enforcing`.
     #[zbus(property, name = "State")]
     fn state(&self) -> Result<String, Error>;
+
+    /// Why the state is `degraded` or `not-enforcing`, one problem each.
+    #[zbus(property, name = "Problems")]
+    fn problems(&self) -> Result<Vec<String>, Error>;
 
     /// Global audit mode: nothing is dropped, would-be drops are reported.
     #[zbus(property, name = "AuditMode")]

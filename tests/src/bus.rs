@@ -554,6 +554,12 @@ impl Daemon {
     /// `ns` with `devices` and `env` (as [`TestBus::start_daemon`]).
     /// Returns once the new one owns the name.
     pub fn kill_and_restart(&mut self, bus: &TestBus, ns: &NetNs, devices: &str, env: &[(&str, &str)]) -> Result<()> {
+        self.kill(bus)?;
+        self.restart(bus, ns, devices, env)
+    }
+
+    /// SIGKILL, then waits until the bus has dropped the daemon's name.
+    pub fn kill(&mut self, bus: &TestBus) -> Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
         // The bus drops the name with the connection.
@@ -564,6 +570,19 @@ impl Daemon {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        Ok(())
+    }
+
+    /// After [`Daemon::kill`]: what a reboot does to the datapath. Every
+    /// pin goes, and with the last reference the maps and the tcx links
+    /// (the programs are detached); state and policy directories stay.
+    pub fn remove_pins(&self) -> Result<()> {
+        remove_pins(&self.bpffs_root).map_err(io_err(format!("removing {}", self.bpffs_root.display())))
+    }
+
+    /// A new daemon after [`Daemon::kill`], with the same directories and
+    /// bpffs root; returns once it owns the name.
+    pub fn restart(&mut self, bus: &TestBus, ns: &NetNs, devices: &str, env: &[(&str, &str)]) -> Result<()> {
         self.child = Self::spawn(bus, ns, devices, env, self.dir.path(), &self.bpffs_root)?;
         self.wait_for_name(bus)
     }

@@ -95,8 +95,14 @@ impl Env {
     }
 
     fn connects(&self, port: u16) -> bool {
+        self.connects_within(port, Duration::from_millis(600))
+    }
+
+    /// Whether a TCP connection from the peer to `port` is accepted; a drop
+    /// is a timeout after `wait` (the peer is one veth away).
+    fn connects_within(&self, port: u16, wait: Duration) -> bool {
         let addr: SocketAddr = format!("10.77.0.1:{port}").parse().unwrap();
-        match self.topo.peer.tcp_connect(addr, Duration::from_millis(600)) {
+        match self.topo.peer.tcp_connect(addr, wait) {
             Ok(_) => true,
             Err(e) if e.is_timeout() => false,
             Err(e) => panic!("connect {addr}: {e}"),
@@ -266,4 +272,280 @@ fn persist_and_remove_of_a_runtime_override_act_on_the_permanent_yml_file() {
     e.call("Reload", "", &[]);
     assert!(!policy_names(&e).contains("\"web\""), "web does not come back with a reload: {}", policy_names(&e));
     assert!(e.connects(80) && e.connects(22), "no policy: nothing denied");
+}
+
+/// A policy file a cold start cannot load: `toFQDNs` on line 9.
+fn invalid() -> String {
+    ccnp("bad", 22).replace("toPorts", "toFQDNs")
+}
+
+impl Env {
+    /// `hostfwdctl status` on the test bus: (exit status, stdout).
+    fn status(&self) -> (i32, String) {
+        let out = std::process::Command::new(hostfwd_tests::hostfwdctl_bin())
+            .args(["--address", self.bus.address(), "status"])
+            .env_remove("DBUS_SYSTEM_BUS_ADDRESS")
+            .env_remove("DBUS_SESSION_BUS_ADDRESS")
+            .output()
+            .expect("running hostfwdctl");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// What a reboot does: the daemon dies, the pins (maps, programs) are
+    /// gone, the policy and state directories stay; `between` runs while no
+    /// daemon runs. Returns once h0 is enforced again.
+    fn cold_start(&self, d: &mut Daemon, between: impl FnOnce(&Daemon)) {
+        d.kill(&self.bus).expect("kill");
+        d.remove_pins().expect("remove pins");
+        between(d);
+        d.restart(&self.bus, &self.topo.host, "h0", ENV).expect("cold start");
+        self.wait("h0 enforced after the cold start", Duration::from_secs(10), || self.link_role() == "enforce");
+    }
+}
+
+/// Issue 11, item 3: a cold start with an invalid file in the policy
+/// directory used to install nothing (ssh open) while State said
+/// enforcing. The last good policy set, kept in state_dir, is enforced
+/// instead, and every channel says degraded and why.
+#[test]
+fn cold_start_with_an_invalid_file_keeps_the_last_good_policy_and_says_degraded() {
+    let e = Env::new();
+    let mut d = e.start();
+    e.apply("web", &ccnp("web", 80), true, 0);
+    assert!(e.connects(80) && !e.connects(22), "web allowed, ssh denied");
+    assert_eq!(e.status().0, 0, "enforcing: status succeeds");
+
+    e.cold_start(&mut d, |d| std::fs::write(d.policy_dir().join("bad.yaml"), invalid()).unwrap());
+    assert!(!e.connects(22), "ssh stays denied after the cold start: the last good policy is enforced");
+    assert!(e.connects(80), "web still allowed");
+    assert_eq!(e.manager("State"), "s \"degraded\"");
+    let problems = e.manager("Problems");
+    assert!(problems.contains("bad.yaml:9:") && problems.contains("toFQDNs"), "Problems names the file, line and field: {problems}");
+    let (code, out) = e.status();
+    assert_eq!(code, 6, "status fails while degraded:\n{out}");
+    assert!(out.contains("degraded") && out.contains("bad.yaml:9:"), "{out}");
+    assert!(d.log().contains("bad.yaml:9:"), "the journal has the error");
+
+    // Fixed and reloaded: enforcing again, nothing to report.
+    std::fs::remove_file(d.policy_dir().join("bad.yaml")).unwrap();
+    e.call("Reload", "", &[]);
+    assert_eq!(e.manager("State"), "s \"enforcing\"");
+    assert_eq!(e.manager("Problems"), "as 0");
+    assert_eq!(e.status().0, 0);
+    assert!(e.connects(80) && !e.connects(22));
+}
+
+/// Issue 11, item 3: with no good policy ever, the daemon says plainly
+/// that it enforces nothing (it used to say enforcing).
+#[test]
+fn first_start_with_an_invalid_file_says_not_enforcing() {
+    let e = Env::new();
+    let mut d = e.start();
+    // As a fresh install: no pins, no state, only the invalid file.
+    e.cold_start(&mut d, |d| {
+        std::fs::remove_dir_all(d.state_dir()).unwrap();
+        std::fs::create_dir(d.state_dir()).unwrap();
+        std::fs::write(d.policy_dir().join("bad.yaml"), invalid()).unwrap();
+    });
+    assert_eq!(e.manager("State"), "s \"not-enforcing\"");
+    let problems = e.manager("Problems");
+    assert!(problems.contains("not enforcing") && problems.contains("bad.yaml:9:"), "{problems}");
+    assert!(e.connects(22) && e.connects(80), "indeed nothing is enforced");
+    let (code, out) = e.status();
+    assert_eq!(code, 6, "{out}");
+    assert!(out.contains("not-enforcing") && !out.contains(" enforcing\n"), "{out}");
+
+    // A good policy through the API is enforced; the directory is still
+    // invalid, which a cold start would meet: degraded, not enforcing.
+    e.apply("web", &ccnp("web", 80), false, 0);
+    assert!(e.connects(80) && !e.connects(22));
+    assert_eq!(e.manager("State"), "s \"degraded\"");
+}
+
+/// Issue 11, item 5: the revision is persisted; restarts (warm and cold)
+/// never hand out a revision again (it used to restart at 1).
+#[test]
+fn the_revision_survives_restarts_and_never_goes_backwards() {
+    let e = Env::new();
+    let mut d = e.start();
+    let mut last = revision(&e);
+    for port in [80, 22, 80] {
+        let r = e.apply("web", &ccnp("web", port), true, 0);
+        assert!(r > last, "{r} after {last}");
+        last = r;
+    }
+    d.kill_and_restart(&e.bus, &e.topo.host, "h0", ENV).expect("restart");
+    e.wait("h0 enforced after restart", Duration::from_secs(10), || e.link_role() == "enforce");
+    let r = revision(&e);
+    assert!(r > last, "after a restart: {r}, before: {last}");
+    e.cold_start(&mut d, |_| {});
+    let r2 = revision(&e);
+    assert!(r2 > r, "after a cold start: {r2}, before: {r}");
+    assert!(e.connects(80) && !e.connects(22), "the permanent policy after the cold start");
+}
+
+/// splitmix64: the crash loop's seeded choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// Every file under `root`, relative to it, sorted.
+fn tree(root: &std::path::Path) -> Vec<String> {
+    fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, root, out);
+            } else {
+                out.push(p.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+/// The operations the crash loop interrupts.
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    ApplyPersist,
+    ApplyConfirm,
+    ApplyRollback,
+    Reload,
+    ApplyRuntime,
+}
+
+/// Issue 11, item 5: SIGKILL at random moments of apply, persist, confirm,
+/// rollback and reload. After each restart the policy in force is exactly
+/// the old or the new one (by real traffic), the files are whole, the
+/// revision has not gone backwards, and the pins and attachments are those
+/// of one daemon. `HOSTFWD_CRASH_KILLS` (default 100) and
+/// `HOSTFWD_CRASH_SEED` vary the run.
+#[test]
+fn sigkill_at_random_moments_leaves_the_old_or_the_new_policy() {
+    let kills: u64 = std::env::var("HOSTFWD_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let seed: u64 = std::env::var("HOSTFWD_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0011);
+    eprintln!("crash loop: {kills} kills, HOSTFWD_CRASH_SEED={seed}");
+    let mut rng = Rng(seed);
+    let e = Env::new();
+    let mut d = e.start();
+    let variants = [ccnp("web", 80), ccnp("web", 22)];
+    let file = d.policy_dir().join("web.yaml");
+    e.apply("web", &variants[0], true, 0);
+    let pins = tree(&d.bpffs_root);
+    let tcx = e.manager("AttachMode") == "s \"tcx\"";
+    let h0 = e.topo.h.ifindex;
+    let mut max_rev = revision(&e);
+    let fast = Duration::from_millis(200);
+    // (operation, the new text in force afterwards): both outcomes must
+    // occur, or the kills missed the windows.
+    let mut outcomes: std::collections::BTreeMap<(String, bool), u32> = Default::default();
+
+    for i in 0..kills {
+        let old = std::fs::read_to_string(&file).unwrap();
+        let old_i = variants.iter().position(|v| *v == old).expect("a known variant");
+        let new = variants[1 - old_i].clone();
+        let op = [Op::ApplyPersist, Op::ApplyConfirm, Op::ApplyRollback, Op::Reload, Op::ApplyRuntime][rng.below(5) as usize];
+        // Two calls (apply, then confirm or rollback) take about twice as long.
+        let window = if matches!(op, Op::ApplyConfirm | Op::ApplyRollback) { 90_000 } else { 40_000 };
+        let delay = Duration::from_micros(rng.below(window));
+        // The files the permanent set may hold afterwards.
+        let allowed: Vec<&String> = match op {
+            Op::ApplyPersist | Op::ApplyConfirm => vec![&old, &new],
+            Op::ApplyRollback | Op::ApplyRuntime => vec![&old],
+            Op::Reload => vec![&new],
+        };
+        if let Op::Reload = op {
+            // An administrator's edit, whole (as an editor saves), then a reload.
+            let tmp = d.policy_dir().join("web.yaml.edit");
+            std::fs::write(&tmp, &new).unwrap();
+            std::fs::rename(&tmp, &file).unwrap();
+        }
+        let replies: Vec<u64> = std::thread::scope(|s| {
+            let worker = s.spawn(|| {
+                let bus = |args: &[&str]| e.bus.busctl(Caller::Root, args);
+                let apply = |persist: &str, confirm: &str| {
+                    let out = bus(&["call", DEST, PATH, MANAGER, "ApplyPolicy", "ssa{sv}", "web", &new, "2", "persist", "b", persist, "confirm-timeout-sec", "u", confirm]);
+                    out.success.then(|| out.stdout.trim().trim_start_matches("t ").parse::<u64>().ok()).flatten()
+                };
+                let mut revs = Vec::new();
+                match op {
+                    Op::ApplyPersist => revs.extend(apply("true", "0")),
+                    Op::ApplyRuntime => revs.extend(apply("false", "0")),
+                    Op::ApplyConfirm | Op::ApplyRollback => {
+                        if let Some(r) = apply("true", "60") {
+                            revs.push(r);
+                            if let Op::ApplyConfirm = op {
+                                bus(&["call", DEST, PATH, MANAGER, "ConfirmPolicy", "t", &r.to_string()]);
+                            } else {
+                                let out = bus(&["call", DEST, PATH, MANAGER, "RollbackPolicy"]);
+                                revs.extend(out.stdout.trim().trim_start_matches("t ").parse::<u64>().ok());
+                            }
+                        }
+                    }
+                    Op::Reload => {
+                        bus(&["call", DEST, PATH, MANAGER, "Reload"]);
+                    }
+                }
+                revs
+            });
+            std::thread::sleep(delay);
+            d.kill(&e.bus).expect("kill");
+            worker.join().expect("the operation's thread")
+        });
+        let what = format!("kill {i}: {op:?} after {delay:?}");
+        for r in replies {
+            assert!(r > max_rev, "{what}: revision {r} handed out after {max_rev}");
+            max_rev = r;
+        }
+
+        d.restart(&e.bus, &e.topo.host, "h0", ENV).unwrap_or_else(|err| panic!("{what}: restart: {err}"));
+        e.wait(&format!("{what}: h0 enforced"), Duration::from_secs(10), || e.link_role() == "enforce");
+
+        // Files whole: the permanent file is one of the two texts, and no
+        // temp file is left in either directory.
+        let now = std::fs::read_to_string(&file).unwrap_or_else(|err| panic!("{what}: web.yaml: {err}"));
+        assert!(allowed.contains(&&now), "{what}: web.yaml is neither the old nor the new text:\n{now}");
+        assert_eq!(tree(&d.policy_dir()), ["web.yaml"], "{what}: policy_dir");
+        let state = tree(&d.state_dir());
+        assert!(state.iter().all(|f| f == "policy.json" || f == "state.json"), "{what}: state_dir holds {state:?}");
+
+        // The policy in force is the permanent one, whole, by real traffic.
+        assert_eq!(e.manager("State"), "s \"enforcing\"", "{what}: {}", e.manager("Problems"));
+        *outcomes.entry((format!("{op:?}"), now == new)).or_default() += 1;
+        let (open, shut) = if now == variants[0] { (80, 22) } else { (22, 80) };
+        assert!(e.connects_within(open, Duration::from_secs(2)), "{what}: port {open} must be open");
+        assert!(!e.connects_within(shut, fast), "{what}: port {shut} must be dropped");
+
+        // The revision went forward, and it is the one persisted.
+        let r = revision(&e);
+        assert!(r > max_rev, "{what}: revision {r} after {max_rev}");
+        let record: serde_json::Value = serde_json::from_slice(&std::fs::read(d.state_dir().join("policy.json")).unwrap()).unwrap_or_else(|err| panic!("{what}: policy.json: {err}"));
+        assert_eq!(record["revision"].as_u64(), Some(r), "{what}: persisted {record}");
+        max_rev = r;
+
+        // One daemon's pins and attachments: none left over or duplicated.
+        assert_eq!(tree(&d.bpffs_root), pins, "{what}: pins");
+        if tcx {
+            for dir in [hostfwd::datapath::Direction::Ingress, hostfwd::datapath::Direction::Egress] {
+                let progs = e.topo.host.run(|| hostfwd::datapath::Datapath::tcx_progs(h0, dir)).expect("netns").expect("tcx query");
+                assert_eq!(progs.len(), 1, "{what}: {dir:?} programs on h0: {progs:?}");
+            }
+        }
+    }
+    eprintln!("crash loop outcomes (operation, new text in force): {outcomes:?}");
 }

@@ -146,10 +146,16 @@ impl Manager {
         self.handle.snapshot().version.to_string()
     }
 
-    /// starting, enforcing, audit or degraded.
+    /// starting, enforcing, audit, degraded or not-enforcing.
     #[zbus(property, name = "State")]
     fn state(&self) -> String {
         self.handle.snapshot().state.name().to_string()
+    }
+
+    /// Why the state is degraded or not-enforcing, one problem each.
+    #[zbus(property, name = "Problems")]
+    fn problems(&self) -> Vec<String> {
+        self.handle.snapshot().problems.clone()
     }
 
     /// Global audit mode.
@@ -478,6 +484,9 @@ pub fn manager_changes(old: &manager::Snapshot, new: &manager::Snapshot) -> Hash
     let mut c = HashMap::new();
     if old.state != new.state {
         c.insert("State", Value::from(new.state.name().to_string()));
+    }
+    if old.problems != new.problems {
+        c.insert("Problems", Value::from(new.problems.clone()));
     }
     if old.audit != new.audit {
         c.insert("AuditMode", Value::from(new.audit));

@@ -276,9 +276,12 @@ fn dir_from_code(c: u8) -> Direction {
 }
 
 impl Datapath {
-    pub(super) fn init_global(&self) -> Result<()> {
+    /// Returns whether the settings were there already (pinned maps
+    /// adopted from an earlier run, not a cold start).
+    pub(super) fn init_global(&self) -> Result<bool> {
         // An adopted datapath keeps its settings and active generation.
-        if self.global()?.is_none() {
+        let adopted = self.global()?.is_some();
+        if !adopted {
             self.set_global(GlobalSettings::default())?;
         }
         // The datapath's clock (hf_now in the C code); kept up to date on
@@ -290,7 +293,7 @@ impl Datapath {
             g.jiffies_epoch = jiffies_epoch;
             update(&self.skel.maps.hf_global, "hf_global", &0u32, &g)?;
         }
-        Ok(())
+        Ok(adopted)
     }
 
     fn global(&self) -> Result<Option<l::Global>> {

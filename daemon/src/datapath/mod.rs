@@ -145,6 +145,8 @@ pub struct Datapath {
     /// Per generation, the policy keys this process wrote into it (see
     /// `apply_policy`); `None` when unknown (adopted maps, a failed write).
     policy_keys: [Option<maps::GenerationKeys>; 2],
+    /// The maps were set up by an earlier load (see [`Datapath::adopted`]).
+    adopted: bool,
     /// A second copy of the programs on the same maps, loaded on the first
     /// move to the front: tcx holds a program once per hook, so the new
     /// link in front runs the copy until the old link is gone.
@@ -279,9 +281,15 @@ impl Datapath {
                 map.pin(&pin).map_err(|source| Error::PinMap { map: name.clone(), path: pin.clone(), source })?;
             }
         }
-        let dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None], spare: std::sync::OnceLock::new() };
-        dp.init_global()?;
+        let mut dp = Datapath { skel, paths, mode, last_policy_swap: None, policy_keys: [None, None], spare: std::sync::OnceLock::new(), adopted: false };
+        dp.adopted = dp.init_global()?;
         Ok(dp)
+    }
+
+    /// Whether the maps were pinned and set up before this load (a restart,
+    /// not a cold start): they hold the policy of the last run.
+    pub fn adopted(&self) -> bool {
+        self.adopted
     }
 
     pub fn mode(&self) -> AttachMode {

@@ -30,6 +30,15 @@ impl Source {
             Origin::Runtime => self.name.clone(),
         }
     }
+
+    /// As kept in the policy record (the last good set).
+    pub fn saved(&self) -> state::SavedSource {
+        state::SavedSource { name: self.name.clone(), path: self.path.clone(), permanent: self.origin == Origin::Permanent, text: self.text.clone() }
+    }
+
+    pub fn from_saved(s: state::SavedSource) -> Source {
+        Source { name: s.name, origin: if s.permanent { Origin::Permanent } else { Origin::Runtime }, path: s.path, text: s.text }
+    }
 }
 
 pub type Sources = BTreeMap<String, Source>;

@@ -14,6 +14,7 @@ pub const EXIT_CODES: &[(u8, &str)] = &[
     (3, "the daemon is not reachable (no bus at the address, hostfwd not running on it)"),
     (4, "access denied (polkit refused the caller)"),
     (5, "validation failed (policy validate)"),
+    (6, "the daemon is degraded or not enforcing (status; its problems are listed)"),
 ];
 
 fn exit_status_help() -> String {

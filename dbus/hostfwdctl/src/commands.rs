@@ -14,7 +14,7 @@ use zbus::zvariant::{OwnedObjectPath, Value};
 
 use crate::bus::Client;
 use crate::cli::{self, ApplyArgs, AuditArgs, OnOff, PolicyCmd};
-use crate::fail::{Failure, Result};
+use crate::fail::{Exit, Failure, Result};
 use crate::table::{fields, Table};
 
 /// What every command needs from the command line.
@@ -144,11 +144,14 @@ fn or_dash(s: &str) -> String {
     if s.is_empty() { "-" } else { s }.to_string()
 }
 
-pub async fn status(ctx: &Ctx) -> Result<String> {
+/// The daemon's state; exits with [`Exit::Degraded`] unless it enforces
+/// (or audits) what it was asked to, so scripts and monitoring notice.
+pub async fn status(ctx: &Ctx) -> Result<(String, Exit)> {
     let c = ctx.reader().await?;
     let m = &c.manager;
-    let (version, state, audit, revision, pend, attach) =
-        tokio::try_join!(m.version(), m.state(), m.audit_mode(), m.policy_revision(), m.pending_confirm(), m.attach_mode())?;
+    let (version, state, problems, audit, revision, pend, attach) =
+        tokio::try_join!(m.version(), m.state(), m.problems(), m.audit_mode(), m.policy_revision(), m.pending_confirm(), m.attach_mode())?;
+    let exit = if matches!(state.as_str(), "degraded" | "not-enforcing") { Exit::Degraded } else { Exit::Ok };
     let links = all_links(&c).await?;
     let mut roles: BTreeMap<String, usize> = BTreeMap::new();
     for l in &links {
@@ -159,6 +162,7 @@ pub async fn status(ctx: &Ctx) -> Result<String> {
         json!({
             "version": version,
             "state": state,
+            "problems": problems,
             "audit_mode": audit,
             "policy_revision": revision,
             "pending_confirm": pending_json(pend),
@@ -183,9 +187,11 @@ pub async fn status(ctx: &Ctx) -> Result<String> {
                 ),
                 ("AttachMode", attach.clone()),
                 ("Links", links),
+                ("Problems", if problems.is_empty() { "none".into() } else { problems.join("\n") }),
             ])
         },
     )
+    .map(|text| (text, exit))
 }
 
 pub async fn links(ctx: &Ctx) -> Result<String> {

@@ -18,6 +18,8 @@ pub enum Exit {
     Denied = 4,
     /// `policy validate` found problems.
     Invalid = 5,
+    /// `status`: the daemon is degraded or enforces no policy.
+    Degraded = 6,
 }
 
 /// A failed command: the exit status and the message after `hostfwdctl: `.

@@ -51,7 +51,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(String, Exit)> {
     let ctx = Ctx { address: cli.address.filter(|a| !a.is_empty()), json: cli.output == Output::Json, ask: !cli.no_ask_password };
     let text = match &cli.cmd {
-        Cmd::Status => commands::status(&ctx).await?,
+        Cmd::Status => return commands::status(&ctx).await,
         Cmd::Links => commands::links(&ctx).await?,
         Cmd::Link { name } => commands::link(&ctx, name).await?,
         Cmd::Policy(PolicyCmd::Validate { files, config }) => return offline::validate(files, config.as_deref(), ctx.json),
