@@ -33,7 +33,7 @@ pub const IDENT4_LENS: usize = 33;
 pub const IDENT6_LENS: usize = 129;
 
 /// `max_entries` of `hf_rules`; both policy generations share it.
-pub const RULES_MAX_ENTRIES: u32 = 1 << 20;
+pub const RULES_MAX_ENTRIES: u32 = 1 << 18;
 
 /// `max_entries` of `hf_host_addrs` (full-length local addresses) and of
 /// `hf_local_nets` (shorter local prefixes).

@@ -40,7 +40,7 @@ fn default_sizes_apply_and_fit_the_memory_budget() {
     }
     // Every sized map has memory from the start (an empty LPM trie, which
     // allocates per entry, may report none).
-    let sized = |m: &&hostfwd::datapath::MapMemory| cfg.map_sizes.iter().any(|s| s.map == m.map);
+    let sized = |m: &&hostfwd::datapath::MapMemory| m.map != "hf_local_nets" && cfg.map_sizes.iter().any(|s| s.map == m.map);
     assert!(mem.iter().filter(sized).all(|m| m.memlock > 0), "{mem:?}");
     let total: u64 = mem.iter().map(|m| m.memlock).sum();
     // The budget for the default configuration (the maps of the
@@ -101,4 +101,17 @@ fn a_reader_adopts_pinned_maps_of_any_size() {
     daemon.add_host_addr("192.0.2.2".parse().unwrap()).expect("add host address");
     let again = Datapath::load_maps(&config(&root, &[])).expect("open the maps");
     assert_eq!(again.host_addrs().len(), 2);
+}
+
+/// The object's own sizes are the default configuration's: a datapath
+/// loaded without sizes (tests, tools) and the daemon agree on every pin.
+#[test]
+fn the_object_defaults_are_the_configuration_defaults() {
+    ensure_bpffs();
+    let root = Root(unique_root("objdef"));
+    let cfg = config(&root, &[]);
+    let bare = Datapath::load(&hostfwd::datapath::Config { bpffs_root: root.0.clone(), ..Default::default() }).expect("load");
+    for MapSize { map, entries, key } in &cfg.map_sizes {
+        assert_eq!(max_entries(&bare, map), *entries, "{map}: bpf/c/lib/maps.h and {key} in daemon/hostfwd.toml differ");
+    }
 }

@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /* Every map of the datapath. Names are the pin names under bpffs (see
- * daemon/src/datapath/paths.rs); sizes are defaults the loader may raise. */
+ * daemon/src/datapath/paths.rs). Sizes are those of the default
+ * configuration ([maps] in daemon/hostfwd.toml, which the loader applies;
+ * a test keeps the two equal). */
 #ifndef HF_MAPS_H
 #define HF_MAPS_H
 
@@ -66,7 +68,7 @@ struct {
  * front: 16 bytes per entry of max_entries, rounded up to a power of two. */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
+	__uint(max_entries, 131072);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct hf_ident4_key);
 	__type(value, __u32);
@@ -74,7 +76,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct hf_ident6_key);
 	__type(value, __u32);
@@ -82,7 +84,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1048576);
+	__uint(max_entries, 262144);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct hf_rule_key);
 	__type(value, struct hf_rule_val);
@@ -95,14 +97,14 @@ struct {
  * flood, however large, can evict them. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 131072);
 	__type(key, struct hf_ct4_key);
 	__type(value, struct hf_ct_val);
 } hf_ct4 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 262144);
+	__uint(max_entries, 65536);
 	__type(key, struct hf_ct6_key);
 	__type(value, struct hf_ct_val);
 } hf_ct6 SEC(".maps");
@@ -116,7 +118,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 32768);
 	__type(key, struct hf_ct6_key);
 	__type(value, struct hf_ct_val);
 } hf_ct6_out SEC(".maps");
@@ -130,7 +132,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, 16384);
 	__type(key, struct hf_counter_key);
 	__type(value, __u64);
 } hf_counters SEC(".maps");

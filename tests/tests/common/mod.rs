@@ -70,7 +70,8 @@ impl TestDp {
         TestDp::load_sized(tag, mode, Vec::new())
     }
 
-    /// With map sizes of its own (as `[maps]` in the configuration).
+    /// With map sizes of its own (as `[maps]` in the configuration); the
+    /// others are the default configuration's (the object's own).
     pub fn load_sized(tag: &str, mode: AttachModeChoice, map_sizes: Vec<datapath::MapSize>) -> TestDp {
         ensure_bpffs();
         let root = unique_root(tag);
