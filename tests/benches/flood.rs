@@ -12,20 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use hostfwd_tests::bus::{Caller, TestBus};
-use hostfwd_tests::{median, percentile, NetNs};
-
-fn wait_for(mut f: impl FnMut() -> bool, limit: Duration) -> Option<Instant> {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return Some(Instant::now());
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
-}
+use hostfwd_tests::{median, percentile, wait_for, NetNs};
 
 /// Device created → its ingress tcx link pinned, in ms, `runs` times.
 fn attach_ms(ns: &NetNs, root: &Path, tag: &str, runs: usize) -> Vec<f64> {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use hostfwd::links::Change;
 use hostfwd::netlink::{Event, Monitor};
-use hostfwd_tests::{hostfwd_bin, percentile, NetNs};
+use hostfwd_tests::{hostfwd_bin, percentile, wait_for, NetNs};
 
 const SINGLE: usize = 100;
 const STORM: usize = 1000;
@@ -55,19 +55,6 @@ fn subscriber(ns: &NetNs) -> Arc<Mutex<HashMap<String, (Instant, u32)>>> {
 
 fn pin(root: &Path, ifindex: u32) -> PathBuf {
     root.join(format!("links/tcx-{ifindex}-ingress"))
-}
-
-fn wait_for(mut f: impl FnMut() -> bool, limit: Duration) -> Option<Instant> {
-    let end = Instant::now() + limit;
-    loop {
-        if f() {
-            return Some(Instant::now());
-        }
-        if Instant::now() > end {
-            return None;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
 }
 
 fn main() {

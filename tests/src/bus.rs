@@ -54,6 +54,22 @@ use crate::{io_err, Error, NetNs, Result};
 
 /// The well-known name the daemon owns.
 pub const BUS_NAME: &str = "org.hostfwd.Firewall1";
+/// Allows TCP/80 in, so every other port is denied (ingress has a rule).
+pub const WEB_ONLY: &str = "apiVersion: cilium.io/v2
+kind: CiliumClusterwideNetworkPolicy
+metadata:
+  name: web-only
+spec:
+  nodeSelector: {}
+  ingress:
+  - fromEntities:
+    - all
+    toPorts:
+    - ports:
+      - port: \"80\"
+        protocol: TCP
+";
+
 /// The group the example polkit rule grants every action to.
 pub const GROUP: &str = "hostfwd";
 /// The test user in [`GROUP`] (created with `useradd --system` if missing).

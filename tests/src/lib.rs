@@ -114,6 +114,21 @@ pub fn percentile(mut v: Vec<f64>, p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
+/// Polls `f` every 200 µs until it holds: the moment it did, or `None`
+/// after `limit` (benchmarks time events with it).
+pub fn wait_for(mut f: impl FnMut() -> bool, limit: Duration) -> Option<std::time::Instant> {
+    let end = std::time::Instant::now() + limit;
+    loop {
+        if f() {
+            return Some(std::time::Instant::now());
+        }
+        if std::time::Instant::now() > end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// The median of benchmark samples (see [`percentile`]).
 pub fn median(v: Vec<f64>) -> f64 {
     percentile(v, 0.5)

@@ -14,28 +14,13 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use hostfwd_dbus::{link_path, BUS_NAME, LINK_INTERFACE, MANAGER_INTERFACE, MANAGER_PATH};
-use hostfwd_tests::bus::{Caller, Daemon, Output, TestBus};
+use hostfwd_tests::bus::{Caller, Daemon, Output, TestBus, WEB_ONLY};
 use hostfwd_tests::Topology;
 use serde_json::Value as Json;
 use zbus::zvariant::Value;
 
 const ALL: [Caller; 3] = [Caller::Root, Caller::Nobody, Caller::Member];
 
-/// Allows TCP/80 in, so every other port is denied (ingress has a rule).
-const WEB_ONLY: &str = "apiVersion: cilium.io/v2
-kind: CiliumClusterwideNetworkPolicy
-metadata:
-  name: web-only
-spec:
-  nodeSelector: {}
-  ingress:
-  - fromEntities:
-    - all
-    toPorts:
-    - ports:
-      - port: \"80\"
-        protocol: TCP
-";
 
 /// Something else to apply (a different name, a different rule).
 const DNS_ONLY: &str = "apiVersion: cilium.io/v2

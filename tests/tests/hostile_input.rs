@@ -24,25 +24,10 @@ use hostfwd::policy::cilium::{
     MAX_CIDRS_PER_SOURCE, MAX_DEPTH, MAX_NODES, MAX_RULES_PER_SOURCE, MAX_SOURCE_BYTES,
 };
 use hostfwd_dbus::{BUS_NAME, MANAGER_INTERFACE, MANAGER_PATH};
-use hostfwd_tests::bus::{Caller, Daemon, TestBus};
+use hostfwd_tests::bus::{Caller, Daemon, TestBus, WEB_ONLY};
 use hostfwd_tests::fuzz::Rng;
 use hostfwd_tests::Topology;
 use zbus::zvariant::{OwnedValue, Value};
-
-const WEB_ONLY: &str = "apiVersion: cilium.io/v2
-kind: CiliumClusterwideNetworkPolicy
-metadata:
-  name: web-only
-spec:
-  nodeSelector: {}
-  ingress:
-  - fromEntities:
-    - all
-    toPorts:
-    - ports:
-      - port: \"80\"
-        protocol: TCP
-";
 
 fn ccnp_with_ingress(items: &str) -> String {
     format!("apiVersion: cilium.io/v2\nkind: CiliumClusterwideNetworkPolicy\nmetadata:\n  name: big\nspec:\n  nodeSelector: {{}}\n  ingress:\n{items}")
