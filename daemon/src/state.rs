@@ -68,12 +68,7 @@ pub fn path(dir: &Path) -> PathBuf {
 
 /// The saved state; a missing file is the empty state.
 pub fn load(dir: &Path) -> Result<Persisted, Error> {
-    let p = path(dir);
-    match std::fs::read(&p) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Parse { path: p, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Persisted::default()),
-        Err(source) => Err(Error::Read { path: p, source }),
-    }
+    load_json(path(dir))
 }
 
 pub fn save(dir: &Path, s: &Persisted) -> Result<(), Error> {
@@ -86,10 +81,14 @@ pub fn policy_path(dir: &Path) -> PathBuf {
 
 /// The policy record; a missing file is the empty record (no revision yet).
 pub fn load_policy(dir: &Path) -> Result<PolicyRecord, Error> {
-    let p = policy_path(dir);
+    load_json(policy_path(dir))
+}
+
+/// A JSON file of state; a missing one is `T::default()`.
+fn load_json<T: serde::de::DeserializeOwned + Default>(p: PathBuf) -> Result<T, Error> {
     match std::fs::read(&p) {
         Ok(bytes) => serde_json::from_slice(&bytes).map_err(|source| Error::Parse { path: p, source }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PolicyRecord::default()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(T::default()),
         Err(source) => Err(Error::Read { path: p, source }),
     }
 }
