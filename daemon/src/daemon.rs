@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sd_notify::NotifyState;
@@ -24,6 +24,7 @@ use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord};
 use crate::vlan;
+use crate::execute;
 
 /// After a quiet period, the first event is acted on this soon: enough to
 /// take in the messages of the same operation (NEWLINK, NEWADDR, …).
@@ -92,14 +93,19 @@ pub struct Daemon {
     table: Table,
     decisions: BTreeMap<Ifindex, Decision>,
     sets: BTreeMap<Ifindex, vlan::AllowSet>,
-    /// Links whose configuration or attachment failed in the last pass.
+    /// Links whose configuration or attachment failed or was held back in
+    /// the last pass.
     failed: BTreeSet<u32>,
+    /// What the last pass could not do, and why.
+    outcome: execute::Outcome,
+    /// Why the kernel state could not be read in the last pass.
+    kernel_error: Option<String>,
+    /// Operations made to fail (the executor tests).
+    #[cfg(feature = "testing")]
+    faults: Option<crate::datapath::Faults>,
     /// Hooks where other programs still run before hostfwd after the last
     /// pass (legacy tc, or a move to the front that failed).
     ahead: BTreeMap<(u32, Direction), Vec<HookProg>>,
-    /// Local addresses or prefixes the last pass could not write (a full
-    /// map): traffic to them passes unjudged, so the state is degraded.
-    local_failed: usize,
     started: bool,
     saved: Persisted,
     /// Global audit set through the API (runtime or persisted); the
@@ -152,8 +158,11 @@ impl Daemon {
             decisions: BTreeMap::new(),
             sets: BTreeMap::new(),
             failed: BTreeSet::new(),
+            outcome: execute::Outcome::default(),
+            kernel_error: None,
+            #[cfg(feature = "testing")]
+            faults: None,
             ahead: BTreeMap::new(),
-            local_failed: 0,
             started: false,
             policies: Policies::default(),
             policy_failed: None,
@@ -332,6 +341,8 @@ impl Daemon {
             Err(e) => {
                 tracing::error!(error = %e, "reading the kernel state");
                 self.failed = desired.links.keys().copied().collect();
+                self.kernel_error = Some(e.to_string());
+                self.publish();
                 return Vec::new();
             }
         };
@@ -342,7 +353,9 @@ impl Daemon {
                 tracing::warn!(link = self.link_name(i), ifindex = i, direction = crate::datapath::dir_name(dir), ahead = %progs, "other programs were inserted in front of hostfwd; moving hostfwd back to the front");
             }
         }
-        (self.failed, self.local_failed) = self.execute(&actions);
+        self.kernel_error = None;
+        self.outcome = self.execute(&actions);
+        self.failed = self.outcome.links();
         self.note_ahead(&desired, actual.ahead);
         self.refresh_policy();
         if !actions.is_empty() {
@@ -359,12 +372,10 @@ impl Daemon {
         if let Some(e) = &self.record_error {
             v.push(format!("policy record: {e}"));
         }
-        for i in &self.failed {
-            v.push(format!("link {} (ifindex {i}): configuring or attaching failed; retrying (the journal has the error)", self.link_name(*i)));
+        if let Some(e) = &self.kernel_error {
+            v.push(format!("reading the kernel state failed: {e}; no link was configured in this pass; retrying"));
         }
-        if self.local_failed > 0 {
-            v.push(format!("{} local address updates failed (a full map?): traffic to them passes unjudged; retrying", self.local_failed));
-        }
+        v.extend(self.outcome.problems(|i| self.link_name(i)));
         v
     }
 
@@ -810,78 +821,31 @@ impl Daemon {
     }
 }
 
-/// Attaches that may run at once: each tcx/tc attach waits for an RCU grace
-/// period in the kernel (~10–20 ms), so a storm of new devices is attached
-/// in parallel batches instead of one grace period after another.
-const PARALLEL_ATTACH: usize = 32;
-
 impl Daemon {
-    /// Carries out a plan in its order, except that attaches are collected
-    /// and run in parallel until the next action that must see them done
-    /// (a VLAN tag opened or closed on a lower device, a detach, a removal).
-    /// Setting a link's configuration and adding host addresses need no
-    /// attach to have happened, so they do not wait. Returns the links
-    /// whose actions failed and the number of failed local-set actions.
-    fn execute(&self, actions: &[Action]) -> (BTreeSet<u32>, usize) {
-        // A link whose configuration could not be written must not get a
-        // program (it would pass everything): skip its remaining actions.
-        let failed = Mutex::new(BTreeSet::new());
-        let mut broken = BTreeSet::new();
-        let mut batch: Vec<&Action> = Vec::new();
-        let mut local_failed = 0;
-        for a in actions {
-            if a.ifindex().is_some_and(|i| broken.contains(&i)) {
-                continue;
-            }
-            match a {
-                Action::Attach(..) | Action::MoveToFront(..) => {
-                    batch.push(a);
-                    continue;
-                }
-                Action::SetLink(..) | Action::AddLocal(..) => {}
-                _ => self.run_parallel(std::mem::take(&mut batch), &failed),
-            }
-            if let Err(e) = self.dp.execute(a) {
-                if let Action::AddLocal(_) | Action::RemoveLocal(_) = a {
-                    // Not a link's problem: an address the datapath does
-                    // not know is one whose traffic passes unjudged.
-                    tracing::error!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
-                    local_failed += 1;
-                    continue;
-                }
-                tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
-                if let Action::SetLink(i, _) | Action::AllowVlan(i, _) = a {
-                    broken.insert(*i);
-                }
-                if let Some(i) = a.ifindex() {
-                    lock(&failed).insert(i);
-                }
-            }
+    /// Carries out a plan (see [`execute`]), through the fault-injecting
+    /// kernel when a test asked for one.
+    fn execute(&self, actions: &[Action]) -> execute::Outcome {
+        let deps = execute::Deps::from_table(&self.table);
+        #[cfg(feature = "testing")]
+        if let Some(f) = &self.faults {
+            return execute::execute(&crate::datapath::FaultyKernel::new(&self.dp, f.clone()), actions, &deps);
         }
-        self.run_parallel(batch, &failed);
-        (failed.into_inner().unwrap_or_else(|p| p.into_inner()), local_failed)
-    }
-
-    fn run_parallel(&self, batch: Vec<&Action>, failed: &Mutex<BTreeSet<u32>>) {
-        for chunk in batch.chunks(PARALLEL_ATTACH) {
-            std::thread::scope(|s| {
-                for a in chunk {
-                    s.spawn(move || {
-                        if let Err(e) = self.dp.execute(a) {
-                            tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
-                            if let Some(i) = a.ifindex() {
-                                lock(failed).insert(i);
-                            }
-                        }
-                    });
-                }
-            });
-        }
+        execute::execute(&self.dp, actions, &deps)
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// Test hooks: a daemon driven without netlink or a bus.
+#[cfg(feature = "testing")]
+impl Daemon {
+    /// Replaces the link table (normally kept by the netlink monitor).
+    pub fn set_table(&mut self, table: Table) {
+        self.table = table;
+    }
+
+    /// Makes the chosen kernel operations of every following pass fail.
+    pub fn inject_faults(&mut self, faults: Option<crate::datapath::Faults>) {
+        self.faults = faults;
+    }
 }
 
 /// Reads drop events from the ring buffer (its own thread: the reader

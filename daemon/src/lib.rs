@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod datapath;
+pub mod execute;
 pub mod inspect;
 pub mod links;
 pub mod manager;

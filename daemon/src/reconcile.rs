@@ -1,7 +1,7 @@
 //! The reconcile *plan*: desired state (a function of the link table, the
 //! selection, the VLAN sets and a few global inputs) against the actual state
 //! read back from the kernel, as a list of typed [`Action`]s. Pure: the
-//! datapath module executes the actions (`Datapath::execute`).
+//! executor ([`crate::execute`]) carries the actions out.
 //!
 //! # Order of the plan (safety)
 //!
@@ -41,9 +41,10 @@
 //! already there; no intermediate state opens a tag on a guarding lower
 //! device towards a device that is not guarded, unless it was open before.
 //!
-//! The executor should stop the remaining actions of an ifindex (see
-//! [`Action::ifindex`]) once one of its `AllowVlan`/`SetLink` failed, so that
-//! a failed configuration never leads to an `Attach`.
+//! The executor ([`crate::execute`]) keeps these promises when a step
+//! fails: it holds back every action that relies on a failed one (a failed
+//! configuration never leads to an `Attach`, a failed attach or address
+//! never to an `AllowVlan` towards that device), and the next plan repairs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

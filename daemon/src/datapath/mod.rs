@@ -7,6 +7,8 @@
 
 mod attach;
 mod events;
+#[cfg(feature = "testing")]
+pub mod faulty;
 mod maps;
 mod memory;
 pub mod order;
@@ -26,6 +28,8 @@ use std::os::fd::AsFd;
 pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
 pub use events::{Event, EventReader};
+#[cfg(feature = "testing")]
+pub use faulty::{FaultyKernel, Faults};
 pub use maps::{pinned_counters, ConntrackEntry, CounterEntry, GlobalSettings};
 pub use memory::{MapMemory, MapSize};
 pub use paths::Paths;
