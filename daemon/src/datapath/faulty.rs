@@ -82,12 +82,15 @@ impl<'a> FaultyKernel<'a> {
     }
 }
 
-/// The error the kernel gives for this action: ENOSPC for a map write (a
-/// full map), EBUSY for a hook.
-fn injected_error(a: &Action) -> Error {
+/// The error the datapath gives for this action: a full map for a map
+/// write, EBUSY for a hook.
+fn injected_error(dp: &Datapath, a: &Action) -> Error {
     let e = |code| libbpf_rs::Error::from_raw_os_error(code);
     match *a {
-        Action::AddLocal(net) => Error::LocalUpdate { map: "hf_host_addrs", net, source: e(libc::ENOSPC) },
+        Action::AddLocal(net) => {
+            let map = if net.prefix_len() == net.max_prefix_len() { "hf_host_addrs" } else { "hf_local_nets" };
+            Error::LocalFull { map, net, max_entries: dp.map_fill(map).map(|f| f.1).unwrap_or(0) }
+        }
         Action::RemoveLocal(net) => Error::LocalUpdate { map: "hf_host_addrs", net, source: e(libc::EBUSY) },
         Action::SetLink(..) | Action::RemoveLink(_) => Error::MapUpdate { map: "hf_links", source: e(libc::ENOSPC) },
         Action::AllowVlan(..) | Action::DisallowVlan(..) => Error::MapUpdate { map: "hf_vlans", source: e(libc::ENOSPC) },
@@ -105,7 +108,7 @@ impl Kernel for FaultyKernel<'_> {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
         if self.fails(action, n) {
             self.injected.lock().unwrap_or_else(|p| p.into_inner()).push(*action);
-            return Err(injected_error(action));
+            return Err(injected_error(self.dp, action));
         }
         self.dp.execute(action)
     }
