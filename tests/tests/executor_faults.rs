@@ -410,3 +410,67 @@ fn random_link_events_and_failures_keep_the_promises() {
     assert!(failed > 0, "seed {seed}: no failure was injected");
     reset(&ns, &dp);
 }
+
+// ---- through the daemon: a failed write is a degraded state ------------
+
+/// Pins of a datapath the daemon owns, removed at the end.
+struct Pins(std::path::PathBuf);
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = Datapath::remove_pins(&self.0);
+    }
+}
+
+#[test]
+fn a_failed_write_degrades_the_daemon_until_repaired() {
+    use hostfwd::manager::State;
+    let ns = namespace();
+    add_lower(&ns, "d0", "10.50.0.1/24");
+    add_vlan(&ns, "d0", 100, Some("10.51.0.1/24"));
+    let t = table(&ns);
+    let (d0, v) = (t.by_name("d0").expect("d0").ifindex, t.by_name("d0.100").expect("d0.100").ifindex);
+
+    ensure_bpffs();
+    let pins = Pins(unique_root("exec-daemon"));
+    let dirs = tempfile::tempdir().expect("tempdir");
+    let mut cfg = hostfwd::config::Config::load_with_env(None, Vec::new()).expect("default configuration");
+    cfg.devices = vec!["d0".into()];
+    cfg.bpffs_root = pins.0.clone();
+    cfg.attach_mode = "tcx".into();
+    cfg.policy_dir = dirs.path().join("policies");
+    cfg.state_dir = dirs.path().join("state");
+    cfg.dbus = "none".into();
+    let dp = Datapath::load(&cfg.datapath().expect("datapath configuration")).expect("load the datapath");
+    let (handle, hub) = hostfwd::manager::channel(hostfwd::manager::Snapshot::starting("tcx"));
+    let mut daemon = hostfwd::daemon::Daemon::new(cfg, None, dp, hub);
+    daemon.set_table(t);
+
+    // The VLAN's egress attach fails: d0.100 is not attached, d0 keeps tag
+    // 100 closed, both are named with the action and the error.
+    daemon.inject_faults(Some(Faults { actions: vec![Action::Attach(v.get(), Direction::Egress)], ..Faults::default() }));
+    ns.run(|| daemon.reconcile()).expect("netns");
+    let s = handle.snapshot();
+    assert_eq!(s.state, State::Degraded, "{:?}", s.problems);
+    assert!(s.problems.iter().any(|p| p.starts_with("link d0.100 ") && p.contains("attach egress on link") && p.contains("Device or resource busy")), "{:?}", s.problems);
+    assert!(s.problems.iter().any(|p| p.starts_with("link d0 ") && p.contains("allow VLAN 100") && p.contains("held back")), "{:?}", s.problems);
+    assert_eq!(s.links[&v].attach_mode, "", "d0.100 is not shown attached");
+
+    // Its VID entry fails next: d0.100 is attached now, d0 is degraded (its
+    // configuration is incomplete).
+    daemon.inject_faults(Some(Faults { kinds: vec!["allow-vlan"], ..Faults::default() }));
+    ns.run(|| daemon.reconcile()).expect("netns");
+    let s = handle.snapshot();
+    assert_eq!(s.state, State::Degraded);
+    assert!(s.problems.iter().any(|p| p.starts_with("link d0 ") && p.contains("allow VLAN 100 on link") && p.contains("failed") && p.contains("hf_vlans")), "{:?}", s.problems);
+    assert_eq!(s.links[&v].attach_mode, "tcx");
+
+    // Nothing fails: repaired, no problem left.
+    daemon.inject_faults(None);
+    ns.run(|| daemon.reconcile()).expect("netns");
+    let s = handle.snapshot();
+    assert!(s.problems.is_empty(), "{:?}", s.problems);
+    assert_ne!(s.state, State::Degraded);
+    assert_eq!((s.links[&d0].attach_mode.as_str(), s.links[&v].attach_mode.as_str()), ("tcx", "tcx"));
+    drop(daemon);
+}
