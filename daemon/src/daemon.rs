@@ -6,16 +6,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Bus, Config};
-use crate::datapath::{AttachMode, Datapath, Direction, EventReader};
+use crate::config::Config;
+use crate::datapath::{AttachMode, Datapath, Direction};
+use crate::execute;
 use crate::links::{Ifindex, LinkKind, Table};
-use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
+use crate::manager::{self, ApplyOptions, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
 use crate::netlink::{Event, Monitor};
 use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
@@ -23,8 +23,8 @@ use crate::policy::store::{self, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord};
+use crate::tasks;
 use crate::vlan;
-use crate::execute;
 
 /// After a quiet period, the first event is acted on this soon: enough to
 /// take in the messages of the same operation (NEWLINK, NEWADDR, …).
@@ -848,70 +848,6 @@ impl Daemon {
     }
 }
 
-/// Reads drop events from the ring buffer (its own thread: the reader
-/// polls), logs them and hands them to the API's monitors.
-fn spawn_event_reader(paths: crate::datapath::Paths, events: tokio::sync::broadcast::Sender<Arc<crate::datapath::Event>>) {
-    std::thread::spawn(move || {
-        let reader = match EventReader::open(&paths) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "event reader");
-                return;
-            }
-        };
-        loop {
-            match reader.poll(Duration::from_millis(500)) {
-                Ok(batch) => {
-                    for e in batch {
-                        tracing::info!(target: "hostfwd::event", event = %serde_json::to_string(&e).unwrap_or_default(), "drop");
-                        // Nobody listening is fine.
-                        let _ = events.send(Arc::new(e));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "event reader");
-                    return;
-                }
-            }
-        }
-    });
-}
-
-/// Serves the API, retrying while the bus is not there yet (hostfwd starts
-/// before dbus at boot: programs are attached without waiting for it).
-fn spawn_api(handle: Handle, bus: Bus, paths: crate::datapath::Paths) {
-    if bus == Bus::None {
-        return;
-    }
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match crate::api::serve(handle.clone(), bus.clone(), paths.clone()).await {
-                Ok(Some(conn)) => {
-                    tracing::info!(bus = ?bus, "D-Bus API served");
-                    delay = Duration::from_millis(250);
-                    // The stream ends when the bus goes away (dbus
-                    // restarted): serve again on a new connection.
-                    let mut stream = zbus::MessageStream::from(&conn);
-                    while futures::StreamExt::next(&mut stream).await.is_some() {}
-                    tracing::warn!(bus = ?bus, "D-Bus connection lost; connecting again");
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(bus = ?bus, error = %e, retry_s = delay.as_secs_f64(), "D-Bus API not served yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
-}
-
-/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), halved.
-fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
-}
-
 pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError> {
     let dp = Datapath::load(&cfg.datapath()?)?;
     let adopted = dp.adopted();
@@ -935,14 +871,14 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     d.reconcile();
     d.save_record();
     d.publish();
-    spawn_event_reader(d.dp.paths().clone(), d.hub.events.clone());
-    spawn_api(handle.clone(), bus, d.dp.paths().clone());
+    tasks::spawn_event_reader(d.dp.paths().clone(), d.hub.events.clone());
+    tasks::spawn_api(handle.clone(), bus, d.dp.paths().clone());
     tracing::info!(mode = d.dp.mode().name(), audit = d.audit(), links = d.table.len(), "hostfwd running");
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog = tokio::time::interval(tasks::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut full_check = tokio::time::interval(FULL_CHECK);
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;

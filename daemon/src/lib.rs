@@ -15,6 +15,7 @@ pub mod policy;
 pub mod reconcile;
 pub mod select;
 pub mod state;
+mod tasks;
 #[cfg(test)]
 pub(crate) mod test_rng;
 pub mod vlan;
