@@ -14,9 +14,11 @@
 //!   subinterface, or its bridge) to be configured and attached in both
 //!   directions (`SetLink`, `Attach`, `MoveToFront`) and for the local
 //!   addresses of the subinterface and its place (`AddLocal`): a tag opens
-//!   only towards a guarded device that knows its own addresses. A held
-//!   `AllowVlan` does not hold the lower device's other actions: attached
-//!   without the VID, the lower device drops the tag (closed, not open).
+//!   only towards a guarded device that knows its own addresses. A `SetLink`
+//!   that lets every tag through (`L_VLAN_ALLOW_ALL`) waits for every VLAN
+//!   of that device alike. A held `AllowVlan` does not hold the lower
+//!   device's other actions: attached without the VID, the lower device
+//!   drops the tag (closed, not open).
 //! - `Detach` of a device behind a tag waits for that tag's `DisallowVlan`
 //!   (cut off on the lower device first); `RemoveLink` waits for the
 //!   link's `Detach`es (an attached program without its link entry passes
@@ -88,27 +90,35 @@ impl Deps {
         let find = |pred: &dyn Fn(&Action) -> bool, held_too: bool| -> Vec<(usize, bool)> {
             before.iter().enumerate().filter(|(_, a)| pred(a)).map(|(j, _)| (j, held_too)).collect()
         };
+        // What a tag towards the VLAN (lower, vid) waits for: its place
+        // configured and attached, its addresses known.
+        let guarded = |lower: u32, vid: Option<u16>| -> Vec<(usize, bool)> {
+            let places: Vec<&(u32, BTreeSet<IpNet>)> =
+                self.vlans.iter().filter(|((lo, v), _)| *lo == lower && vid.is_none_or(|x| x == *v)).map(|(_, g)| g).collect();
+            find(
+                &|a| match *a {
+                    Action::SetLink(x, _) | Action::Attach(x, _) | Action::MoveToFront(x, _) => places.iter().any(|(p, _)| *p == x),
+                    Action::AddLocal(n) => places.iter().any(|(_, addrs)| addrs.contains(&n)),
+                    _ => false,
+                },
+                true,
+            )
+        };
         match actions[k] {
-            Action::SetLink(i, _) => find(&|a| matches!(*a, Action::AllowVlan(x, _) if x == i), false),
+            Action::SetLink(i, flags) => {
+                let mut v = find(&|a| matches!(*a, Action::AllowVlan(x, _) if x == i), false);
+                // Every tag passes: as an AllowVlan of each.
+                if flags & hostfwd_bpf::layout::L_VLAN_ALLOW_ALL != 0 {
+                    v.extend(guarded(i, None));
+                }
+                v
+            }
             Action::Attach(i, _) | Action::MoveToFront(i, _) => {
                 let mut v = find(&|a| matches!(*a, Action::SetLink(x, _) if x == i), true);
                 v.extend(find(&|a| matches!(*a, Action::AllowVlan(x, _) if x == i), false));
                 v
             }
-            Action::AllowVlan(lower, vid) => match self.vlans.get(&(lower, vid)) {
-                Some((p, addrs)) => {
-                    let p = *p;
-                    find(
-                        &|a| match *a {
-                            Action::SetLink(x, _) | Action::Attach(x, _) | Action::MoveToFront(x, _) => x == p,
-                            Action::AddLocal(n) => addrs.contains(&n),
-                            _ => false,
-                        },
-                        true,
-                    )
-                }
-                None => Vec::new(),
-            },
+            Action::AllowVlan(lower, vid) => guarded(lower, Some(vid)),
             Action::Detach(i, _) => {
                 let behind: BTreeSet<(u32, u16)> = self.vlans.iter().filter(|(_, (p, _))| *p == i).map(|(k, _)| *k).collect();
                 find(&|a| matches!(*a, Action::DisallowVlan(lo, v) if behind.contains(&(lo, v))), true)
@@ -258,6 +268,155 @@ fn run_batch<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], batch: Vec<usiz
         });
         for (k, st) in results {
             status[k] = Some(st);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::datapath::Direction::{Egress as Eg, Ingress as In};
+    use crate::reconcile::tests::{materialize, mutate, open_paths, pipeline, random_cfg, random_topo, step, unconfigured, PROGS};
+    use crate::reconcile::plan;
+    use crate::select::topo::*;
+    use crate::test_rng::Rng;
+
+    /// The kernel as the plan's model has it; `fail` are refused.
+    struct Model {
+        state: Mutex<Actual>,
+        fail: BTreeSet<Action>,
+        calls: Mutex<Vec<Action>>,
+    }
+
+    impl Model {
+        fn new(state: Actual, fail: impl IntoIterator<Item = Action>) -> Model {
+            Model { state: Mutex::new(state), fail: fail.into_iter().collect(), calls: Mutex::new(Vec::new()) }
+        }
+        fn state(&self) -> Actual {
+            self.state.lock().unwrap().clone()
+        }
+    }
+
+    impl Kernel for Model {
+        fn actual(&self) -> datapath::Result<Actual> {
+            Ok(self.state())
+        }
+        fn execute(&self, a: &Action) -> datapath::Result<()> {
+            self.calls.lock().unwrap().push(*a);
+            if self.fail.contains(a) {
+                return Err(datapath::Error::MapUpdate { map: "hf_links", source: libbpf_rs::Error::from_raw_os_error(libc::ENOSPC) });
+            }
+            step(&mut self.state.lock().unwrap(), a, PROGS);
+            Ok(())
+        }
+    }
+
+    const ENF: u32 = hostfwd_bpf::layout::L_ENFORCE_INGRESS | hostfwd_bpf::layout::L_ENFORCE_EGRESS;
+
+    #[test]
+    fn a_failed_attach_in_the_batch_keeps_the_tag_closed() {
+        let t = Topo::reference();
+        let c = cfg(&["bond0"], &[], &[]);
+        let d = pipeline(&t, &c, &[]);
+        let p = plan(&d, &Actual::default());
+        let k = Model::new(Actual::default(), [Action::Attach(5, Eg)]);
+        let out = execute(&k, &p, &Deps::from_table(&t.t));
+        assert_eq!(out.failed.iter().map(|f| f.action).collect::<Vec<_>>(), vec![Action::Attach(5, Eg)]);
+        assert_eq!(out.held, vec![Held { action: Action::AllowVlan(4, 1000), because: Action::Attach(5, Eg) }]);
+        // The lower device is attached without the tag: closed, not open.
+        let s = k.state();
+        assert!(!s.vlans.contains(&(4, 1000)));
+        assert_eq!((s.links.get(&4), s.attachments.get(&(4, In))), (Some(&ENF), Some(&PROGS.0)));
+        let calls = k.calls.lock().unwrap().clone();
+        assert!(!calls.contains(&Action::AllowVlan(4, 1000)));
+        assert_eq!(out.links(), [4, 5].into());
+        let problems = out.problems(|i| format!("if{i}"));
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[1].starts_with("link if4 (ifindex 4): allow VLAN 1000 on link 4 held back: link if5 (ifindex 5): attach egress on link 5 failed"), "{problems:?}");
+        // The next pass repairs.
+        let out = execute(&Model::new(s.clone(), []), &plan(&d, &s), &Deps::from_table(&t.t));
+        assert!(out.is_clean());
+    }
+
+    #[test]
+    fn a_failed_configuration_holds_its_link_and_a_failed_detach_its_entry() {
+        let t = Topo::reference();
+        let d = pipeline(&t, &cfg(&["bond0"], &[], &[]), &[]);
+        let p = plan(&d, &Actual::default());
+        let k = Model::new(Actual::default(), [Action::SetLink(5, ENF)]);
+        let out = execute(&k, &p, &Deps::from_table(&t.t));
+        let held: Vec<Action> = out.held.iter().map(|h| h.action).collect();
+        assert_eq!(held, vec![Action::Attach(5, In), Action::Attach(5, Eg), Action::AllowVlan(4, 1000)]);
+        assert!(out.held.iter().all(|h| h.because == Action::SetLink(5, ENF)));
+        assert!(unconfigured(&k.state()).is_empty());
+
+        // Excluding bond0.1000: its tag closes first; a failed close keeps
+        // it attached, a failed detach keeps its entry.
+        let full = materialize(&d);
+        let d2 = pipeline(&t, &cfg(&["bond0"], &["bond0.1000"], &[]), &[]);
+        let p2 = plan(&d2, &full);
+        for fail in [Action::DisallowVlan(4, 1000), Action::Detach(5, In)] {
+            let k = Model::new(full.clone(), [fail]);
+            let out = execute(&k, &p2, &Deps::from_table(&t.t));
+            let s = k.state();
+            assert!(unconfigured(&s).is_empty(), "{fail}: {s:?}");
+            assert!(open_paths(&t.t, &s).is_empty(), "{fail}: {s:?}");
+            assert!(out.held.iter().any(|h| h.action == Action::RemoveLink(5)), "{fail}: {out:?}");
+        }
+    }
+
+    #[test]
+    fn an_address_not_written_keeps_its_tag_closed() {
+        let t = Topo::reference();
+        let before = materialize(&pipeline(&t, &cfg(&["bond0"], &[], &[]), &[]));
+        let t2 = t.vlan(6, "bond0.2000", 2000, 4).addr(6, "10.20.0.5/24");
+        let d = pipeline(&t2, &cfg(&["bond0"], &[], &[]), &[]);
+        let addr = Action::AddLocal("10.20.0.5/32".parse().unwrap());
+        let k = Model::new(before.clone(), [addr]);
+        let out = execute(&k, &plan(&d, &before), &Deps::from_table(&t2.t));
+        assert_eq!(out.held, vec![Held { action: Action::AllowVlan(4, 2000), because: addr }]);
+        assert_eq!(out.local_failed(), 1);
+        assert!(out.problems(|i| i.to_string())[0].contains("traffic to it passes unjudged"));
+        // Attached and configured all the same: only the tag waits.
+        assert_eq!(k.state().links.get(&6), Some(&ENF));
+    }
+
+    /// The plan's property test, with failures: whatever fails, no state
+    /// after a pass has an attachment without its entry or a path open
+    /// that neither end of the plan has, a tag opened in the pass leads to
+    /// a device whose addresses are known, and the next pass converges.
+    #[test]
+    fn property_failures_keep_the_promises() {
+        let mut rng = Rng(0xe8ec_fa11_5eed);
+        for round in 0..1000 {
+            let old = random_topo(&mut rng);
+            let old_cfg = random_cfg(&mut rng);
+            let new = (0..1 + rng.index(3)).fold(old.clone(), |t, _| mutate(&mut rng, t));
+            let new_cfg = if rng.chance(50) { old_cfg.clone() } else { random_cfg(&mut rng) };
+            let start = materialize(&pipeline(&old, &old_cfg, &[]));
+            let d = pipeline(&new, &new_cfg, &[]);
+            let p = plan(&d, &start);
+            let pct = rng.pick(&[5u64, 20, 50]);
+            let fail: Vec<Action> = p.iter().copied().filter(|_| rng.chance(pct)).collect();
+            let k = Model::new(start.clone(), fail.clone());
+            let deps = Deps::from_table(&new.t);
+            let out = execute(&k, &p, &deps);
+            let s = k.state();
+            for a in &fail {
+                let failed = out.failed.iter().any(|f| f.action == *a);
+                assert!(failed || out.held.iter().any(|h| h.action == *a), "round {round}: {a} neither failed nor held: {out:?}");
+            }
+            assert!(unconfigured(&s).is_subset(&unconfigured(&start)), "round {round}: attachment without entry after {fail:?}");
+            let open0: BTreeSet<_> = open_paths(&new.t, &start).union(&open_paths(&new.t, &materialize(&d))).copied().collect();
+            let open = open_paths(&new.t, &s);
+            assert!(open.is_subset(&open0), "round {round}: {:?} opened with {fail:?} failing\nplan {p:?}", open.difference(&open0).collect::<Vec<_>>());
+            for (key, (_, addrs)) in &deps.vlans {
+                if s.vlans.contains(key) && !start.vlans.contains(key) {
+                    assert!(addrs.is_subset(&s.local), "round {round}: {key:?} opened before its addresses");
+                }
+            }
+            let again = execute(&Model::new(s.clone(), []), &plan(&d, &s), &deps);
+            assert!(again.is_clean(), "round {round}");
         }
     }
 }

@@ -357,14 +357,14 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Vec<Action> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::links::{Change, Link, LinkKind};
     use crate::select::topo::*;
     use crate::select::{select, SelectConfig};
     use crate::vlan::allowed;
 
-    const PROGS: (u32, u32) = (41, 42);
+    pub(crate) const PROGS: (u32, u32) = (41, 42);
     const ENF: u32 = l::L_ENFORCE_INGRESS | l::L_ENFORCE_EGRESS;
     use Direction::{Egress as Eg, Ingress as In};
 
@@ -377,7 +377,7 @@ mod tests {
         a
     }
 
-    fn step(a: &mut Actual, act: &Action, prog_ids: (u32, u32)) {
+    pub(crate) fn step(a: &mut Actual, act: &Action, prog_ids: (u32, u32)) {
         match *act {
             Action::AddLocal(n) => {
                 a.local.insert(n);
@@ -415,14 +415,14 @@ mod tests {
         }
     }
 
-    fn pipeline(t: &Topo, c: &SelectConfig, audit: &[u32]) -> Desired {
+    pub(crate) fn pipeline(t: &Topo, c: &SelectConfig, audit: &[u32]) -> Desired {
         let d = select(&t.t, c);
         let s = allowed(&t.t, &d, &c.vlan_bypass);
         let g = GlobalInputs { audit_links: audit.iter().map(|i| ifx(*i)).collect(), to_front: true };
         desired(&t.t, &d, &s, &g, PROGS)
     }
 
-    fn materialize(d: &Desired) -> Actual {
+    pub(crate) fn materialize(d: &Desired) -> Actual {
         let mut a = Actual { local: d.local.clone(), ..Actual::default() };
         for (i, s) in &d.links {
             a.attachments.insert((*i, In), d.prog_ids.0);
@@ -697,7 +697,7 @@ mod tests {
         }
     }
 
-    fn random_topo(rng: &mut Rng) -> Topo {
+    pub(crate) fn random_topo(rng: &mut Rng) -> Topo {
         let mut t = Topo::new();
         if rng.chance(80) {
             t = t.lo();
@@ -763,7 +763,7 @@ mod tests {
         t
     }
 
-    fn random_cfg(rng: &mut Rng) -> SelectConfig {
+    pub(crate) fn random_cfg(rng: &mut Rng) -> SelectConfig {
         let devices: &[&[&str]] =
             &[&["auto"], &["bond0"], &["eth*"], &["bond0.*"], &["eth0", "bond1"], &[], &["auto", "docker0"], &["*"], &["eth0.100"]];
         let excludes: &[&[&str]] = &[&[], &[], &["bond0.1000"], &["eth1*"], &["*.100"], &["br*"]];
@@ -773,7 +773,7 @@ mod tests {
     }
 
     /// A change NetworkManager (or an operator) could make.
-    fn mutate(rng: &mut Rng, t: Topo) -> Topo {
+    pub(crate) fn mutate(rng: &mut Rng, t: Topo) -> Topo {
         let ids: Vec<u32> = t.t.iter().map(|l| l.ifindex.get()).collect();
         if ids.is_empty() {
             return t.phys(2, "eth0");
@@ -838,14 +838,14 @@ mod tests {
     }
 
     /// Ifindexes with an attachment but no link entry.
-    fn unconfigured(a: &Actual) -> BTreeSet<u32> {
+    pub(crate) fn unconfigured(a: &Actual) -> BTreeSet<u32> {
         a.attachments.keys().map(|(i, _)| *i).filter(|i| !a.links.contains_key(i)).collect()
     }
 
     /// (lower, vid, place): tagged frames arriving on `lower` with `vid`
     /// pass it (nothing filters there, or the VID or every tag is allowed)
     /// towards the place of that VLAN, which does not enforce ingress.
-    fn open_paths(t: &Table, a: &Actual) -> BTreeSet<(u32, u16, u32)> {
+    pub(crate) fn open_paths(t: &Table, a: &Actual) -> BTreeSet<(u32, u16, u32)> {
         let ingress = |i: u32| a.attachments.contains_key(&(i, In));
         let mut out = BTreeSet::new();
         for v in t.iter() {
