@@ -23,9 +23,8 @@
 //!   and for the lower device's own configuration and attach in this pass
 //!   (cut off on the lower device first); the ingress `Detach` of a lower
 //!   device (every tag passes after it) waits for its VLANs as `AllowVlan`s
-//!   do; `RemoveLink` waits for the
-//!   link's `Detach`es (an attached program without its link entry passes
-//!   everything).
+//!   do; `RemoveLink` waits for the link's `Detach`es (an attached program
+//!   without its link entry passes everything).
 //!
 //! Attaches wait for an RCU grace period in the kernel, so `Attach` and
 //! `MoveToFront` run in parallel batches; a batch finishes before any action
