@@ -84,65 +84,107 @@ impl Deps {
         }
         Deps { vlans }
     }
+}
+
+/// The plan's actions by what they concern, and the VLANs by lower device
+/// and by place: each action's prerequisites are found without scanning
+/// the plan (a storm of a thousand VLANs is a plan of thousands).
+struct Index<'a> {
+    deps: &'a Deps,
+    /// lower → (place, addresses) of each of its VLANs.
+    by_lower: BTreeMap<u32, Vec<&'a (u32, BTreeSet<IpNet>)>>,
+    /// place → the tags (lower, VID) leading to it.
+    behind: BTreeMap<u32, Vec<(u32, u16)>>,
+    set_link: BTreeMap<u32, Vec<usize>>,
+    allow: BTreeMap<u32, Vec<usize>>,
+    /// `Attach` and `MoveToFront`.
+    attach: BTreeMap<u32, Vec<usize>>,
+    detach: BTreeMap<u32, Vec<usize>>,
+    disallow: BTreeMap<(u32, u16), Vec<usize>>,
+    add_local: BTreeMap<IpNet, Vec<usize>>,
+}
+
+impl<'a> Index<'a> {
+    fn new(deps: &'a Deps, actions: &[Action]) -> Index<'a> {
+        let mut ix = Index {
+            deps,
+            by_lower: BTreeMap::new(),
+            behind: BTreeMap::new(),
+            set_link: BTreeMap::new(),
+            allow: BTreeMap::new(),
+            attach: BTreeMap::new(),
+            detach: BTreeMap::new(),
+            disallow: BTreeMap::new(),
+            add_local: BTreeMap::new(),
+        };
+        for (&(lower, vid), g) in &deps.vlans {
+            ix.by_lower.entry(lower).or_default().push(g);
+            ix.behind.entry(g.0).or_default().push((lower, vid));
+        }
+        for (k, a) in actions.iter().enumerate() {
+            match *a {
+                Action::SetLink(i, _) => ix.set_link.entry(i).or_default().push(k),
+                Action::AllowVlan(i, _) => ix.allow.entry(i).or_default().push(k),
+                Action::Attach(i, _) | Action::MoveToFront(i, _) => ix.attach.entry(i).or_default().push(k),
+                Action::Detach(i, _) => ix.detach.entry(i).or_default().push(k),
+                Action::DisallowVlan(i, v) => ix.disallow.entry((i, v)).or_default().push(k),
+                Action::AddLocal(n) => ix.add_local.entry(n).or_default().push(k),
+                Action::RemoveLink(_) | Action::RemoveLocal(_) => {}
+            }
+        }
+        ix
+    }
 
     /// Indexes of the earlier actions `actions[k]` relies on, and whether
     /// one of them merely held back (not failed) holds it back too.
-    fn of(&self, actions: &[Action], k: usize) -> Vec<(usize, bool)> {
-        let before = &actions[..k];
-        let find = |pred: &dyn Fn(&Action) -> bool, held_too: bool| -> Vec<(usize, bool)> {
-            before.iter().enumerate().filter(|(_, a)| pred(a)).map(|(j, _)| (j, held_too)).collect()
+    fn prerequisites(&self, actions: &[Action], k: usize) -> Vec<(usize, bool)> {
+        let mut out = Vec::new();
+        let mut add = |list: Option<&Vec<usize>>, held_too: bool| out.extend(list.into_iter().flatten().filter(|j| **j < k).map(|j| (*j, held_too)));
+        // What a tag towards a place waits for: the place configured and
+        // attached, the addresses of the VLAN and its place known.
+        let guarded = |add: &mut dyn FnMut(Option<&Vec<usize>>, bool), (place, addrs): &(u32, BTreeSet<IpNet>)| {
+            add(self.set_link.get(place), true);
+            add(self.attach.get(place), true);
+            for n in addrs {
+                add(self.add_local.get(n), true);
+            }
         };
-        // What a tag towards the VLAN (lower, vid) waits for: its place
-        // configured and attached, its addresses known.
-        let guarded = |lower: u32, vid: Option<u16>| -> Vec<(usize, bool)> {
-            let places: Vec<&(u32, BTreeSet<IpNet>)> =
-                self.vlans.iter().filter(|((lo, v), _)| *lo == lower && vid.is_none_or(|x| x == *v)).map(|(_, g)| g).collect();
-            find(
-                &|a| match *a {
-                    Action::SetLink(x, _) | Action::Attach(x, _) | Action::MoveToFront(x, _) => places.iter().any(|(p, _)| *p == x),
-                    Action::AddLocal(n) => places.iter().any(|(_, addrs)| addrs.contains(&n)),
-                    _ => false,
-                },
-                true,
-            )
-        };
+        let vlans_of = |lower: u32| self.by_lower.get(&lower).into_iter().flatten();
         match actions[k] {
             Action::SetLink(i, flags) => {
-                let mut v = find(&|a| matches!(*a, Action::AllowVlan(x, _) if x == i), false);
+                add(self.allow.get(&i), false);
                 // Every tag passes: as an AllowVlan of each.
                 if flags & hostfwd_bpf::layout::L_VLAN_ALLOW_ALL != 0 {
-                    v.extend(guarded(i, None));
+                    vlans_of(i).for_each(|g| guarded(&mut add, g));
                 }
-                v
             }
             Action::Attach(i, _) | Action::MoveToFront(i, _) => {
-                let mut v = find(&|a| matches!(*a, Action::SetLink(x, _) if x == i), true);
-                v.extend(find(&|a| matches!(*a, Action::AllowVlan(x, _) if x == i), false));
-                v
+                add(self.set_link.get(&i), true);
+                add(self.allow.get(&i), false);
             }
-            Action::AllowVlan(lower, vid) => guarded(lower, Some(vid)),
+            Action::AllowVlan(lower, vid) => {
+                if let Some(g) = self.deps.vlans.get(&(lower, vid)) {
+                    guarded(&mut add, g);
+                }
+            }
             Action::Detach(i, dir) => {
                 // The tags towards i are closed first: on lower devices
                 // configured and attached in this pass, if they are.
-                let behind: BTreeSet<(u32, u16)> = self.vlans.iter().filter(|(_, (p, _))| *p == i).map(|(k, _)| *k).collect();
-                let mut v = find(
-                    &|a| match *a {
-                        Action::DisallowVlan(lo, v) => behind.contains(&(lo, v)),
-                        Action::SetLink(lo, _) | Action::Attach(lo, _) | Action::MoveToFront(lo, _) => behind.iter().any(|(x, _)| *x == lo),
-                        _ => false,
-                    },
-                    true,
-                );
+                for &(lower, vid) in self.behind.get(&i).into_iter().flatten() {
+                    add(self.disallow.get(&(lower, vid)), true);
+                    add(self.set_link.get(&lower), true);
+                    add(self.attach.get(&lower), true);
+                }
                 // Without its ingress program a lower device lets every tag
                 // through: as an AllowVlan of each.
                 if dir == Direction::Ingress {
-                    v.extend(guarded(i, None));
+                    vlans_of(i).for_each(|g| guarded(&mut add, g));
                 }
-                v
             }
-            Action::RemoveLink(i) => find(&|a| matches!(*a, Action::Detach(x, _) if x == i), true),
-            Action::AddLocal(_) | Action::RemoveLocal(_) | Action::DisallowVlan(..) => Vec::new(),
+            Action::RemoveLink(i) => add(self.detach.get(&i), true),
+            Action::AddLocal(_) | Action::RemoveLocal(_) | Action::DisallowVlan(..) => {}
         }
+        out
     }
 }
 
@@ -215,13 +257,16 @@ pub fn execute<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], deps: &Deps) 
     let errors: Mutex<BTreeMap<usize, String>> = Mutex::new(BTreeMap::new());
     // A link whose configuration failed gets nothing more this pass.
     let mut broken: BTreeMap<u32, usize> = BTreeMap::new();
+    let ix = Index::new(deps, actions);
     let mut batch: Vec<usize> = Vec::new();
+    let mut in_batch = vec![false; actions.len()];
     for k in 0..actions.len() {
         let a = &actions[k];
-        let pre = deps.of(actions, k);
+        let pre = ix.prerequisites(actions, k);
         let flush = !matches!(a, Action::Attach(..) | Action::MoveToFront(..) | Action::SetLink(..) | Action::AddLocal(..))
-            || pre.iter().any(|(j, _)| batch.contains(j));
+            || pre.iter().any(|(j, _)| in_batch[*j]);
         if flush {
+            batch.iter().for_each(|j| in_batch[*j] = false);
             run_batch(kernel, actions, std::mem::take(&mut batch), &mut status, &errors);
         }
         let root = a.ifindex().and_then(|i| broken.get(&i).copied()).or_else(|| {
@@ -238,6 +283,7 @@ pub fn execute<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], deps: &Deps) 
         }
         if let Action::Attach(..) | Action::MoveToFront(..) = a {
             batch.push(k);
+            in_batch[k] = true;
             continue;
         }
         status[k] = Some(run_one(kernel, actions, k, &errors));
