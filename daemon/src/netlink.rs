@@ -122,7 +122,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
-use std::pin::pin;
 
 use futures::StreamExt;
 use ipnet::IpNet;
@@ -316,7 +315,7 @@ impl Netlink {
             req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
             let mut handle = self.handle.clone();
             let responses = handle.request(req).map_err(|_| Error::DumpClosed { what })?;
-            let mut responses = pin!(responses);
+            let mut responses = Responses::new(responses);
             let mut out = Vec::new();
             let mut interrupted = false;
             let mut done = false;
@@ -346,6 +345,51 @@ impl Netlink {
             debug!(what, attempt, "dump interrupted by a concurrent change; repeating it");
         }
         Err(Error::DumpInterrupted { what, attempts: DUMP_ATTEMPTS })
+    }
+}
+
+/// The response stream of one request, read to its end even when its
+/// reader goes away first. A dump future dropped half-way (a cancelled
+/// [`Monitor::next`] in the daemon's `select!`, which re-reads routes on
+/// every route change) drops the channel netlink-proto forwards the
+/// responses into, while the kernel still sends the rest of the dump:
+/// netlink-proto then logs "failed to forward response back to the handle"
+/// for every one of them. Dropped unfinished, this hands the stream to a
+/// task that reads it to its end (the last message closes it, and so does
+/// the connection stopping).
+struct Responses {
+    stream: Option<std::pin::Pin<Box<dyn futures::Stream<Item = NetlinkMessage<RouteNetlinkMessage>> + Send>>>,
+}
+
+impl Responses {
+    fn new(stream: impl futures::Stream<Item = NetlinkMessage<RouteNetlinkMessage>> + Send + 'static) -> Self {
+        Responses { stream: Some(Box::pin(stream)) }
+    }
+
+    async fn next(&mut self) -> Option<NetlinkMessage<RouteNetlinkMessage>> {
+        let stream = self.stream.as_mut()?;
+        let msg = stream.next().await;
+        if msg.as_ref().map_or(true, Self::ends) {
+            self.stream = None;
+        }
+        msg
+    }
+
+    /// Whether the message ends the response (netlink-proto closes the
+    /// stream after it): NLMSG_DONE or an error/ack.
+    fn ends(msg: &NetlinkMessage<RouteNetlinkMessage>) -> bool {
+        matches!(msg.payload, NetlinkPayload::Done(_) | NetlinkPayload::Error(_))
+    }
+}
+
+impl Drop for Responses {
+    fn drop(&mut self) {
+        let Some(mut stream) = self.stream.take() else { return };
+        // Without a runtime the connection task is gone too: nothing can
+        // be forwarded any more.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move { while stream.next().await.is_some() {} });
+        }
     }
 }
 
@@ -470,7 +514,8 @@ impl Monitor {
 
     /// The next event. Cancel-safe (usable in `tokio::select!`): a received
     /// datagram is decoded before the next await, and a default-route
-    /// re-read that was interrupted is repeated.
+    /// re-read that was interrupted is repeated (the cancelled dump is read
+    /// to its end in the background, see `Responses`).
     ///
     /// An error means the event socket failed (or a dump of the request
     /// connection did): the stream cannot be trusted any more; open a new
