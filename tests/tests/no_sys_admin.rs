@@ -3,7 +3,8 @@
 //! capability removed from its bounding and inheritable sets, in a test
 //! namespace with a veth pair. It attaches once, a later pass (caused by a
 //! second device) finds its own attachments and touches nothing of them,
-//! and the policy holds for real packets.
+//! and the policy holds for real packets. A query the kernel refuses is an
+//! error naming the capability.
 //!
 //! Nothing sleeps to let things happen: every wait has a deadline, and "no
 //! re-attach" is read from the kernel's tc notifications up to a marker.
@@ -212,4 +213,58 @@ fn tcx_links_are_kept_without_cap_sys_admin() {
     assert_eq!(after[1].prog_id, foreign.prog_id(Direction::Ingress));
     assert!(own_prog != 0);
     check_policy(&topo, "tcx without CAP_SYS_ADMIN");
+}
+
+/// Removes `caps` from the calling thread's effective set (capabilities
+/// belong to a thread: the rest of the test process keeps them).
+fn drop_effective(caps: &[u32]) {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Default, Clone, Copy)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+    let mut h = Header { version: LINUX_CAPABILITY_VERSION_3, pid: 0 };
+    let mut d = [Data::default(); 2];
+    // SAFETY: a version-3 header and two data structs, as capget(2) wants.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut h as *mut Header, d.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget: {}", std::io::Error::last_os_error());
+    for &c in caps {
+        d[(c / 32) as usize].effective &= !(1 << (c % 32));
+    }
+    // SAFETY: as above; only the effective set shrinks.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut h as *mut Header, d.as_ptr()) };
+    assert_eq!(rc, 0, "capset: {}", std::io::Error::last_os_error());
+}
+
+/// A read of the hooks that the kernel refuses is an error naming the
+/// capability, never "nothing attached" (the old code read the tcx chain
+/// in front of a legacy filter as empty on any error).
+#[test]
+fn refused_hook_queries_fail_loudly() {
+    const CAP_NET_ADMIN: u32 = 12;
+    let topo = Topology::new().unwrap();
+    let dp = TestDp::load("nsa-loud", AttachModeChoice::Tc { priority: TC_PRIORITY, handle: TC_HANDLE });
+    let h0 = topo.h.ifindex;
+    topo.host.run(|| dp.attach(h0, Direction::Ingress)).expect("netns").expect("attach");
+    assert_eq!(attached(&topo, &dp), vec![(h0, Direction::Ingress)]);
+    // BPF_PROG_QUERY takes CAP_NET_ADMIN or CAP_SYS_ADMIN.
+    let read = topo
+        .host
+        .run(|| {
+            drop_effective(&[CAP_NET_ADMIN, CAP_SYS_ADMIN]);
+            dp.attachments()
+        })
+        .expect("netns");
+    match read {
+        Err(e) => assert!(e.to_string().contains("needs CAP_NET_ADMIN") && e.to_string().contains("BPF_PROG_QUERY"), "{e}"),
+        Ok(list) => panic!("a refused query read as a result: {list:?}"),
+    }
 }
