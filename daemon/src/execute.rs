@@ -35,27 +35,12 @@ use std::sync::Mutex;
 
 use ipnet::IpNet;
 
-use crate::datapath::{self, Datapath, Direction};
+use crate::datapath::Direction;
 use crate::links::{LinkKind, Table};
-use crate::reconcile::{Action, Actual};
-use crate::select::place;
+use crate::reconcile::Action;
+use crate::select::receiving_link;
 
-/// The kernel calls the executor needs: the seam where tests inject faults
-/// (`datapath::FaultyKernel`, feature `testing`).
-pub trait Kernel: Sync {
-    fn actual(&self) -> datapath::Result<Actual>;
-    fn execute(&self, action: &Action) -> datapath::Result<()>;
-}
-
-impl Kernel for Datapath {
-    fn actual(&self) -> datapath::Result<Actual> {
-        Datapath::actual(self)
-    }
-
-    fn execute(&self, action: &Action) -> datapath::Result<()> {
-        Datapath::execute(self, action)
-    }
-}
+pub use crate::datapath::Kernel;
 
 /// Attaches that may run at once: each tcx/tc attach waits for an RCU grace
 /// period in the kernel (~10–20 ms), so a storm of new devices is attached
@@ -75,7 +60,7 @@ impl Deps {
         let mut vlans = BTreeMap::new();
         for v in table.iter() {
             let LinkKind::Vlan { vid, lower } = v.kind else { continue };
-            let Some(p) = place(table, v.ifindex) else { continue };
+            let Some(p) = receiving_link(table, v.ifindex) else { continue };
             let mut addrs: BTreeSet<IpNet> = v.addrs.iter().map(|a| IpNet::from(a.addr())).collect();
             if let Some(pl) = table.get(p) {
                 addrs.extend(pl.addrs.iter().map(|a| IpNet::from(a.addr())));
@@ -338,6 +323,8 @@ fn run_batch<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], batch: Vec<usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath;
+    use crate::reconcile::Actual;
     use crate::datapath::Direction::{Egress as Eg, Ingress as In};
     use crate::reconcile::tests::{materialize, mutate, open_paths, pipeline, random_cfg, random_topo, step, unconfigured, PROGS};
     use crate::reconcile::plan;

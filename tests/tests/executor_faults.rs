@@ -32,7 +32,7 @@ use hostfwd::datapath::{AttachModeChoice, Datapath, Direction, FaultyKernel, Fau
 use hostfwd::execute::{self, Deps, Outcome};
 use hostfwd::links::{Change, Link, LinkKind, Table, Vid};
 use hostfwd::reconcile::{self, Action, Actual, Desired, GlobalInputs};
-use hostfwd::select::{self, place, SelectConfig};
+use hostfwd::select::{self, receiving_link, SelectConfig};
 use hostfwd_bpf::layout as l;
 use hostfwd_tests::NetNs;
 use ipnet::IpNet;
@@ -151,7 +151,7 @@ fn violations(t: &Table, dp: &Datapath, before: &Actual, after: &Actual) -> Vec<
         if !after.vlans.contains(&key) {
             continue;
         }
-        let Some(p) = place(t, s.ifindex) else { continue };
+        let Some(p) = receiving_link(t, s.ifindex) else { continue };
         if !guarded(p.get()) {
             v.push(format!("VID {} open on {} towards {} ({}), which is not attached and configured", key.1, key.0, s.name, p.get()));
         }

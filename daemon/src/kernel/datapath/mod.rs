@@ -86,6 +86,10 @@ pub enum Error {
     RenamePin { from: PathBuf, to: PathBuf, source: io::Error },
     #[error("querying attachments on ifindex {ifindex}: {source}")]
     Query { ifindex: u32, source: io::Error },
+    #[error("{op} on ifindex {ifindex}: {source} (needs {cap})")]
+    NeedsCapability { op: &'static str, ifindex: u32, cap: &'static str, source: io::Error },
+    #[error("reading the tcx link pinned at {path}: {source}")]
+    ReadLinkPin { path: PathBuf, source: libbpf_rs::Error },
     #[error("listing network interfaces: {0}")]
     Interfaces(#[source] nix::Error),
     #[error("reading {path}: {source}")]
@@ -110,6 +114,14 @@ pub enum Error {
     MapUnknown { map: &'static str, key: &'static str },
     #[error("reading the memory of map {map} from fdinfo: {source}")]
     MapMemory { map: String, source: io::Error },
+}
+
+impl Error {
+    /// The device a query was about no longer exists (ENODEV): it has
+    /// nothing attached any more, which is not a failure.
+    pub fn is_device_gone(&self) -> bool {
+        matches!(self, Error::Query { source, .. } if source.raw_os_error() == Some(libc::ENODEV))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -443,5 +455,22 @@ impl Datapath {
             A::MoveToFront(i, d) => self.move_to_front(i, d),
             A::Detach(i, d) => self.detach(i, d),
         }
+    }
+}
+
+/// The kernel calls the executor (`crate::execute`) needs: the seam where
+/// tests inject faults (`FaultyKernel`, feature `testing`).
+pub trait Kernel: Sync {
+    fn actual(&self) -> Result<crate::reconcile::Actual>;
+    fn execute(&self, action: &crate::reconcile::Action) -> Result<()>;
+}
+
+impl Kernel for Datapath {
+    fn actual(&self) -> Result<crate::reconcile::Actual> {
+        Datapath::actual(self)
+    }
+
+    fn execute(&self, action: &crate::reconcile::Action) -> Result<()> {
+        Datapath::execute(self, action)
     }
 }

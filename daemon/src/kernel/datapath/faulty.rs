@@ -5,10 +5,9 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crate::execute::Kernel;
 use crate::reconcile::{Action, Actual};
 
-use super::{dir_name, Datapath, Error, Result};
+use super::{dir_name, Datapath, Error, Kernel, Result};
 
 /// Which operations fail. Every rule that matches fails the call.
 #[derive(Debug, Clone, Default)]
