@@ -23,7 +23,9 @@
 //!   and for the lower device's own configuration and attach in this pass
 //!   (cut off on the lower device first); the ingress `Detach` of a lower
 //!   device (every tag passes after it) waits for its VLANs as `AllowVlan`s
-//!   do; `RemoveLink` waits for the link's `Detach`es (an attached program
+//!   do; the `Detach` of a port waits for the link that receives its
+//!   traffic now (its bond or bridge) to be configured and attached.
+//! - `RemoveLink` waits for the link's `Detach`es (an attached program
 //!   without its link entry passes everything).
 //!
 //! Attaches wait for an RCU grace period in the kernel, so `Attach` and
@@ -53,11 +55,20 @@ pub struct Deps {
     /// (lower, VID) → the place of that VLAN subinterface (itself, or the
     /// bridge it is a port of) and the host addresses of both.
     pub vlans: BTreeMap<(u32, u16), (u32, BTreeSet<IpNet>)>,
+    /// Port → the link that receives its traffic (its bond or bridge, or
+    /// theirs), for every link received elsewhere.
+    pub receivers: BTreeMap<u32, u32>,
 }
 
 impl Deps {
     pub fn from_table(table: &Table) -> Deps {
         let mut vlans = BTreeMap::new();
+        let mut receivers = BTreeMap::new();
+        for x in table.iter() {
+            if let Some(r) = receiving_link(table, x.ifindex).filter(|r| *r != x.ifindex) {
+                receivers.insert(x.ifindex.get(), r.get());
+            }
+        }
         for v in table.iter() {
             let LinkKind::Vlan { vid, lower } = v.kind else { continue };
             let Some(p) = receiving_link(table, v.ifindex) else { continue };
@@ -67,7 +78,7 @@ impl Deps {
             }
             vlans.insert((lower.get(), vid.get()), (p.get(), addrs));
         }
-        Deps { vlans }
+        Deps { vlans, receivers }
     }
 }
 
@@ -159,6 +170,12 @@ impl<'a> Index<'a> {
                     add(self.disallow.get(&(lower, vid)), true);
                     add(self.set_link.get(&lower), true);
                     add(self.attach.get(&lower), true);
+                }
+                // A port newly enslaved: its receiving link takes over
+                // first (as the plan orders it).
+                if let Some(r) = self.deps.receivers.get(&i) {
+                    add(self.set_link.get(r), true);
+                    add(self.attach.get(r), true);
                 }
                 // Without its ingress program a lower device lets every tag
                 // through: as an AllowVlan of each.

@@ -6,10 +6,10 @@
 //! from the hooks, pins and maps) must keep the plan's promises:
 //!
 //! - no attachment on a link without its `hf_links` entry;
-//! - a VID allowed on a lower device leads to a place (the subinterface or
-//!   its bridge) attached in both directions with its entry, and a VID
-//!   opened in this pass only once the addresses of the subinterface and of
-//!   its place are in the local maps;
+//! - no pass opens a VID on a lower device towards a VLAN that no device on
+//!   its way (the subinterface, its bridge) guards — attached in both
+//!   directions with its entry — and a VID opened in a pass leads to a VLAN
+//!   whose addresses, and its bridge's, are in the local maps;
 //!
 //! and the next pass without failures converges.
 //!
@@ -130,37 +130,63 @@ fn repair(ns: &NetNs, dp: &Datapath, t: &Table, d: &Desired, why: &str) {
     assert!(left.is_empty(), "{why}: not converged after the repair pass: {left:?}");
 }
 
+/// VIDs allowed on a lower device towards a VLAN that no device on its way
+/// guards: not the subinterface, nor the bridges it is a port of (each sees
+/// the frame on ingress), none attached in both directions with its entry.
+fn unguarded(t: &Table, dp: &Datapath, a: &Actual) -> BTreeSet<(u32, u16)> {
+    let ours = dp.prog_ids();
+    let guarded = |p: u32| {
+        a.attachments.get(&(p, Direction::Ingress)) == Some(&ours.0)
+            && a.attachments.get(&(p, Direction::Egress)) == Some(&ours.1)
+            && a.links.get(&p).is_some_and(|f| f & l::L_ENFORCE_INGRESS != 0)
+    };
+    let mut out = BTreeSet::new();
+    for s in t.iter() {
+        let LinkKind::Vlan { vid, lower } = s.kind else { continue };
+        let key = (lower.get(), vid.get());
+        if !a.vlans.contains(&key) {
+            continue;
+        }
+        let mut way = vec![s.ifindex.get()];
+        let mut cur = s;
+        while let Some(c) = cur.controller.and_then(|c| t.get(c)).filter(|_| way.len() <= t.len()) {
+            way.push(c.ifindex.get());
+            cur = c;
+        }
+        if !way.iter().any(|i| guarded(*i)) {
+            out.insert(key);
+        }
+    }
+    out
+}
+
 /// The promises, on the kernel state `after` a pass that started from
-/// `before`. Returns the violations.
+/// `before` (both read with table `t`). Returns the violations.
+///
+/// A link event alone can open a path (a port moved into a bridge that is
+/// not attached yet): a pass must not open one that was closed before it.
 fn violations(t: &Table, dp: &Datapath, before: &Actual, after: &Actual) -> Vec<String> {
     let mut v = Vec::new();
-    let ours = dp.prog_ids();
     for (i, dir) in after.attachments.keys() {
         if !after.links.contains_key(i) {
             v.push(format!("{dir:?} attached on {i} without its hf_links entry"));
         }
     }
-    let guarded = |p: u32| {
-        after.attachments.get(&(p, Direction::Ingress)) == Some(&ours.0)
-            && after.attachments.get(&(p, Direction::Egress)) == Some(&ours.1)
-            && after.links.get(&p).is_some_and(|f| f & l::L_ENFORCE_INGRESS != 0)
-    };
+    let was = unguarded(t, dp, before);
+    for (lower, vid) in unguarded(t, dp, after).difference(&was) {
+        v.push(format!("VID {vid} opened on {lower} towards a VLAN no device on its way guards"));
+    }
     for s in t.iter() {
         let LinkKind::Vlan { vid, lower } = s.kind else { continue };
         let key = (lower.get(), vid.get());
-        if !after.vlans.contains(&key) {
+        if !after.vlans.contains(&key) || before.vlans.contains(&key) {
             continue;
         }
         let Some(p) = receiving_link(t, s.ifindex) else { continue };
-        if !guarded(p.get()) {
-            v.push(format!("VID {} open on {} towards {} ({}), which is not attached and configured", key.1, key.0, s.name, p.get()));
-        }
-        if !before.vlans.contains(&key) {
-            let mut addrs: BTreeSet<IpNet> = s.addrs.iter().map(|a| IpNet::from(a.addr())).collect();
-            addrs.extend(t.get(p).into_iter().flat_map(|pl| pl.addrs.iter().map(|a| IpNet::from(a.addr()))));
-            for a in addrs.iter().filter(|a| !after.local.contains(a)) {
-                v.push(format!("VID {} opened on {} while {a} of {} is not in the local maps", key.1, key.0, s.name));
-            }
+        let mut addrs: BTreeSet<IpNet> = s.addrs.iter().map(|a| IpNet::from(a.addr())).collect();
+        addrs.extend(t.get(p).into_iter().flat_map(|pl| pl.addrs.iter().map(|a| IpNet::from(a.addr()))));
+        for a in addrs.iter().filter(|a| !after.local.contains(a)) {
+            v.push(format!("VID {vid} opened on {lower} while {a} of {} is not in the local maps", s.name));
         }
     }
     v
@@ -310,8 +336,10 @@ fn env_u64(key: &str) -> Option<u64> {
 /// What the randomized test changes: VLANs on two lowers.
 struct World {
     lowers: Vec<(String, bool)>,
-    /// (name, lower, has an address)
+    /// (name, index of its lower)
     vlans: Vec<(String, usize)>,
+    /// Bridges made so far (a VLAN bridged into one receives there).
+    bridges: usize,
     /// A VID is never used twice: a tag left open on a lower by a failed
     /// `DisallowVlan` must not lead to a later device that reuses it.
     next_vid: u16,
@@ -320,7 +348,7 @@ struct World {
 impl World {
     fn event(&mut self, ns: &NetNs, rng: &mut Rng) -> String {
         let links: Vec<String> = self.lowers.iter().filter(|l| l.1).map(|l| l.0.clone()).chain(self.vlans.iter().map(|v| v.0.clone())).collect();
-        match rng.below(7) {
+        match rng.below(8) {
             0 | 1 => {
                 let up: Vec<usize> = (0..self.lowers.len()).filter(|i| self.lowers[*i].1).collect();
                 if up.is_empty() {
@@ -371,6 +399,18 @@ impl World {
                     format!("add lower {name}")
                 }
             }
+            6 if !self.vlans.is_empty() => {
+                // Into a new bridge that carries an address of its own: the
+                // bridge becomes the place the VLAN's tag leads to.
+                let (name, _) = self.vlans[rng.below(self.vlans.len())].clone();
+                let br = format!("br{}", self.bridges);
+                self.bridges += 1;
+                ip(ns, &["link", "add", &br, "type", "bridge"]);
+                ip(ns, &["addr", "add", &format!("10.200.{}.1/24", self.bridges), "dev", &br]);
+                ip(ns, &["link", "set", &name, "master", &br]);
+                ip(ns, &["link", "set", &br, "up"]);
+                format!("bridge {name} into {br}")
+            }
             _ => "no event".to_string(),
         }
     }
@@ -379,12 +419,12 @@ impl World {
 #[test]
 fn random_link_events_and_failures_keep_the_promises() {
     let seed = env_u64("HOSTFWD_EXEC_SEED").unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1));
-    let steps = env_u64("HOSTFWD_EXEC_STEPS").unwrap_or(120);
+    let steps = env_u64("HOSTFWD_EXEC_STEPS").unwrap_or(400);
     eprintln!("HOSTFWD_EXEC_SEED={seed} HOSTFWD_EXEC_STEPS={steps}");
     let mut rng = Rng(seed | 1);
     let ns = namespace();
     let dp = TestDp::load("exec-rand", AttachModeChoice::Tcx);
-    let mut w = World { lowers: vec![("d0".into(), true), ("d1".into(), true)], vlans: Vec::new(), next_vid: 10 };
+    let mut w = World { lowers: vec![("d0".into(), true), ("d1".into(), true)], vlans: Vec::new(), bridges: 0, next_vid: 10 };
     add_lower(&ns, "d0", "10.50.0.1/24");
     add_lower(&ns, "d1", "10.51.0.1/24");
     let c = cfg(&["d0", "d1"], &[]);
