@@ -412,12 +412,9 @@ impl Daemon {
 
     /// What is wrong with a link's hooks, for the API (empty when nothing).
     fn problem(&self, ifindex: u32) -> String {
-        self.ahead
-            .iter()
-            .filter(|((i, _), _)| *i == ifindex)
-            .map(|((_, dir), progs)| format!("{}: runs after {}", crate::datapath::dir_name(*dir), reconcile::hook_progs_text(progs)))
-            .collect::<Vec<_>>()
-            .join("; ")
+        let ahead = self.ahead.iter().filter(|((i, _), _)| *i == ifindex);
+        let ahead = ahead.map(|((_, dir), progs)| format!("{}: runs after {}", crate::datapath::dir_name(*dir), reconcile::hook_progs_text(progs)));
+        ahead.chain(self.outcome.link_problems(ifindex, |i| self.link_name(i))).collect::<Vec<_>>().join("; ")
     }
 
     /// The hooks the periodic order check looks at: both directions of

@@ -217,10 +217,14 @@ impl Outcome {
         self.failed.is_empty() && self.held.is_empty()
     }
 
-    /// Links with a failed or held-back action: not as configured.
+    /// Links not running as configured: a failed or held-back action. A
+    /// lower device whose `AllowVlan` alone waits is not one of them: it
+    /// is attached and configured, only that tag stays closed (its problem
+    /// says why).
     pub fn links(&self) -> BTreeSet<u32> {
         let failed = self.failed.iter().map(|f| f.action);
-        failed.chain(self.held.iter().map(|h| h.action)).filter_map(|a| a.ifindex()).collect()
+        let held = self.held.iter().map(|h| h.action).filter(|a| !matches!(a, Action::AllowVlan(..)));
+        failed.chain(held).filter_map(|a| a.ifindex()).collect()
     }
 
     /// Failed local-set writes: traffic to those addresses passes unjudged.
@@ -232,13 +236,24 @@ impl Outcome {
     /// maps an ifindex to its name), the action and the error.
     pub fn problems(&self, name: impl Fn(u32) -> String) -> Vec<String> {
         let link = |a: &Action| a.ifindex().map(|i| format!("link {} (ifindex {i}): ", name(i))).unwrap_or_default();
+        self.lines(|_| true, |a| format!("{}{a}", link(a)), link)
+    }
+
+    /// The problems of one link, without its name (for that link's own
+    /// report); `name` names the links of the failed steps.
+    pub fn link_problems(&self, ifindex: u32, name: impl Fn(u32) -> String) -> Vec<String> {
+        let link = |a: &Action| a.ifindex().map(|i| format!("link {} (ifindex {i}): ", name(i))).unwrap_or_default();
+        self.lines(|a| a.ifindex() == Some(ifindex), |a| a.to_string(), link)
+    }
+
+    fn lines(&self, pick: impl Fn(&Action) -> bool, what: impl Fn(&Action) -> String, link: impl Fn(&Action) -> String) -> Vec<String> {
         let mut out = Vec::new();
-        for f in &self.failed {
+        for f in self.failed.iter().filter(|f| pick(&f.action)) {
             let unjudged = if f.action.ifindex().is_none() { " (traffic to it passes unjudged)" } else { "" };
-            out.push(format!("{}{} failed{unjudged}: {}; retrying", link(&f.action), f.action, f.error));
+            out.push(format!("{} failed{unjudged}: {}; retrying", what(&f.action), f.error));
         }
-        for h in &self.held {
-            out.push(format!("{}{} held back: {}{} failed; retrying", link(&h.action), h.action, link(&h.because), h.because));
+        for h in self.held.iter().filter(|h| pick(&h.action)) {
+            out.push(format!("{} held back: {}{} failed; retrying", what(&h.action), link(&h.because), h.because));
         }
         out
     }
@@ -396,7 +411,7 @@ mod tests {
         assert_eq!((s.links.get(&4), s.attachments.get(&(4, In))), (Some(&ENF), Some(&PROGS.0)));
         let calls = k.calls.lock().unwrap().clone();
         assert!(!calls.contains(&Action::AllowVlan(4, 1000)));
-        assert_eq!(out.links(), [4, 5].into());
+        assert_eq!(out.links(), [5].into(), "bond0 runs as configured but for the tag");
         let problems = out.problems(|i| format!("if{i}"));
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems[1].starts_with("link if4 (ifindex 4): allow VLAN 1000 on link 4 held back: link if5 (ifindex 5): attach egress on link 5 failed"), "{problems:?}");

@@ -92,7 +92,9 @@ pub struct LinkInfo {
     pub link_audit: bool,
     /// What keeps hostfwd from deciding on this link, empty when nothing:
     /// other programs that run before it on its hooks
-    /// (`ingress: runs after name (id 7, tcx)`).
+    /// (`ingress: runs after name (id 7, tcx)`), and the last pass's failed
+    /// or held-back actions on it, with the error (`attach egress on link 7
+    /// failed: …; retrying`), `; `-separated.
     pub problem: String,
 }
 

@@ -290,7 +290,7 @@ fn a_failed_step_holds_back_what_relies_on_it() {
     let problems = out.problems(names);
     assert!(problems.iter().any(|s| s.starts_with("link d0.100 ") && s.contains("attach egress") && s.contains("Device or resource busy")), "{problems:?}");
     assert!(problems.iter().any(|s| s.starts_with("link d0 ") && s.contains("allow VLAN 100") && s.contains("held back") && s.contains("d0.100")), "{problems:?}");
-    assert_eq!(out.links(), [d0, v].into());
+    assert_eq!(out.links(), [v].into(), "d0 runs as configured but for the tag");
     repair(&ns, &dp, &t, &d, "d0.100");
 
     // A new VLAN whose address cannot be written (a full map): its tag
@@ -495,6 +495,10 @@ fn a_failed_write_degrades_the_daemon_until_repaired() {
     assert!(s.problems.iter().any(|p| p.starts_with("link d0.100 ") && p.contains("attach egress on link") && p.contains("Device or resource busy")), "{:?}", s.problems);
     assert!(s.problems.iter().any(|p| p.starts_with("link d0 ") && p.contains("allow VLAN 100") && p.contains("held back")), "{:?}", s.problems);
     assert_eq!(s.links[&v].attach_mode, "", "d0.100 is not shown attached");
+    assert!(s.links[&v].problem.contains("attach egress on link") && s.links[&v].problem.contains("failed"), "{}", s.links[&v].problem);
+    // d0 is attached and configured but for the tag, and says why.
+    assert_eq!(s.links[&d0].attach_mode, "tcx");
+    assert!(s.links[&d0].problem.starts_with("allow VLAN 100 on link") && s.links[&d0].problem.contains("held back: link d0.100"), "{}", s.links[&d0].problem);
 
     // Its VID entry fails next: d0.100 is attached now, d0 is degraded (its
     // configuration is incomplete).
@@ -512,5 +516,6 @@ fn a_failed_write_degrades_the_daemon_until_repaired() {
     assert!(s.problems.is_empty(), "{:?}", s.problems);
     assert_ne!(s.state, State::Degraded);
     assert_eq!((s.links[&d0].attach_mode.as_str(), s.links[&v].attach_mode.as_str()), ("tcx", "tcx"));
+    assert_eq!((s.links[&d0].problem.as_str(), s.links[&v].problem.as_str()), ("", ""));
     drop(daemon);
 }
