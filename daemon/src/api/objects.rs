@@ -17,7 +17,7 @@ use super::monitor::{self, Filter};
 use super::{polkit, stats};
 use crate::datapath::Paths;
 use crate::links::Ifindex;
-use crate::policy::store;
+use crate::policy_store as store;
 use crate::manager::{self, ApplyOptions, Handle, LinkInfo};
 
 /// `a{sv}` arguments.

@@ -2711,9 +2711,9 @@ mod limits_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::compile;
-    use crate::policy::image::Verdict;
-    use crate::policy::model::{
+    use crate::compile;
+    use crate::image::Verdict;
+    use crate::model::{
         IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP,
     };
 
