@@ -661,7 +661,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::image::Verdict;
+    use crate::model::Verdict;
     use crate::model::{
         CidrSet, IcmpFamily, L4Proto, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
         IPPROTO_TCP, IPPROTO_UDP,

@@ -17,7 +17,18 @@ use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::image::Verdict;
+/// Outcome of the policy step for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// An allow entry matched (the rule id it carries).
+    Allow(u32),
+    /// A deny entry matched: drop with reason `policy-deny-rule`.
+    Deny(u32),
+    /// Direction enforced and nothing matched: drop `policy-denied`.
+    NoMatch,
+    /// No rule has this direction: the policy step passes everything.
+    NotEnforced,
+}
 
 /// IP protocol numbers used by the datapath's rule key.
 pub const IPPROTO_ICMP: u8 = 1;
