@@ -94,7 +94,7 @@ mod types;
 mod walk;
 mod yaml;
 
-pub use self::document::{load_sources, parse_policies};
+pub use self::document::{load_sources, parse_policies, validate_policy};
 pub use self::errors::{PolicyError, Pos};
 pub use self::limits::*;
 pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};
