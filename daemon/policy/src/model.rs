@@ -11,6 +11,8 @@
 //! packet from `a.b.c.d`. The model therefore treats IPv4-mapped IPv6
 //! addresses and prefixes (`::ffff:0:0/96` and longer) as the IPv4 ones they
 //! map to ([`canonical_net`]); an IPv6 CIDR such as `::/0` never matches IPv4.
+//!
+//! The bottom of the crate: it may not import any other module of it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
