@@ -19,7 +19,6 @@ pub(super) struct Schema {
     pub(super) misplaced: &'static [(&'static str, &'static str)],
 }
 
-
 pub(super) const WHY_L7: &str = "L7 rules cannot be enforced by a host firewall (hostfwd enforces L3/L4 only)";
 pub(super) const WHY_ENDPOINTS: &str = "pod selectors cannot be enforced: hostfwd has no pod identities (select peers with fromEntities/toEntities or CIDRs)";
 pub(super) const WHY_REQUIRES: &str = "label requirements on peers cannot be enforced: hostfwd has no peer labels (hostfwd enforces L3/L4 only)";
