@@ -384,6 +384,23 @@ fn the_revision_survives_restarts_and_never_goes_backwards() {
     assert!(e.connects(80) && !e.connects(22), "the permanent policy after the cold start");
 }
 
+/// splitmix64: the crash loop's seeded choices.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
 /// Every file under `root`, relative to it, sorted.
 fn tree(root: &std::path::Path) -> Vec<String> {
     fn walk(dir: &std::path::Path, root: &std::path::Path, out: &mut Vec<String>) {
@@ -423,8 +440,7 @@ fn sigkill_at_random_moments_leaves_the_old_or_the_new_policy() {
     let kills: u64 = std::env::var("HOSTFWD_CRASH_KILLS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     let seed: u64 = std::env::var("HOSTFWD_CRASH_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0011);
     eprintln!("crash loop: {kills} kills, HOSTFWD_CRASH_SEED={seed}");
-    // The project's seeded generator: the crash loop's choices replay.
-    let mut rng = hostfwd_policy::test_rng::Rng(seed);
+    let mut rng = Rng(seed);
     let e = Env::new();
     let mut d = e.start();
     let variants = [ccnp("web", 80), ccnp("web", 22)];
