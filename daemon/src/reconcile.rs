@@ -55,7 +55,7 @@ use hostfwd_bpf::layout as l;
 
 use crate::links::{Ifindex, LinkKind, Table};
 use crate::policy::model::Direction;
-use crate::select::{place, Decision};
+use crate::select::{receiving_link, Decision};
 use crate::vlan::AllowSet;
 
 /// What one attached link's map entries should hold.
@@ -269,7 +269,7 @@ fn attach_order(table: &Table, links: &BTreeMap<u32, LinkState>) -> Vec<u32> {
         if !state.vids.contains(&vid.get()) {
             continue;
         }
-        if let Some(p) = place(table, v.ifindex).filter(|p| *p != lower && links.contains_key(&p.get())) {
+        if let Some(p) = receiving_link(table, v.ifindex).filter(|p| *p != lower && links.contains_key(&p.get())) {
             edges.push((p.get(), lower.get()));
         }
     }
@@ -854,7 +854,7 @@ mod tests {
                 Some(f) if ingress(lo) => f & l::L_VLAN_ALLOW_ALL != 0 || a.vlans.contains(&(lo, vid)),
                 _ => true,
             };
-            let p = place(t, v.ifindex).map(|p| p.get()).unwrap_or(0);
+            let p = receiving_link(t, v.ifindex).map(|p| p.get()).unwrap_or(0);
             let guarded = ingress(p) && a.links.get(&p).is_some_and(|f| f & l::L_ENFORCE_INGRESS != 0);
             if passes && !guarded {
                 out.insert((lo, vid, p));
@@ -903,7 +903,7 @@ mod tests {
                     let from_bypass = new_cfg.vlan_bypass.contains(&v.get());
                     let to_attached = new.t.iter().any(|x| {
                         matches!(x.kind, LinkKind::Vlan { vid, lower } if vid == *v && lower == *i)
-                            && place(&new.t, x.ifindex).is_some_and(|p| dec.get(&p).is_some_and(|d| d.role.is_attached()))
+                            && receiving_link(&new.t, x.ifindex).is_some_and(|p| dec.get(&p).is_some_and(|d| d.role.is_attached()))
                     });
                     assert!(from_bypass || to_attached, "round {round}: VID {v} on {i} leads nowhere guarded");
                 }

@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::links::{Ifindex, LinkKind, Table, Vid};
-use crate::select::{place, Decision};
+use crate::select::{receiving_link, Decision};
 
 /// The tags an attached link lets through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -46,7 +46,7 @@ pub fn allowed(table: &Table, decisions: &BTreeMap<Ifindex, Decision>, bypass: &
     for link in table.iter() {
         let LinkKind::Vlan { vid, lower } = link.kind else { continue };
         let Some(set) = out.get_mut(&lower) else { continue };
-        if place(table, link.ifindex).is_some_and(attached) {
+        if receiving_link(table, link.ifindex).is_some_and(attached) {
             set.vids.insert(vid);
         }
     }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use hostfwd_tests::bus::{Caller, Daemon, TestBus};
+use hostfwd_tests::fuzz::Rng;
 use hostfwd_tests::{EchoServer, Topology};
 
 const DEST: &str = "org.hostfwd.Firewall1";
@@ -382,23 +383,6 @@ fn the_revision_survives_restarts_and_never_goes_backwards() {
     let r2 = revision(&e);
     assert!(r2 > r, "after a cold start: {r2}, before: {r}");
     assert!(e.connects(80) && !e.connects(22), "the permanent policy after the cold start");
-}
-
-/// splitmix64: the crash loop's seeded choices.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// Every file under `root`, relative to it, sorted.

@@ -14,6 +14,7 @@
 //! The objects are registered before the name is requested, so a client
 //! that sees the name sees every object.
 
+pub mod args;
 pub mod gate;
 pub mod monitor;
 pub mod objects;

@@ -18,7 +18,7 @@ use tokio::net::UnixStream;
 use tokio::sync::broadcast::error::RecvError;
 use zbus::zvariant::{OwnedFd, OwnedValue, Value};
 
-use super::objects::{invalid_args, opt_uint, shown};
+use super::args::{invalid_args, opt_uint, shown};
 use crate::datapath::Event;
 use crate::manager::{Handle, Snapshot};
 

@@ -25,14 +25,6 @@ pub struct Client {
     _agent: Option<crate::agent::Agent>,
 }
 
-/// How the bus is named in messages.
-pub fn describe(address: Option<&str>) -> String {
-    match address {
-        Some(a) => format!("the bus at {a}"),
-        None => "the system bus".into(),
-    }
-}
-
 /// Connects to `address` (the system bus when `None`).
 pub async fn connect(address: Option<&str>, timeout: Duration) -> Result<Connection> {
     let builder = match address {

@@ -50,7 +50,7 @@ impl Failure {
             zbus::Error::Address(why) => {
                 Failure::usage(format!("invalid bus address {:?}: {why}", address.unwrap_or("(the system bus's)")))
             }
-            e => Failure::new(Exit::Unreachable, format!("cannot connect to {}: {}", crate::bus::describe(address), plain_zbus(&e))),
+            e => Failure::new(Exit::Unreachable, format!("cannot connect to {}: {}", describe_bus(address), plain_zbus(&e))),
         }
     }
 }
@@ -95,6 +95,14 @@ impl From<BusError> for Failure {
             }
             BusError::ZBus(e) => from_zbus(e),
         }
+    }
+}
+
+/// How the bus is named in messages.
+pub fn describe_bus(address: Option<&str>) -> String {
+    match address {
+        Some(a) => format!("the bus at {a}"),
+        None => "the system bus".into(),
     }
 }
 

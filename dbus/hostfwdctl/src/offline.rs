@@ -153,9 +153,9 @@ fn daemon_binary() -> PathBuf {
 /// `None` when not, or when there is no such bus to ask (`dbus = "none"`).
 async fn daemon_on(bus: &Bus) -> Option<String> {
     let (builder, desc) = match bus {
-        Bus::System => (zbus::connection::Builder::system(), crate::bus::describe(None)),
+        Bus::System => (zbus::connection::Builder::system(), crate::fail::describe_bus(None)),
         Bus::Session => (zbus::connection::Builder::session(), "the session bus".to_string()),
-        Bus::Address(a) => (zbus::connection::Builder::address(a.as_str()), crate::bus::describe(Some(a))),
+        Bus::Address(a) => (zbus::connection::Builder::address(a.as_str()), crate::fail::describe_bus(Some(a))),
         Bus::None => return None,
     };
     let conn = builder.ok()?.method_timeout(std::time::Duration::from_secs(10)).build().await.ok()?;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # boot.sh — boot a Debian guest image (build-rootfs.sh) once under qemu (TCG,
-# `-cpu max,-cx16`, see the workspace's notes/vm-testing.md) with a Debian
+# `-cpu max,-cx16`, see tests/vm/README.md) with a Debian
 # cloud kernel, the serial console going to a log file.
 #
 # Usage: tests/vm/debian/boot.sh --image IMG --log LOG [--kernel 6.12]
