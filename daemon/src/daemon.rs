@@ -19,7 +19,7 @@ use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, 
 use crate::netlink::{Event, Monitor};
 use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
-use crate::policy::store::{self, Source, Sources};
+use crate::policy_store::{self as store, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord};

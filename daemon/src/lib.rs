@@ -1,6 +1,7 @@
-//! hostfwd: a host firewall daemon. The pure core (policy compiler, device
-//! selection, configuration) lives beside the one module that touches the
-//! kernel (`datapath`).
+//! hostfwd: a host firewall daemon. The pure core (device selection,
+//! configuration) lives beside the one module that touches the kernel
+//! (`datapath`); the policy parser and compiler are the `hostfwd-policy`
+//! crate, re-exported here as [`policy`].
 
 pub mod api;
 pub mod config;
@@ -10,10 +11,9 @@ pub mod inspect;
 pub mod links;
 pub mod manager;
 pub mod netlink;
-pub mod policy;
+pub use hostfwd_policy as policy;
+pub mod policy_store;
 pub mod reconcile;
 pub mod select;
 pub mod state;
-#[cfg(test)]
-pub(crate) mod test_rng;
 pub mod vlan;

@@ -96,15 +96,7 @@ pub struct LinkInfo {
     pub problem: String,
 }
 
-/// Where a policy source comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Origin {
-    /// A file of the policy directory, unchanged at runtime.
-    Permanent,
-    /// Applied through the API and not persisted (lost on reload/restart).
-    Runtime,
-}
+pub use crate::policy_store::Origin;
 
 /// One policy source: a file of the policy directory or a policy applied
 /// through the API, by name. It may hold several Cilium policy documents.

@@ -983,7 +983,7 @@ mod tests {
 
     use super::*;
     use crate::policy::image::{IdentityEntry, RuleEntry, Verdict};
-    use crate::test_rng::Rng;
+    use hostfwd_policy::test_rng::Rng;
 
     /// An address near the interesting places: inside one of `nets`, in
     /// the IPv4-mapped block, or anywhere.

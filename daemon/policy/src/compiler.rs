@@ -661,8 +661,8 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::policy::image::Verdict;
-    use crate::policy::model::{
+    use crate::image::Verdict;
+    use crate::model::{
         CidrSet, IcmpFamily, L4Proto, PortMatch, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP,
         IPPROTO_TCP, IPPROTO_UDP,
     };
