@@ -92,9 +92,9 @@ pub fn read_dir(dir: &Path) -> Result<Sources, Error> {
 }
 
 /// Parses all sources together (policy names unique across them).
-pub fn parse(sources: &Sources) -> Result<Vec<Policy>, files::Error> {
+pub fn parse(sources: &Sources, strict: bool) -> Result<Vec<Policy>, files::Error> {
     let labelled: Vec<(String, &str)> = sources.values().map(|s| (s.label(), s.text.as_str())).collect();
-    cilium::load_sources(labelled.iter().map(|(l, t)| (l.as_str(), *t))).map_err(files::Error::Invalid)
+    cilium::load_sources_with(labelled.iter().map(|(l, t)| (l.as_str(), *t)), strict).map_err(files::Error::Invalid)
 }
 
 /// The file a source named `name` is persisted as (or removed from): the

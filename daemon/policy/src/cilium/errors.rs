@@ -60,11 +60,52 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// Something in a policy file that hostfwd accepts but that changes nothing
+/// here, e.g. an unknown top-level field (Kubernetes prunes it) or a peer
+/// that selects nothing on a host without Cilium. Not an error: the policy
+/// loads. With `strict_policies = true` each one is an error instead
+/// ([`PolicyWarning::into_error`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyWarning {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Field path from the document root, as in [`PolicyError`].
+    pub path: String,
+    pub message: String,
+}
+
+impl PolicyWarning {
+    /// The error strict mode reports for this warning.
+    pub fn into_error(self) -> PolicyError {
+        PolicyError {
+            file: self.file,
+            line: self.line,
+            column: self.column,
+            path: self.path,
+            message: format!("{} (refused: strict_policies = true)", self.message),
+        }
+    }
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "warning: {}", self.message)
+    }
+}
+
 
 pub(super) struct Checker<'f> {
     pub(super) file: &'f str,
     /// The first [`MAX_ERRORS`] errors.
     pub(super) errors: Vec<PolicyError>,
+    /// Every warning, in the order found (a warning is one per field, so
+    /// their number is bounded by the source's size).
+    pub(super) warnings: Vec<PolicyWarning>,
     /// Every error reported, kept or not.
     pub(super) reported: usize,
     /// Rules and CIDRs so far, against the per-source bounds.
@@ -77,6 +118,7 @@ impl<'f> Checker<'f> {
         Checker {
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
             reported: 0,
             rules: 0,
             cidrs: 0,
@@ -89,6 +131,16 @@ impl<'f> Checker<'f> {
             return;
         }
         self.errors.push(PolicyError {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn warn(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        self.warnings.push(PolicyWarning {
             file: self.file.to_string(),
             line: pos.line,
             column: pos.column,

@@ -85,6 +85,7 @@
 mod document;
 mod errors;
 mod limits;
+mod protocols;
 mod resolve;
 mod rules;
 mod schema;
@@ -93,10 +94,10 @@ mod types;
 mod walk;
 mod yaml;
 
-pub use self::document::{load_sources, parse_policies};
-pub use self::errors::{PolicyError, Pos};
+pub use self::document::{load_sources, load_sources_with, parse_policies, parse_policies_with};
+pub use self::errors::{PolicyError, PolicyWarning, Pos};
 pub use self::limits::*;
-pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};
+pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, unresolvable_entities, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};
 pub use self::schema::icmp_type_by_name;
 pub use self::selector::{LabelRequirement, NodeLabels, NodeSelector, Selection, SelectorOp};
 pub use self::types::{Peer, Policy, PolicyKind, PolicyRule, PolicySpec, API_VERSION};
@@ -110,6 +111,8 @@ use self::{schema::*, yaml::*};
 mod tests_errors;
 #[cfg(test)]
 mod tests_golden;
+#[cfg(test)]
+mod tests_lenient;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]
