@@ -150,12 +150,12 @@ mod tests {
         std::fs::write(dir.path().join("ssh.yaml"), SSH).unwrap();
         let s = read_dir(dir.path()).unwrap();
         assert_eq!(s.keys().collect::<Vec<_>>(), ["ssh"]);
-        assert_eq!(parse(&s).unwrap().len(), 1);
+        assert_eq!(parse(&s, false).unwrap().len(), 1);
 
         // A runtime source with the same Cilium policy name collides.
         let mut both = s.clone();
         both.insert("web".into(), Source { name: "web".into(), origin: Origin::Runtime, path: dir.path().join("web.yaml"), text: SSH.into() });
-        let err = parse(&both).unwrap_err().to_string();
+        let err = parse(&both, false).unwrap_err().to_string();
         assert!(err.starts_with("web:4:"), "{err}");
 
         std::fs::write(dir.path().join("ssh.yml"), SSH).unwrap();
