@@ -480,8 +480,13 @@ fn policy_apply_show_list_remove_and_reload() {
     assert_eq!(list[0]["source"], "runtime");
     let human = l.root(&["policy", "list"]).expect(0).stdout;
     assert!(human.lines().nth(1).is_some_and(|row| row.starts_with("ssh   yes     runtime")), "{human}");
-    assert_eq!(l.root(&["policy", "show", "ssh"]).expect(0).stdout, SSH);
-    assert_eq!(l.root(&["policy", "show", "ssh", "-o", "json"]).expect(0).json()["yaml"], SSH);
+    // show: what the daemon made of it, as YAML comments, then the text as applied.
+    let shown = l.root(&["policy", "show", "ssh"]).expect(0).stdout;
+    let reason = list[0]["reason"].as_str().expect("reason");
+    assert_eq!(shown, reason.lines().map(|l| format!("# {l}\n")).collect::<String>() + SSH, "{shown}");
+    assert!(shown.starts_with("# ") && reason.contains("active"), "{shown}");
+    let json = l.root(&["policy", "show", "ssh", "-o", "json"]).expect(0).json();
+    assert_eq!((json["yaml"].as_str(), json["reason"].as_str()), (Some(SSH), Some(reason)));
 
     // --name, standard input, --persist (written to the policy directory).
     let r = Run::from(
@@ -514,6 +519,21 @@ fn policy_apply_show_list_remove_and_reload() {
     assert!(r.stderr.starts_with("hostfwdctl: invalid policy: "), "{}", r.stderr);
     assert!(r.stderr.contains(":10:15: spec.ingress[0].toPorts[0].ports[0].port: port 70000 is out of range"), "{}", r.stderr);
     assert!(!l.policies().contains(&"broken".to_string()));
+
+    // A Cilium file with peers that select nothing here loads; list (over
+    // D-Bus) and show name each such rule.
+    let lockdown = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/cilium-compat/remote-node-lockdown.yaml");
+    l.root(&["policy", "apply", lockdown]).expect(0);
+    let list = l.root(&["-o", "json", "policy", "list"]).expect(0).json();
+    let row = list.as_array().and_then(|a| a.iter().find(|p| p["name"] == "remote-node-lockdown")).unwrap_or_else(|| panic!("{list}"));
+    let reason = row["reason"].as_str().expect("reason");
+    assert!(reason.contains("\nspec.ingress[2]: inert here: fromEndpoints: "), "{reason}");
+    assert!(reason.contains("\nspec.ingress[0]: partly inert here (its other peers apply): entity health: "), "{reason}");
+    let human = l.root(&["policy", "list"]).expect(0).stdout;
+    assert!(human.contains("spec.ingress[2]: inert here: fromEndpoints: "), "{human}");
+    let shown = l.root(&["policy", "show", "remote-node-lockdown"]).expect(0).stdout;
+    assert!(shown.contains("\n# spec.egress[1]: inert here: toEndpoints: "), "{shown}");
+    l.root(&["policy", "remove", "remote-node-lockdown"]).expect(0);
 
     // Remove.
     let r = l.root(&["policy", "remove", "ssh"]).expect(0);
