@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Bus, Config};
+use crate::config::{Bus, Config, DatapathConfig as _};
 use crate::datapath::{AttachMode, Datapath, Direction, EventReader};
 use crate::links::{Ifindex, LinkKind, Table};
 use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};

@@ -7,6 +7,7 @@
 
 pub mod cilium;
 pub mod compiler;
+pub mod encode;
 pub mod entities;
 pub mod files;
 pub mod image;
@@ -16,7 +17,7 @@ pub mod model;
 pub mod test_rng;
 
 pub use compiler::{compile, port_prefixes};
-pub use image::{IdentityEntry, ImageLookup, MapImage, RuleEntry, Verdict};
+pub use image::{IdentityEntry, ImageLookup, MapImage, RuleEntry};
 pub use model::{
-    Action, CidrSet, Direction, IcmpFamily, L4Proto, PortMatch, Rule, RuleSet, ValidationError,
+    Action, CidrSet, Direction, IcmpFamily, L4Proto, PortMatch, Rule, RuleSet, ValidationError, Verdict,
 };

@@ -65,6 +65,15 @@ pub fn parse_policies_with(file: &str, text: &str, strict: bool) -> Result<Vec<P
     }
 }
 
+/// Validates a policy text offline (no daemon, no kernel): every problem
+/// as `name:line:column: field: message`; empty when valid.
+pub fn validate_policy(name: &str, yaml: &str) -> Vec<String> {
+    match parse_policies(name, yaml) {
+        Ok(_) => Vec::new(),
+        Err(errors) => errors.iter().map(ToString::to_string).collect(),
+    }
+}
+
 /// Parses several files (`(name, text)` pairs) and checks that policy names
 /// are unique across them. Returns every error of every file.
 pub fn load_sources<'a, I>(sources: I) -> Result<Vec<Policy>, Vec<PolicyError>>

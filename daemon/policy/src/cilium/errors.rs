@@ -98,7 +98,8 @@ impl fmt::Display for PolicyWarning {
     }
 }
 
-
+/// The checks of one source: its errors as they are found, and its rules
+/// and CIDRs counted against the per-source bounds.
 pub(super) struct Checker<'f> {
     pub(super) file: &'f str,
     /// The first [`MAX_ERRORS`] errors.

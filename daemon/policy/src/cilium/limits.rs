@@ -2,8 +2,6 @@
 //! bound ends in an error with a position (see `errors`), never a crash.
 //! Constants only: this file may not depend on anything.
 
-
-
 /// Most policies a rule set can hold, and most rules per policy: the two
 /// 16-bit halves of a rule id.
 pub const MAX_POLICIES: usize = 0xffff;

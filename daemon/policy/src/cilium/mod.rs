@@ -76,11 +76,12 @@
 //! One concern each, in dependency order (none imports a later one):
 //! `limits` (the bounds), `errors` (positions, errors, the collector),
 //! `yaml` (the tree with positions), `schema` (the field tables), `walk`
-//! (checking mappings and scalars against a table), `types` (the typed
-//! intermediate), `selector` (node selectors), `rules` (a rule's peers,
+//! (checking mappings and scalars against a table), `selector` (node
+//! selectors), `types` (the typed intermediate), `rules` (a rule's peers,
 //! ports and ICMP), `document` (documents and the entry points), `resolve`
-//! (rule ids, node selection and the model rule set). The tests are the
-//! `tests_*` files beside them.
+//! (rule ids, node selection and the model rule set). The checks of the
+//! rule / peer / port / ICMP schema are in `rules`, against the tables of
+//! `schema`. The tests are the `tests_*` files beside them.
 
 mod document;
 mod errors;
@@ -94,7 +95,7 @@ mod types;
 mod walk;
 mod yaml;
 
-pub use self::document::{load_sources, load_sources_with, parse_policies, parse_policies_with};
+pub use self::document::{load_sources, load_sources_with, parse_policies, parse_policies_with, validate_policy};
 pub use self::errors::{PolicyError, PolicyWarning, Pos};
 pub use self::limits::*;
 pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, unresolvable_entities, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};

@@ -23,7 +23,6 @@ pub(super) struct Schema {
     pub(super) unknown_warns: bool,
 }
 
-
 pub(super) const WHY_L7: &str = "L7 rules cannot be enforced by a host firewall (hostfwd enforces L3/L4 only)";
 pub(super) const WHY_AUTH: &str = "mutual authentication cannot be enforced: hostfwd has no authentication layer (hostfwd enforces L3/L4 only)";
 pub(super) const WHY_GROUPS: &str = "cloud-provider groups cannot be enforced: hostfwd does not query cloud APIs (list the addresses with CIDRs)";

@@ -4,7 +4,7 @@
 use super::*;
 use super::tests_support::*;
 use crate::compile;
-use crate::image::Verdict;
+use crate::model::Verdict;
 use crate::model::{IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP};
 
 // --- the reference policy -----------------------------------------------

@@ -5,7 +5,7 @@
 use super::*;
 use super::tests_support::*;
 use crate::compile;
-use crate::image::Verdict;
+use crate::model::Verdict;
 use crate::model::{IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_SCTP, IPPROTO_TCP, IPPROTO_UDP};
 
 // --- real-world shapes --------------------------------------------------

@@ -13,7 +13,6 @@ use crate::model::{Action, CidrSet, Direction, PortMatch};
 /// The only API version accepted.
 pub const API_VERSION: &str = "cilium.io/v2";
 
-
 /// The two accepted kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum PolicyKind {
