@@ -9,12 +9,24 @@
 //!
 //! # Strictness
 //!
-//! A field hostfwd cannot enforce (L7 `rules`, `toFQDNs`, `toServices`, pod
-//! selectors, `fromRequires`, `authentication`, CIDR groups, TLS, listeners,
-//! …) is an error that says so, as is any unknown field, value of the wrong
-//! type, bad CIDR, port, protocol or ICMP type. Every error names the file,
-//! line, column and field path ([`PolicyError`]), and all errors of a file are
-//! reported, not only the first. A file with any error contributes no policy.
+//! A field hostfwd would enforce differently than the file says (L7 `rules`,
+//! `toFQDNs`, `fromNodes`/`toNodes`, `authentication`, CIDR groups, TLS,
+//! listeners, …) is an error that says so, as is any unknown field inside
+//! `spec`, value of the wrong type, bad CIDR, port, protocol or ICMP type.
+//! Every error names the file, line, column and field path ([`PolicyError`]),
+//! and all errors of a file are reported, not only the first. A file with any
+//! error contributes no policy.
+//!
+//! What changes nothing on a host without Cilium is a warning
+//! ([`PolicyWarning`], kept in [`Policy::warnings`]), as Kubernetes and
+//! Cilium accept it: unknown fields outside `spec` (Kubernetes prunes them),
+//! and peers that select nothing here — `fromEndpoints`/`toEndpoints`,
+//! `fromRequires`/`toRequires`, `toServices` (not in deny rules) and the
+//! entities `health`, `init`, `ingress`, `unmanaged`, `none`. Such a peer is
+//! inert: it matches nothing, the rest of its rule applies
+//! ([`PolicyRule::inert`]); the report shows each such rule and each
+//! direction whose every rule is inert. With `strict` ([`parse_policies_with`],
+//! `strict_policies = true`) every warning is an error.
 //!
 //! # Semantics (as Cilium's)
 //!
