@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::errors::{Checker, PolicyError, Pos};
-use super::limits::{MAX_POLICIES, MAX_RULES_PER_POLICY};
+use super::errors::{Checker, PolicyError, PolicyWarning, Pos};
+use super::limits::{MAX_ERRORS, MAX_POLICIES, MAX_RULES_PER_POLICY};
 use super::rules::parse_rule;
 use super::schema::*;
 use super::selector::{parse_selector, selector_is_empty};
@@ -47,6 +47,18 @@ pub fn parse_policies_with(file: &str, text: &str, strict: bool) -> Result<Vec<P
             }
             // A document with errors loads nothing: its warnings are moot.
             None => cx.warnings.truncate(before),
+        }
+    }
+    if let Some(last) = policies.iter_mut().rev().find(|p| !p.warnings.is_empty()) {
+        if cx.warnings_left_out > 0 {
+            let pos = last.warnings.last().map_or(last.pos, |w| Pos::new(w.line, w.column));
+            last.warnings.push(PolicyWarning {
+                file: file.to_string(),
+                line: pos.line,
+                column: pos.column,
+                path: String::new(),
+                message: format!("{} more warnings not shown (at most {MAX_ERRORS} are reported)", cx.warnings_left_out),
+            });
         }
     }
     if strict {

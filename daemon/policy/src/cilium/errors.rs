@@ -104,9 +104,10 @@ pub(super) struct Checker<'f> {
     pub(super) file: &'f str,
     /// The first [`MAX_ERRORS`] errors.
     pub(super) errors: Vec<PolicyError>,
-    /// Every warning, in the order found (a warning is one per field, so
-    /// their number is bounded by the source's size).
+    /// The first [`MAX_ERRORS`] warnings, in the order found.
     pub(super) warnings: Vec<PolicyWarning>,
+    /// Warnings past the bound, counted only.
+    pub(super) warnings_left_out: usize,
     /// Every error reported, kept or not.
     pub(super) reported: usize,
     /// Rules and CIDRs so far, against the per-source bounds.
@@ -120,6 +121,7 @@ impl<'f> Checker<'f> {
             file,
             errors: Vec::new(),
             warnings: Vec::new(),
+            warnings_left_out: 0,
             reported: 0,
             rules: 0,
             cidrs: 0,
@@ -141,6 +143,11 @@ impl<'f> Checker<'f> {
     }
 
     pub(super) fn warn(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        // A file of many inert rules must not flood the log and the bus.
+        if self.warnings.len() >= MAX_ERRORS {
+            self.warnings_left_out += 1;
+            return;
+        }
         self.warnings.push(PolicyWarning {
             file: self.file.to_string(),
             line: pos.line,

@@ -68,6 +68,9 @@ pub struct SpecStatus {
     pub inert: Vec<String>,
 }
 
+/// Inert rules a summary lists by name; the rest are counted.
+const MAX_INERT_SHOWN: usize = 20;
+
 /// One policy on this node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyStatus {
@@ -98,9 +101,13 @@ impl PolicyStatus {
     /// the directions in which all its rules are.
     pub fn summary(&self) -> String {
         let mut s = self.state_summary();
-        for line in self.specs.iter().flat_map(|s| &s.inert) {
+        let inert: Vec<&String> = self.specs.iter().flat_map(|s| &s.inert).collect();
+        for line in inert.iter().take(MAX_INERT_SHOWN) {
             s.push('\n');
             s.push_str(line);
+        }
+        if inert.len() > MAX_INERT_SHOWN {
+            s.push_str(&format!("\n{} more rules inert here", inert.len() - MAX_INERT_SHOWN));
         }
         for d in &self.inert_directions {
             let d = match d {

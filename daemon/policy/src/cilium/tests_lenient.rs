@@ -152,3 +152,21 @@ fn kube_apiserver_resolves_from_the_configuration_or_is_an_error() {
     assert_eq!(image.evaluate(ip("10.96.0.1"), Direction::Egress, IPPROTO_TCP, 6443), Verdict::Allow(rule_id(1, 1)));
     assert_eq!(image.evaluate(ip("10.96.0.2"), Direction::Egress, IPPROTO_TCP, 6443), Verdict::NoMatch);
 }
+
+#[test]
+fn many_inert_rules_are_reported_within_bounds() {
+    let rule = "  - fromEndpoints: [{matchLabels: {app: x}}]\n";
+    let text = doc(&format!("  ingress:\n{}", rule.repeat(150)));
+    let policies = load("t.yaml", &text);
+    let w = &policies[0].warnings;
+    assert_eq!(w.len(), 101, "the first 100 and a count");
+    assert_eq!(w[100].message, "50 more warnings not shown (at most 100 are reported)");
+    let (_, report) = to_rule_set(&policies, &context(), &NodeLabels::new());
+    let summary = report.policies[0].summary();
+    assert_eq!(summary.lines().filter(|l| l.contains(": inert here: ")).count(), 20, "{summary}");
+    assert!(summary.contains("\n130 more rules inert here\n"), "{summary}");
+    assert!(summary.ends_with("every ingress rule is inert here: this policy allows no ingress traffic but puts ingress into default deny"), "{summary}");
+    // Strict: refused, with the errors bounded as ever.
+    let errors = parse_policies_with("t.yaml", &text, true).expect_err("strict");
+    assert_eq!(errors.len(), 101, "{errors:#?}");
+}
