@@ -1,16 +1,18 @@
-//! hostfwd: a host firewall daemon. The pure core (device selection,
-//! configuration) lives beside the one module that touches the kernel
-//! (`datapath`); the policy parser and compiler are the `hostfwd-policy`
-//! crate, re-exported here as [`policy`].
+//! hostfwd: a host firewall daemon. The pure core (link table, device
+//! selection, VLAN sets, reconcile plan, configuration; the policy crate,
+//! `hostfwd-policy`, re-exported as [`policy`])
+//! lives beside the one module that touches the kernel ([`kernel`]:
+//! netlink and the eBPF datapath). `docs/architecture.md` draws the whole.
 
 pub mod api;
 pub mod config;
+// The seam's two halves keep their short paths (`crate::datapath`).
+pub use kernel::{datapath, netlink};
 pub mod daemon;
-pub mod datapath;
 pub mod inspect;
+pub mod kernel;
 pub mod links;
 pub mod manager;
-pub mod netlink;
 pub use hostfwd_policy as policy;
 pub mod policy_store;
 pub mod reconcile;
