@@ -116,6 +116,20 @@ fn validate_accepts_valid_files_and_explains_them() {
 }
 
 #[test]
+fn validate_shows_warnings_and_strict_policies_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lockdown = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/cilium-compat/remote-node-lockdown.yaml");
+    let r = run(&["policy", "validate", p(&lockdown)]).expect(0);
+    assert!(r.stdout.contains(":39:5: spec.ingress[2].fromEndpoints: warning: inert here: "), "{}", r.stdout);
+    assert!(r.stdout.contains("\nspec.ingress[2]: inert here: fromEndpoints: "), "{}", r.stdout);
+    let j = run(&["-o", "json", "policy", "validate", p(&lockdown)]).expect(0).json();
+    assert_eq!(j["warnings"].as_array().map(Vec::len), Some(6), "{j}");
+    let strict = write(dir.path(), "strict.toml", "strict_policies = true\n");
+    let r = run(&["policy", "validate", p(&lockdown), "--config", p(&strict)]).expect(5);
+    assert!(r.stdout.contains("spec.ingress[2].fromEndpoints: inert here: ") && r.stdout.contains("(refused: strict_policies = true)"), "{}", r.stdout);
+}
+
+#[test]
 fn validate_names_file_line_and_field_and_exits_5() {
     let dir = tempfile::tempdir().unwrap();
     let ssh = write(dir.path(), "ssh.yaml", SSH);
