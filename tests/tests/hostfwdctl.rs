@@ -320,9 +320,15 @@ struct Live {
 }
 
 fn live() -> Live {
+    live_with(&[])
+}
+
+/// [`live`] with more configuration from the environment.
+fn live_with(env: &[(&str, &str)]) -> Live {
     let bus = TestBus::start().expect("test bus");
     let topo = Topology::new().expect("topology");
-    let daemon = bus.start_daemon(&topo.host, "h0", &[("HOSTFWD_AUDIT", "false")]).expect("daemon");
+    let env: Vec<(&str, &str)> = [("HOSTFWD_AUDIT", "false")].into_iter().chain(env.iter().copied()).collect();
+    let daemon = bus.start_daemon(&topo.host, "h0", &env).expect("daemon");
     let live = Live { daemon, topo, bus };
     // The link table fills in right after start.
     common::wait_until("h0 attached", Duration::from_secs(15), || {
@@ -570,6 +576,19 @@ fn policy_apply_show_list_remove_and_reload() {
     assert!(!l.daemon.policy_dir().join("web.yaml").exists(), "web.yaml removed");
     l.root(&["reload"]).expect(0);
     assert!(l.policies().is_empty());
+}
+
+#[test]
+fn a_strict_daemon_refuses_inert_peers_and_takes_kube_apiserver_from_its_configuration() {
+    let l = live_with(&[("HOSTFWD_STRICT_POLICIES", "true"), ("HOSTFWD_ENTITIES__KUBE_APISERVER", "10.96.0.1/32,192.168.1.10/32")]);
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/cilium-compat/");
+    let r = l.root(&["policy", "apply", &format!("{corpus}remote-node-lockdown.yaml")]).expect(1);
+    assert!(r.stderr.starts_with("hostfwdctl: invalid policy: "), "{}", r.stderr);
+    assert!(r.stderr.contains("spec.ingress[2].fromEndpoints: inert here: ") && r.stderr.contains("(refused: strict_policies = true)"), "{}", r.stderr);
+    assert!(l.policies().is_empty());
+    // Nothing lenient in it: loads, the entity from the configuration.
+    l.root(&["policy", "apply", &format!("{corpus}kube-apiserver.yaml")]).expect(0);
+    assert_eq!(l.policies(), ["kube-apiserver"]);
 }
 
 #[test]
