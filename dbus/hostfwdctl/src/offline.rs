@@ -142,14 +142,15 @@ pub async fn detach(address: Option<&str>, config: Option<&Path>) -> Result<Stri
     Err(Failure::error(message))
 }
 
-/// The daemon binary: beside this executable (an install, a cargo build),
-/// else `hostfwd` from PATH.
+/// The daemon binary: beside this executable (a cargo build), in the
+/// `sbin` beside its `bin` (an install: /usr/bin/hostfwdctl,
+/// /usr/sbin/hostfwd), else `hostfwd` from PATH.
 fn daemon_binary() -> PathBuf {
-    std::env::current_exe()
-        .ok()
-        .map(|exe| exe.with_file_name("hostfwd"))
-        .filter(|p| p.is_file())
-        .unwrap_or_else(|| PathBuf::from("hostfwd"))
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_deref().and_then(Path::parent);
+    let beside = dir.map(|d| d.join("hostfwd"));
+    let sbin = dir.and_then(Path::parent).map(|p| p.join("sbin/hostfwd"));
+    [beside, sbin].into_iter().flatten().find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("hostfwd"))
 }
 
 /// `Some(bus description)` when someone owns hostfwd's name on `bus`;

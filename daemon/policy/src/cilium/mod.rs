@@ -1,7 +1,7 @@
 //! The policy language: Cilium's host-policy schema (`cilium.io/v2`
 //! `CiliumClusterwideNetworkPolicy` / `CiliumNetworkPolicy`), parsed from YAML
 //! into a typed intermediate ([`Policy`]), checked strictly, and turned into
-//! the model's [`RuleSet`] for one node ([`to_rule_set`]).
+//! the model's [`RuleSet`](crate::model::RuleSet) for one node ([`to_rule_set`]).
 //!
 //! Everything here is pure: text in, values out. Reading files, watching the
 //! config directory and knowing the node's labels and addresses is the
@@ -32,7 +32,7 @@
 //!
 //! * A rule's peer selectors (`fromEntities`, `fromCIDR`, `fromCIDRSet`, or
 //!   the `to…` ones on egress) are ORed; its `toPorts`/`icmps` are ORed; the
-//!   two are ANDed (peers × ports). One policy rule is one model [`Rule`].
+//!   two are ANDed (peers × ports). One policy rule is one model [`Rule`](crate::model::Rule).
 //! * A rule with ports but no peer selector applies to every peer (Cilium's
 //!   wildcard endpoint selector): its peers are [`Entity::All`].
 //! * A rule with neither (`ingress: [{}]`) allows nothing, but — like any rule
@@ -42,7 +42,7 @@
 //! * `toPorts` without `protocol` means `ANY` (TCP, UDP and SCTP, not ICMP);
 //!   `port: 0` means every port; `endPort` makes a range. `icmps` without
 //!   `family` means IPv4.
-//! * `ingressDeny`/`egressDeny` rules are [`Action::Deny`]; deny wins.
+//! * `ingressDeny`/`egressDeny` rules are [`Action::Deny`](crate::model::Action::Deny); deny wins.
 //! * A direction with any rule is default-deny. `enableDefaultDeny: {x: true}`
 //!   without rules in that direction adds a rule with no peers (default-deny,
 //!   nothing allowed); `enableDefaultDeny: {x: false}` with rules in that

@@ -55,7 +55,7 @@ pub struct SpecStatus {
     pub path: String,
     pub description: String,
     pub active: bool,
-    /// Why it is active or not (see [`NodeSelector::select`]).
+    /// Why it is active or not (see [`NodeSelector::select`](super::NodeSelector::select)).
     pub reason: String,
     /// Ids of its rules (in the rule set only if active).
     pub rule_ids: Vec<u32>,
