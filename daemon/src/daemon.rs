@@ -268,9 +268,7 @@ impl Daemon {
         let generation = self.dp.apply_policy(&compiled.image).map_err(|e| manager::Error::Failed(format!("installing the policy: {e}")))?;
         for p in &compiled.report.policies {
             tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
-            for w in &p.warnings {
-                tracing::warn!(policy = %p.name, "{w}");
-            }
+            p.warnings.iter().for_each(|w| tracing::warn!(policy = %p.name, "{w}"));
         }
         tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
         self.policies.report = Some(compiled.report);
