@@ -1,6 +1,5 @@
 //! hostfwd: a host firewall daemon. The pure core (link table, device
-//! selection, VLAN sets, reconcile plan, configuration; the policy crate,
-//! `hostfwd-policy`, re-exported as [`policy`])
+//! selection, VLAN sets, reconcile plan, configuration; the policy crate)
 //! lives beside the one module that touches the kernel ([`kernel`]:
 //! netlink and the eBPF datapath). `docs/architecture.md` draws the whole.
 
