@@ -200,7 +200,7 @@ impl Daemon {
         }
         self.policies.revision = self.record.revision;
         let dir = self.cfg.policy_dir.clone();
-        match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p)?, p))) {
+        match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p, self.cfg.strict_policies)?, p))) {
             Ok((parsed, p)) => {
                 tracing::info!(dir = %dir.display(), policies = parsed.len(), "policies loaded");
                 self.policies.permanent = p.clone();
@@ -261,13 +261,14 @@ impl Daemon {
     /// Compiles `sources` for this node and installs them (one atomic
     /// swap). Nothing changes on error.
     fn install(&mut self, sources: &Sources) -> Result<(), manager::Error> {
-        let parsed = store::parse(sources).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        let parsed = store::parse(sources, self.cfg.strict_policies).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let ctx = self.cfg.entities(self.table.host_addrs());
         let host_addrs = ctx.host_addrs.clone();
         let compiled = files::compile_for_node(&parsed, &ctx, &self.cfg.node_labels).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let generation = self.dp.apply_policy(&compiled.image).map_err(|e| manager::Error::Failed(format!("installing the policy: {e}")))?;
         for p in &compiled.report.policies {
             tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
+            p.warnings.iter().for_each(|w| tracing::warn!(policy = %p.name, "{w}"));
         }
         tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
         self.policies.report = Some(compiled.report);
@@ -745,7 +746,7 @@ impl Daemon {
             self.dir_problem = Some(invalid(e.to_string()));
             manager::Error::InvalidPolicy(e.to_string())
         })?;
-        store::parse(&permanent).map_err(|e| {
+        store::parse(&permanent, cfg.strict_policies).map_err(|e| {
             self.dir_problem = Some(invalid(e.to_string()));
             manager::Error::InvalidPolicy(e.to_string())
         })?;

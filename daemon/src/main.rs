@@ -120,11 +120,14 @@ fn detach(cfg: &Config) -> Result<(), AnyError> {
 
 fn check_policy(cfg: &Config, files: &[PathBuf]) -> Result<(), AnyError> {
     use hostfwd::policy::files as pf;
-    let policies = pf::load(files)?;
+    let policies = pf::load_with(files, cfg.strict_policies)?;
     // Offline there are no live host addresses: `host` resolves to nothing.
     let ctx = cfg.entities(Default::default());
     let compiled = pf::compile_for_node(&policies, &ctx, &cfg.node_labels)?;
     for p in &compiled.report.policies {
+        for w in &p.warnings {
+            println!("{w}");
+        }
         println!("{}: {}", p.name, p.summary());
     }
     println!(

@@ -133,6 +133,13 @@ pub enum Bus {
     None,
 }
 
+/// `[entities]`: Cilium entities defined by addresses.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Entities {
+    pub kube_apiserver: Vec<ipnet::IpNet>,
+}
+
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -146,6 +153,10 @@ pub struct Config {
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub node_cidrs: Vec<ipnet::IpNet>,
     pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// Refuse what the policies may contain that changes nothing here
+    /// (unknown fields outside spec, inert peers) instead of warning.
+    pub strict_policies: bool,
+    pub entities: Entities,
     pub bpffs_root: PathBuf,
     pub attach_mode: String,
     pub tc_priority: u16,
@@ -174,7 +185,7 @@ impl Config {
             }
             None => "built-in default".to_string(),
         };
-        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("vlan_bypass").with_list_parse_key("node_cidrs").with_list_parse_key("cluster_cidrs").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
+        b = b.add_source(config::Environment::with_prefix("HOSTFWD").source(Some(known_env_vars(env))).prefix_separator("_").separator("__").try_parsing(true).list_separator(",").with_list_parse_key("devices").with_list_parse_key("exclude").with_list_parse_key("vlan_bypass").with_list_parse_key("node_cidrs").with_list_parse_key("cluster_cidrs").with_list_parse_key("entities.kube_apiserver").with_list_parse_key("failsafe.ingress").with_list_parse_key("failsafe.egress"));
         let cfg: Config = b
             .build()
             .and_then(|c| c.try_deserialize())
@@ -225,7 +236,12 @@ impl Config {
     /// The entities of this configuration for the given host addresses
     /// (none offline: `host` then resolves to nothing).
     pub fn entities(&self, host_addrs: std::collections::BTreeSet<std::net::IpAddr>) -> EntityContext {
-        EntityContext { host_addrs, node_cidrs: self.node_cidrs.clone(), cluster_cidrs: self.cluster_cidrs.clone() }
+        EntityContext {
+            host_addrs,
+            node_cidrs: self.node_cidrs.clone(),
+            cluster_cidrs: self.cluster_cidrs.clone(),
+            kube_apiserver: self.entities.kube_apiserver.clone(),
+        }
     }
 
     /// `[maps]` as sizes for the loader, each checked against its bounds.
@@ -365,6 +381,13 @@ mod tests {
         assert_eq!(c.node_labels.get("node-access").map(String::as_str), Some("ssh"));
         let e = load_str("node_cidrs = [\"10.0.0.0/33\"]\n").unwrap_err().to_string();
         assert!(e.contains("node_cidrs"), "{e}");
+        assert!(!c.strict_policies, "lenient by default");
+        assert!(c.entities.kube_apiserver.is_empty());
+        let c = load_str("strict_policies = true\n[entities]\nkube_apiserver = [\"10.96.0.1/32\"]\n").unwrap();
+        assert!(c.strict_policies);
+        assert_eq!(c.entities(Default::default()).kube_apiserver, vec!["10.96.0.1/32".parse::<ipnet::IpNet>().unwrap()]);
+        let e = load_str("[entities]\nkube_apiserver = [\"nowhere\"]\n").unwrap_err().to_string();
+        assert!(e.contains("kube_apiserver"), "{e}");
     }
 
     #[test]

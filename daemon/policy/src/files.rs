@@ -63,12 +63,18 @@ pub fn read(path: &Path) -> Result<String, Error> {
 
 /// Parses `files` together (names must be unique across them).
 pub fn load(files: &[PathBuf]) -> Result<Vec<Policy>, Error> {
+    load_with(files, false)
+}
+
+/// [`load`]; `strict` turns every warning into an error
+/// ([`cilium::parse_policies_with`]).
+pub fn load_with(files: &[PathBuf], strict: bool) -> Result<Vec<Policy>, Error> {
     let mut texts = Vec::new();
     for f in files {
         let text = read(f)?;
         texts.push((f.display().to_string(), text));
     }
-    cilium::load_sources(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))).map_err(Error::Invalid)
+    cilium::load_sources_with(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())), strict).map_err(Error::Invalid)
 }
 
 /// The compiled policy of this node.
@@ -83,7 +89,13 @@ impl fmt::Debug for Compiled {
     }
 }
 
+/// Fails on an entity the context cannot resolve (see
+/// [`cilium::unresolvable_entities`]).
 pub fn compile_for_node(policies: &[Policy], ctx: &EntityContext, labels: &NodeLabels) -> Result<Compiled, Error> {
+    let unresolvable = cilium::unresolvable_entities(policies, ctx);
+    if !unresolvable.is_empty() {
+        return Err(Error::Invalid(unresolvable));
+    }
     let (rules, report) = cilium::to_rule_set(policies, ctx, labels);
     let image = compile(&rules)?;
     Ok(Compiled { image, report })

@@ -114,6 +114,10 @@ pub enum PortMatch {
     },
     /// One ICMP/ICMPv6 type, any code.
     Icmp { family: IcmpFamily, icmp_type: u8 },
+    /// Every packet of an IP protocol without ports (Cilium's extended
+    /// protocols: VRRP, IGMP, …). The datapath looks such packets up with
+    /// port 0; the whole port range makes it one protocol entry.
+    Proto { proto: u8 },
 }
 
 impl PortMatch {
@@ -154,6 +158,7 @@ impl PortMatch {
                 let base = u16::from(icmp_type) << 8;
                 (protos, base, base | 0xff)
             }
+            PortMatch::Proto { ref proto } => (std::slice::from_ref(proto), 0, u16::MAX),
         };
         protos.iter().map(move |&p| (p, first, last))
     }

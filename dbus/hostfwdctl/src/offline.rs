@@ -35,14 +35,17 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
     let mut problems: Vec<String> = Vec::new();
     let mut compiled = None;
     let mut policies = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     if per_file.iter().all(|(_, e)| e.is_empty()) {
         let cfg = load_config(config)?;
-        match pf::load(files) {
+        // strict_policies = true turns the warnings into errors here.
+        match pf::load_with(files, cfg.strict_policies) {
             Ok(loaded) => {
                 let ctx = cfg.entities(Default::default());
                 match pf::compile_for_node(&loaded, &ctx, &cfg.node_labels) {
                     Ok(c) => {
                         policies = c.report.policies.iter().map(|p| (p.name.clone(), p.summary())).collect();
+                        warnings = c.report.policies.iter().flat_map(|p| p.warnings.iter().cloned()).collect();
                         compiled = Some(c);
                     }
                     Err(e) => problems.push(e.to_string()),
@@ -65,7 +68,7 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
             })
         });
         let policies: Vec<_> = policies.iter().map(|(n, s)| json!({"name": n, "summary": s})).collect();
-        let doc = json!({"valid": valid, "files": files, "errors": problems, "policies": policies, "node": node});
+        let doc = json!({"valid": valid, "files": files, "errors": problems, "warnings": warnings, "policies": policies, "node": node});
         return Ok((to_json(&doc)?, exit));
     }
     let mut out = String::new();
@@ -79,7 +82,7 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
             out.push('\n');
         }
     }
-    for p in &problems {
+    for p in problems.iter().chain(&warnings) {
         out.push_str(p);
         out.push('\n');
     }

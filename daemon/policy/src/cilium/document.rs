@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use super::errors::{Checker, PolicyError, Pos};
-use super::limits::{MAX_POLICIES, MAX_RULES_PER_POLICY};
+use super::errors::{Checker, PolicyError, PolicyWarning, Pos};
+use super::limits::{MAX_ERRORS, MAX_POLICIES, MAX_RULES_PER_POLICY};
 use super::rules::parse_rule;
 use super::schema::*;
 use super::selector::{parse_selector, selector_is_empty};
@@ -19,7 +19,16 @@ use crate::model::{Action, Direction};
 /// is how errors name it. All errors of the file are returned; a file with
 /// any error yields no policy. Duplicate policy names within the file are
 /// errors too (see [`load_sources`] for several files).
+///
+/// What is accepted but changes nothing here is a warning kept in
+/// [`Policy::warnings`]; see [`parse_policies_with`] for strict mode.
 pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>, Vec<PolicyError>> {
+    parse_policies_with(file, text, false)
+}
+
+/// [`parse_policies`]; with `strict` (`strict_policies = true`) every
+/// warning is an error instead.
+pub fn parse_policies_with(file: &str, text: &str, strict: bool) -> Result<Vec<Policy>, Vec<PolicyError>> {
     let mut cx = Checker::new(file);
     let docs = match parse_yaml(text) {
         Ok(docs) => docs,
@@ -30,8 +39,32 @@ pub fn parse_policies(file: &str, text: &str) -> Result<Vec<Policy>, Vec<PolicyE
     };
     let mut policies = Vec::new();
     for doc in &docs {
-        if let Some(p) = cx.clean(|cx| parse_document(cx, doc)) {
-            policies.push(p);
+        let before = cx.warnings.len();
+        match cx.clean(|cx| parse_document(cx, doc)) {
+            Some(mut p) => {
+                p.warnings = cx.warnings.split_off(before);
+                policies.push(p);
+            }
+            // A document with errors loads nothing: its warnings are moot.
+            None => cx.warnings.truncate(before),
+        }
+    }
+    if let Some(last) = policies.iter_mut().rev().find(|p| !p.warnings.is_empty()) {
+        if cx.warnings_left_out > 0 {
+            let pos = last.warnings.last().map_or(last.pos, |w| Pos::new(w.line, w.column));
+            last.warnings.push(PolicyWarning {
+                file: file.to_string(),
+                line: pos.line,
+                column: pos.column,
+                path: String::new(),
+                message: format!("{} more warnings not shown (at most {MAX_ERRORS} are reported)", cx.warnings_left_out),
+            });
+        }
+    }
+    if strict {
+        for w in policies.iter().flat_map(|p| p.warnings.iter().cloned()) {
+            let e = w.into_error();
+            cx.error(Pos::new(e.line, e.column), &e.path, e.message);
         }
     }
     for e in duplicate_errors(&policies, |_, _| true) {
@@ -59,10 +92,18 @@ pub fn load_sources<'a, I>(sources: I) -> Result<Vec<Policy>, Vec<PolicyError>>
 where
     I: IntoIterator<Item = (&'a str, &'a str)>,
 {
+    load_sources_with(sources, false)
+}
+
+/// [`load_sources`], strict or not (see [`parse_policies_with`]).
+pub fn load_sources_with<'a, I>(sources: I, strict: bool) -> Result<Vec<Policy>, Vec<PolicyError>>
+where
+    I: IntoIterator<Item = (&'a str, &'a str)>,
+{
     let mut policies = Vec::new();
     let mut errors = Vec::new();
     for (file, text) in sources {
-        match parse_policies(file, text) {
+        match parse_policies_with(file, text, strict) {
             Ok(p) => policies.extend(p),
             Err(e) => errors.extend(e),
         }
@@ -230,6 +271,7 @@ pub(super) fn parse_document(cx: &mut Checker, doc: &Node) -> Option<Policy> {
         file: cx.file.to_string(),
         pos: name_pos,
         specs,
+        warnings: Vec::new(), // filled in by parse_policies
     })
 }
 
@@ -343,6 +385,7 @@ pub(super) fn parse_spec(cx: &mut Checker, node: &Node, path: String) -> Option<
                         action: Action::Allow,
                         peers: Vec::new(),
                         ports: Vec::new(),
+                        inert: Vec::new(),
                     });
                 } else if !on && has_rules {
                     cx.error(

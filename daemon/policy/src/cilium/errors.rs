@@ -60,12 +60,54 @@ impl fmt::Display for PolicyError {
 
 impl std::error::Error for PolicyError {}
 
+/// Something in a policy file that hostfwd accepts but that changes nothing
+/// here, e.g. an unknown top-level field (Kubernetes prunes it) or a peer
+/// that selects nothing on a host without Cilium. Not an error: the policy
+/// loads. With `strict_policies = true` each one is an error instead
+/// ([`PolicyWarning::into_error`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyWarning {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// Field path from the document root, as in [`PolicyError`].
+    pub path: String,
+    pub message: String,
+}
+
+impl PolicyWarning {
+    /// The error strict mode reports for this warning.
+    pub fn into_error(self) -> PolicyError {
+        PolicyError {
+            file: self.file,
+            line: self.line,
+            column: self.column,
+            path: self.path,
+            message: format!("{} (refused: strict_policies = true)", self.message),
+        }
+    }
+}
+
+impl fmt::Display for PolicyWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        write!(f, "warning: {}", self.message)
+    }
+}
+
 /// The checks of one source: its errors as they are found, and its rules
 /// and CIDRs counted against the per-source bounds.
 pub(super) struct Checker<'f> {
     pub(super) file: &'f str,
     /// The first [`MAX_ERRORS`] errors.
     pub(super) errors: Vec<PolicyError>,
+    /// The first [`MAX_ERRORS`] warnings, in the order found.
+    pub(super) warnings: Vec<PolicyWarning>,
+    /// Warnings past the bound, counted only.
+    pub(super) warnings_left_out: usize,
     /// Every error reported, kept or not.
     pub(super) reported: usize,
     /// Rules and CIDRs so far, against the per-source bounds.
@@ -78,6 +120,8 @@ impl<'f> Checker<'f> {
         Checker {
             file,
             errors: Vec::new(),
+            warnings: Vec::new(),
+            warnings_left_out: 0,
             reported: 0,
             rules: 0,
             cidrs: 0,
@@ -90,6 +134,21 @@ impl<'f> Checker<'f> {
             return;
         }
         self.errors.push(PolicyError {
+            file: self.file.to_string(),
+            line: pos.line,
+            column: pos.column,
+            path: path.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn warn(&mut self, pos: Pos, path: &str, message: impl Into<String>) {
+        // A file of many inert rules must not flood the log and the bus.
+        if self.warnings.len() >= MAX_ERRORS {
+            self.warnings_left_out += 1;
+            return;
+        }
+        self.warnings.push(PolicyWarning {
             file: self.file.to_string(),
             line: pos.line,
             column: pos.column,

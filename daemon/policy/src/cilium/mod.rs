@@ -9,12 +9,24 @@
 //!
 //! # Strictness
 //!
-//! A field hostfwd cannot enforce (L7 `rules`, `toFQDNs`, `toServices`, pod
-//! selectors, `fromRequires`, `authentication`, CIDR groups, TLS, listeners,
-//! …) is an error that says so, as is any unknown field, value of the wrong
-//! type, bad CIDR, port, protocol or ICMP type. Every error names the file,
-//! line, column and field path ([`PolicyError`]), and all errors of a file are
-//! reported, not only the first. A file with any error contributes no policy.
+//! A field hostfwd would enforce differently than the file says (L7 `rules`,
+//! `toFQDNs`, `fromNodes`/`toNodes`, `authentication`, CIDR groups, TLS,
+//! listeners, …) is an error that says so, as is any unknown field inside
+//! `spec`, value of the wrong type, bad CIDR, port, protocol or ICMP type.
+//! Every error names the file, line, column and field path ([`PolicyError`]),
+//! and all errors of a file are reported, not only the first. A file with any
+//! error contributes no policy.
+//!
+//! What changes nothing on a host without Cilium is a warning
+//! ([`PolicyWarning`], kept in [`Policy::warnings`]), as Kubernetes and
+//! Cilium accept it: unknown fields outside `spec` (Kubernetes prunes them),
+//! and peers that select nothing here — `fromEndpoints`/`toEndpoints`,
+//! `fromRequires`/`toRequires`, `toServices` (not in deny rules) and the
+//! entities `health`, `init`, `ingress`, `unmanaged`, `none`. Such a peer is
+//! inert: it matches nothing, the rest of its rule applies
+//! ([`PolicyRule::inert`]); the report shows each such rule and each
+//! direction whose every rule is inert. With `strict` ([`parse_policies_with`],
+//! `strict_policies = true`) every warning is an error.
 //!
 //! # Semantics (as Cilium's)
 //!
@@ -86,6 +98,7 @@
 mod document;
 mod errors;
 mod limits;
+mod protocols;
 mod resolve;
 mod rules;
 mod schema;
@@ -94,10 +107,10 @@ mod types;
 mod walk;
 mod yaml;
 
-pub use self::document::{load_sources, parse_policies, validate_policy};
-pub use self::errors::{PolicyError, Pos};
+pub use self::document::{load_sources, load_sources_with, parse_policies, parse_policies_with, validate_policy};
+pub use self::errors::{PolicyError, PolicyWarning, Pos};
 pub use self::limits::*;
-pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};
+pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, unresolvable_entities, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};
 pub use self::schema::icmp_type_by_name;
 pub use self::selector::{LabelRequirement, NodeLabels, NodeSelector, Selection, SelectorOp};
 pub use self::types::{Peer, Policy, PolicyKind, PolicyRule, PolicySpec, API_VERSION};
@@ -111,6 +124,8 @@ use self::{schema::*, yaml::*};
 mod tests_errors;
 #[cfg(test)]
 mod tests_golden;
+#[cfg(test)]
+mod tests_lenient;
 #[cfg(test)]
 mod tests_limits;
 #[cfg(test)]

@@ -6,12 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use super::errors::Pos;
+use super::errors::{PolicyError, Pos};
 use super::limits::{MAX_POLICIES, MAX_RULES_PER_POLICY};
 use super::selector::NodeLabels;
 use super::types::{Peer, Policy, PolicyKind, PolicyRule};
-use crate::entities::EntityContext;
-use crate::model::{CidrSet, Rule, RuleSet};
+use crate::entities::{Entity, EntityContext};
+use crate::model::{CidrSet, Direction, Rule, RuleSet};
 
 /// The rule id of the `rule_ordinal`-th rule (1-based) of the
 /// `policy_ordinal`-th policy (1-based, by name): `policy << 16 | rule`.
@@ -62,7 +62,14 @@ pub struct SpecStatus {
     /// Remarks on entity resolution, e.g. `spec.ingress[0]: entity
     /// remote-node resolves to no addresses (…)`.
     pub notes: Vec<String>,
+    /// Its rules with peers that select nothing here, one line each:
+    /// `spec.ingress[1]: inert here: fromEndpoints: …` (every peer) or
+    /// `… partly inert here (its other peers apply): …`.
+    pub inert: Vec<String>,
 }
+
+/// Inert rules a summary lists by name; the rest are counted.
+const MAX_INERT_SHOWN: usize = 20;
 
 /// One policy on this node.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -75,6 +82,12 @@ pub struct PolicyStatus {
     /// 1-based, the upper half of its rule ids; 0 if it got none.
     pub ordinal: u32,
     pub specs: Vec<SpecStatus>,
+    /// The parser's warnings (`file:line:column: path: warning: …`).
+    pub warnings: Vec<String>,
+    /// Each direction in which this policy has rules on this node and every
+    /// one of them is inert: it puts the direction into default deny and
+    /// allows nothing there, which the file's author hardly meant.
+    pub inert_directions: Vec<Direction>,
 }
 
 impl PolicyStatus {
@@ -84,8 +97,31 @@ impl PolicyStatus {
     }
 
     /// `active: <reason>` / `inactive: <reason>`, spec by spec when there
-    /// are several.
+    /// are several; then, a line each, its rules that are inert here and
+    /// the directions in which all its rules are.
     pub fn summary(&self) -> String {
+        let mut s = self.state_summary();
+        let inert: Vec<&String> = self.specs.iter().flat_map(|s| &s.inert).collect();
+        for line in inert.iter().take(MAX_INERT_SHOWN) {
+            s.push('\n');
+            s.push_str(line);
+        }
+        if inert.len() > MAX_INERT_SHOWN {
+            s.push_str(&format!("\n{} more rules inert here", inert.len() - MAX_INERT_SHOWN));
+        }
+        for d in &self.inert_directions {
+            let d = match d {
+                Direction::Ingress => "ingress",
+                Direction::Egress => "egress",
+            };
+            s.push_str(&format!(
+                "\nevery {d} rule is inert here: this policy allows no {d} traffic but puts {d} into default deny"
+            ));
+        }
+        s
+    }
+
+    fn state_summary(&self) -> String {
         let state = if self.active() { "active" } else { "inactive" };
         match self.specs.as_slice() {
             [] => format!("{state}: no spec"),
@@ -208,6 +244,8 @@ pub fn to_rule_set(
             pos: p.pos,
             ordinal: 0,
             specs: Vec::new(),
+            warnings: p.warnings.iter().map(ToString::to_string).collect(),
+            inert_directions: Vec::new(),
         };
         let total: usize = p.specs.iter().map(|s| s.rules.len()).sum();
         let over = if pi >= MAX_POLICIES {
@@ -230,6 +268,7 @@ pub fn to_rule_set(
                     reason: reason.clone(),
                     rule_ids: Vec::new(),
                     notes: Vec::new(),
+                    inert: Vec::new(),
                 })
                 .collect();
             report.policies.push(status);
@@ -247,6 +286,7 @@ pub fn to_rule_set(
                 reason: sel.reason,
                 rule_ids: Vec::new(),
                 notes: Vec::new(),
+                inert: Vec::new(),
             };
             for r in &s.rules {
                 next_rule += 1;
@@ -264,6 +304,15 @@ pub fn to_rule_set(
                     },
                 );
                 if sel.active {
+                    if r.is_inert() {
+                        spec.inert.push(format!("{}: inert here: {}", r.path, r.inert.join("; ")));
+                    } else if !r.inert.is_empty() {
+                        spec.inert.push(format!(
+                            "{}: partly inert here (its other peers apply): {}",
+                            r.path,
+                            r.inert.join("; ")
+                        ));
+                    }
                     let (rule, notes) = resolve_rule(r, id, ctx);
                     rules.push(rule);
                     for n in notes {
@@ -275,7 +324,41 @@ pub fn to_rule_set(
             }
             status.specs.push(spec);
         }
+        let selected: Vec<&PolicyRule> = p
+            .specs
+            .iter()
+            .zip(&status.specs)
+            .filter(|(_, st)| st.active)
+            .flat_map(|(s, _)| &s.rules)
+            .collect();
+        for d in Direction::ALL {
+            let mut rules = selected.iter().filter(|r| r.direction == d).peekable();
+            if rules.peek().is_some() && rules.all(|r| r.is_inert()) {
+                status.inert_directions.push(d);
+            }
+        }
         report.policies.push(status);
     }
     (RuleSet::new(rules), report)
+}
+
+/// Errors for entities the context cannot resolve: `kube-apiserver`
+/// without `[entities] kube_apiserver` in the configuration. Any rule
+/// counts, active or not: the configuration is what is missing.
+pub fn unresolvable_entities(policies: &[Policy], ctx: &EntityContext) -> Vec<PolicyError> {
+    if !ctx.kube_apiserver.is_empty() {
+        return Vec::new();
+    }
+    policies
+        .iter()
+        .flat_map(|p| p.rules().map(move |(_, r)| (p, r)))
+        .filter(|(_, r)| r.peers.contains(&Peer::Entity(Entity::KubeApiserver)))
+        .map(|(p, r)| PolicyError {
+            file: p.file.clone(),
+            line: r.pos.line,
+            column: r.pos.column,
+            path: r.path.clone(),
+            message: "entity kube-apiserver needs the API server's addresses: set kube_apiserver in the [entities] section of the configuration".into(),
+        })
+        .collect()
 }

@@ -8,7 +8,9 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::errors::Checker;
+use super::protocols::{parse_protocol, Protocol};
 use super::schema::*;
+use super::selector::selector_is_empty;
 use super::types::{Peer, PolicyRule};
 use super::walk::*;
 use super::yaml::{Node, Typed, Value};
@@ -29,19 +31,45 @@ pub(super) fn parse_rule(
     cx.clean(|cx| {
         let obj = object(cx, node, &path, schema)?;
         let mut peers: Vec<Peer> = Vec::new();
+        let mut inert: Vec<String> = Vec::new();
+        // An inert peer field is a peer field: without it the rule's ports
+        // would apply to every peer.
         let has_peer_field = [entities_key, cidr_key, cidr_set_key]
             .iter()
+            .chain(INERT_PEERS.iter().map(|(k, _)| k))
             .any(|k| obj.get(k).is_some());
 
         if let Some((items, lpath)) = peer_list(cx, &obj, entities_key) {
             for (i, item) in items.iter().enumerate() {
                 if let Some(s) = string_at(cx, item, || index(&lpath, i)) {
-                    match Entity::parse(&s) {
-                        Ok(e) => peers.push(Peer::Entity(e)),
-                        Err(msg) => cx.error(item.pos, &index(&lpath, i), msg),
+                    match (Entity::parse(&s), Entity::inert(&s)) {
+                        (Ok(e), _) => peers.push(Peer::Entity(e)),
+                        (Err(_), Some(why)) => {
+                            cx.warn(item.pos, &index(&lpath, i), inert_warning(why));
+                            inert.push(format!("entity {s}: {why}"));
+                        }
+                        (Err(msg), None) => cx.error(item.pos, &index(&lpath, i), msg),
                     }
                 }
             }
+        }
+        for (key, why) in INERT_PEERS {
+            if obj.get(key).is_none() {
+                continue; // absent, or a field of the other direction (rejected)
+            }
+            let kpos = obj.key_pos(key).unwrap_or(obj.pos);
+            if action == Action::Deny && *key == "toServices" {
+                cx.error(kpos, &obj.path(key), WHY_DENY_SERVICES);
+                continue;
+            }
+            let Some((items, lpath)) = peer_list(cx, &obj, key) else {
+                continue;
+            };
+            if key.ends_with("Endpoints") && !endpoint_selectors_inert(cx, items, &lpath) {
+                continue;
+            }
+            cx.warn(kpos, &lpath, inert_warning(why));
+            inert.push(format!("{key}: {why}"));
         }
         if let Some((items, lpath)) = peer_list(cx, &obj, cidr_key) {
             for (i, item) in items.iter().enumerate() {
@@ -103,8 +131,42 @@ pub(super) fn parse_rule(
             action,
             peers,
             ports,
+            inert,
         })
     })
+}
+
+fn inert_warning(why: &str) -> String {
+    format!("inert here: {why}; this peer matches nothing, the rest of the rule applies")
+}
+
+/// Whether every endpoint selector of `items` selects only pods (so
+/// nothing here); the ones that select more are errors.
+fn endpoint_selectors_inert(cx: &mut Checker, items: &[Node], lpath: &str) -> bool {
+    let mut ok = true;
+    for (i, item) in items.iter().enumerate() {
+        let why = if selector_is_empty(item) {
+            WHY_WILDCARD_ENDPOINTS
+        } else if mentions_reserved(item) {
+            WHY_RESERVED_LABEL
+        } else {
+            continue;
+        };
+        cx.error(item.pos, &index(lpath, i), why);
+        ok = false;
+    }
+    ok
+}
+
+/// Whether a selector names a `reserved:` label anywhere (a key of
+/// matchLabels or of a requirement).
+fn mentions_reserved(node: &Node) -> bool {
+    let reserved = |n: &Node| matches!(&n.value, Value::Scalar { text, .. } if text.starts_with("reserved:") || text.starts_with("any:reserved:"));
+    match &node.value {
+        Value::Scalar { .. } => reserved(node),
+        Value::Seq(items) => items.iter().any(mentions_reserved),
+        Value::Map(entries) => entries.iter().any(|(k, v)| reserved(k) || mentions_reserved(v)),
+    }
 }
 
 /// Drops repeated elements, keeping the first of each: by linear search in
@@ -268,8 +330,32 @@ pub(super) fn parse_port_rule(cx: &mut Checker, node: &Node, path: &str) -> Vec<
 pub(super) fn parse_port(cx: &mut Checker, node: &Node, path: &str) -> Option<PortMatch> {
     cx.clean(|cx| {
         let obj = object(cx, node, path, &PORT)?;
-        let port = required(cx, &obj, "port", "a port needs port (\"0\" for every port)")
-            .and_then(|p| port_number(cx, p, || obj.path("port")));
+        let proto = match obj.get("protocol") {
+            None => Some(Protocol::L4(L4Proto::Any)),
+            Some(p) => {
+                let ppath = || obj.path("protocol");
+                let text = match p.typed() {
+                    Some(Typed::Int(n)) => Some(n.to_string()),
+                    _ => string_at(cx, p, ppath),
+                };
+                text.and_then(|s| match parse_protocol(&s) {
+                    Ok(proto) => Some(proto),
+                    Err(m) => {
+                        cx.error(p.pos, &ppath(), m);
+                        None
+                    }
+                })
+            }
+        };
+        if let Some(Protocol::Extended(number)) = proto {
+            return extended_port(cx, &obj, number);
+        }
+        // A bad protocol is the error; whether it needed a port is moot.
+        let port = match (proto, obj.get("port")) {
+            (None, None) => None,
+            _ => required(cx, &obj, "port", "a port needs port (\"0\" for every port)")
+                .and_then(|p| port_number(cx, p, || obj.path("port"))),
+        };
         let epath = || obj.path("endPort");
         let end_port = obj.get("endPort").and_then(|e| {
             match e.typed() {
@@ -288,35 +374,11 @@ pub(super) fn parse_port(cx: &mut Checker, node: &Node, path: &str) -> Option<Po
                 }
             }
         });
-        let proto = match obj.get("protocol") {
-            None => Some(L4Proto::Any),
-            Some(p) => {
-                let ppath = || obj.path("protocol");
-                string_at(cx, p, ppath).and_then(|s| match s.to_ascii_uppercase().as_str() {
-                    "TCP" => Some(L4Proto::Tcp),
-                    "UDP" => Some(L4Proto::Udp),
-                    "SCTP" => Some(L4Proto::Sctp),
-                    "ANY" => Some(L4Proto::Any),
-                    "ICMP" | "ICMPV6" => {
-                        cx.error(
-                            p.pos,
-                            &ppath(),
-                            format!("protocol {s:?} is not matched with toPorts: use icmps (with family IPv4 or IPv6)"),
-                        );
-                        None
-                    }
-                    _ => {
-                        cx.error(
-                            p.pos,
-                            &ppath(),
-                            format!("unknown protocol {s:?} (expected TCP, UDP, SCTP or ANY)"),
-                        );
-                        None
-                    }
-                })
-            }
+        let proto = match proto? {
+            Protocol::L4(p) => p,
+            Protocol::Extended(_) => return None, // handled above
         };
-        let (port, proto) = (port?, proto?);
+        let port = port?;
         if let Some(end) = end_port {
             let epos = obj.get("endPort").map_or(obj.pos, |e| e.pos);
             if port == 0 {
@@ -334,6 +396,27 @@ pub(super) fn parse_port(cx: &mut Checker, node: &Node, path: &str) -> Option<Po
         }
         Some(PortMatch::l4(proto, port, end_port))
     })
+}
+
+/// A port of an extended protocol: every packet of the protocol. Like
+/// Cilium, `port` may only be absent or 0 and there is no `endPort`.
+fn extended_port(cx: &mut Checker, obj: &Obj, number: u8) -> Option<PortMatch> {
+    if let Some(p) = obj.get("port") {
+        let port = port_number(cx, p, || obj.path("port"))?;
+        if port != 0 {
+            cx.error(
+                p.pos,
+                &obj.path("port"),
+                format!("IP protocol {number} has no ports: port must be absent or 0"),
+            );
+            return None;
+        }
+    }
+    if let Some(e) = obj.get("endPort") {
+        cx.error(e.pos, &obj.path("endPort"), format!("IP protocol {number} has no ports: remove endPort"));
+        return None;
+    }
+    Some(PortMatch::Proto { proto: number })
 }
 
 pub(super) fn port_number(cx: &mut Checker, node: &Node, path: impl FnOnce() -> String) -> Option<u16> {

@@ -17,16 +17,17 @@ pub(super) struct Schema {
     pub(super) ignored: &'static [&'static str],
     /// Fields that belong elsewhere, with a hint.
     pub(super) misplaced: &'static [(&'static str, &'static str)],
+    /// Whether an unknown field is a warning (and ignored) instead of an
+    /// error: only outside `spec`, where Kubernetes prunes unknown fields
+    /// and they cannot change what a rule means.
+    pub(super) unknown_warns: bool,
 }
 
 pub(super) const WHY_L7: &str = "L7 rules cannot be enforced by a host firewall (hostfwd enforces L3/L4 only)";
-pub(super) const WHY_ENDPOINTS: &str = "pod selectors cannot be enforced: hostfwd has no pod identities (select peers with fromEntities/toEntities or CIDRs)";
-pub(super) const WHY_REQUIRES: &str = "label requirements on peers cannot be enforced: hostfwd has no peer labels (hostfwd enforces L3/L4 only)";
 pub(super) const WHY_AUTH: &str = "mutual authentication cannot be enforced: hostfwd has no authentication layer (hostfwd enforces L3/L4 only)";
 pub(super) const WHY_GROUPS: &str = "cloud-provider groups cannot be enforced: hostfwd does not query cloud APIs (list the addresses with CIDRs)";
-pub(super) const WHY_NODES: &str = "node selectors on peers cannot be enforced: hostfwd does not know other nodes' labels (use the remote-node entity or CIDRs)";
+pub(super) const WHY_NODES: &str = "node selectors on peers cannot be enforced until fleet mode: hostfwd does not know other nodes' labels (use the remote-node entity or CIDRs)";
 pub(super) const WHY_FQDNS: &str = "DNS names cannot be enforced: hostfwd has no DNS proxy to learn their addresses (use toCIDR/toCIDRSet)";
-pub(super) const WHY_SERVICES: &str = "Kubernetes services cannot be enforced: hostfwd does not watch services (use toCIDR/toCIDRSet)";
 pub(super) const WHY_LISTENER: &str =
     "Envoy listeners cannot be enforced: hostfwd has no L7 proxy (hostfwd enforces L3/L4 only)";
 pub(super) const WHY_SNI: &str = "TLS server names cannot be enforced: hostfwd does not inspect TLS (hostfwd enforces L3/L4 only)";
@@ -36,12 +37,28 @@ pub(super) const WHY_CIDR_GROUP: &str = "CiliumCIDRGroup references cannot be re
 pub(super) const WHY_LOG: &str =
     "policy logging is not supported by hostfwd (drops are reported with their rule id)";
 
+/// Peer fields that select nothing on a host without Cilium, with why: in a
+/// rule they are accepted, match nothing and are reported ("inert here").
+/// The rest of the rule applies.
+pub(super) const INERT_PEERS: &[(&str, &str)] = &[
+    ("fromEndpoints", "it selects Cilium endpoints (pods), and a host without Cilium has none"),
+    ("toEndpoints", "it selects Cilium endpoints (pods), and a host without Cilium has none"),
+    ("fromRequires", "it adds label requirements to fromEndpoints selectors, which select nothing here"),
+    ("toRequires", "it adds label requirements to toEndpoints selectors, which select nothing here"),
+    ("toServices", "it selects the backends of Kubernetes services, which hostfwd does not watch"),
+];
+
+pub(super) const WHY_DENY_SERVICES: &str = "toServices in a deny rule cannot be enforced: hostfwd does not know the services' backends, so it would allow what the rule denies (deny their CIDRs with toCIDR/toCIDRSet)";
+pub(super) const WHY_RESERVED_LABEL: &str = "a selector on reserved: labels selects Cilium's reserved identities (host, world, …), not pods: write the entities with fromEntities/toEntities";
+pub(super) const WHY_WILDCARD_ENDPOINTS: &str = "an empty endpoint selector selects every endpoint, the host and the world included, in a clusterwide policy: write fromEntities/toEntities [all] or the entities you mean";
+
 pub(super) const DOCUMENT: Schema = Schema {
     what: "a policy document",
     known: &["apiVersion", "kind", "metadata", "spec", "specs"],
     unsupported: &[],
     ignored: &["status"],
     misplaced: &[],
+    unknown_warns: true,
 };
 
 pub(super) const METADATA: Schema = Schema {
@@ -62,6 +79,7 @@ pub(super) const METADATA: Schema = Schema {
         "selfLink",
     ],
     misplaced: &[],
+    unknown_warns: true,
 };
 
 pub(super) const SPEC: Schema = Schema {
@@ -80,6 +98,7 @@ pub(super) const SPEC: Schema = Schema {
     unsupported: &[("log", WHY_LOG)],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const SELECTOR: Schema = Schema {
@@ -88,6 +107,7 @@ pub(super) const SELECTOR: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const REQUIREMENT: Schema = Schema {
@@ -96,6 +116,7 @@ pub(super) const REQUIREMENT: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const DEFAULT_DENY: Schema = Schema {
@@ -104,6 +125,7 @@ pub(super) const DEFAULT_DENY: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const RULE_LABEL: Schema = Schema {
@@ -112,6 +134,7 @@ pub(super) const RULE_LABEL: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const INGRESS: Schema = Schema {
@@ -120,12 +143,12 @@ pub(super) const INGRESS: Schema = Schema {
         "fromEntities",
         "fromCIDR",
         "fromCIDRSet",
+        "fromEndpoints",
+        "fromRequires",
         "toPorts",
         "icmps",
     ],
     unsupported: &[
-        ("fromEndpoints", WHY_ENDPOINTS),
-        ("fromRequires", WHY_REQUIRES),
         ("fromGroups", WHY_GROUPS),
         ("fromNodes", WHY_NODES),
         ("authentication", WHY_AUTH),
@@ -148,18 +171,25 @@ pub(super) const INGRESS: Schema = Schema {
             "it belongs in egress rules (and services cannot be enforced)",
         ),
     ],
+    unknown_warns: false,
 };
 
 pub(super) const EGRESS: Schema = Schema {
     what: "an egress rule",
-    known: &["toEntities", "toCIDR", "toCIDRSet", "toPorts", "icmps"],
+    known: &[
+        "toEntities",
+        "toCIDR",
+        "toCIDRSet",
+        "toEndpoints",
+        "toRequires",
+        "toServices",
+        "toPorts",
+        "icmps",
+    ],
     unsupported: &[
-        ("toEndpoints", WHY_ENDPOINTS),
-        ("toRequires", WHY_REQUIRES),
         ("toGroups", WHY_GROUPS),
         ("toNodes", WHY_NODES),
         ("toFQDNs", WHY_FQDNS),
-        ("toServices", WHY_SERVICES),
         ("authentication", WHY_AUTH),
     ],
     ignored: &[],
@@ -172,6 +202,7 @@ pub(super) const EGRESS: Schema = Schema {
             "it belongs in ingress rules (and pod selectors cannot be enforced)",
         ),
     ],
+    unknown_warns: false,
 };
 
 pub(super) const CIDR_RULE: Schema = Schema {
@@ -183,6 +214,7 @@ pub(super) const CIDR_RULE: Schema = Schema {
     ],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const PORT_RULE: Schema = Schema {
@@ -197,6 +229,7 @@ pub(super) const PORT_RULE: Schema = Schema {
     ],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const PORT: Schema = Schema {
@@ -205,6 +238,7 @@ pub(super) const PORT: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const ICMP_RULE: Schema = Schema {
@@ -213,6 +247,7 @@ pub(super) const ICMP_RULE: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 pub(super) const ICMP_FIELD: Schema = Schema {
@@ -221,6 +256,7 @@ pub(super) const ICMP_FIELD: Schema = Schema {
     unsupported: &[],
     ignored: &[],
     misplaced: &[],
+    unknown_warns: false,
 };
 
 /// Cilium's ICMP type names (IANA's, in CamelCase), IPv4.

@@ -28,6 +28,7 @@ fn realworld_policies_load_and_compile() {
         host_addrs: [ip("10.20.1.11")].into_iter().collect(),
         node_cidrs: vec![net("10.20.1.0/24")],
         cluster_cidrs: vec![net("10.244.0.0/16"), net("10.96.0.0/12")],
+        kube_apiserver: vec![],
     };
     let worker = labels(&[("kubernetes.io/os", "linux")]);
     let edge = labels(&[("node-role.example.com/edge", "")]);

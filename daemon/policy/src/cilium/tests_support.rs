@@ -43,6 +43,15 @@ pub(super) fn errors_of(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The warnings of a text that loads.
+pub(super) fn warnings_of(text: &str) -> Vec<String> {
+    load("t.yaml", text)
+        .iter()
+        .flat_map(|p| &p.warnings)
+        .map(ToString::to_string)
+        .collect()
+}
+
 /// A clusterwide policy whose body starts on line 7 (after
 /// `nodeSelector: {}` on line 6).
 pub(super) fn doc(body: &str) -> String {
@@ -167,6 +176,7 @@ pub(super) fn context() -> EntityContext {
             .collect(),
         node_cidrs: vec![net("192.168.1.0/24")],
         cluster_cidrs: vec![net("10.0.0.0/8"), net("fd00::/8")],
+        kube_apiserver: vec![],
     }
 }
 

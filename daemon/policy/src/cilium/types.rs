@@ -44,6 +44,9 @@ pub struct Policy {
     pub pos: Pos,
     /// `spec` (if present) then each element of `specs`.
     pub specs: Vec<PolicySpec>,
+    /// What was accepted but changes nothing here (unknown fields outside
+    /// `spec`, inert peers), in file order.
+    pub warnings: Vec<super::errors::PolicyWarning>,
 }
 
 impl Policy {
@@ -89,6 +92,17 @@ pub struct PolicyRule {
     pub peers: Vec<Peer>,
     /// ORed. Empty: every protocol and port.
     pub ports: Vec<PortMatch>,
+    /// The peers left out because they select nothing on a host without
+    /// Cilium, each as `field: why` (`fromEndpoints: …`, `entity health:
+    /// …`). A rule with these and no `peers` matches nothing ("inert here").
+    pub inert: Vec<String>,
+}
+
+impl PolicyRule {
+    /// Every peer it was written with selects nothing here.
+    pub fn is_inert(&self) -> bool {
+        self.peers.is_empty() && !self.inert.is_empty()
+    }
 }
 
 /// A peer selector of a rule.

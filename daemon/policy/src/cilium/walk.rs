@@ -131,7 +131,14 @@ pub(super) fn object<'n>(cx: &mut Checker, node: &'n Node, path: &str, schema: &
             );
         } else if schema.known.contains(&key) {
             obj.fields.push((key, k.pos, v));
-        } else if !schema.ignored.contains(&key) {
+        } else if schema.ignored.contains(&key) {
+        } else if schema.unknown_warns {
+            cx.warn(
+                k.pos,
+                &field(path, key),
+                format!("unknown field in {} ignored (as Kubernetes prunes it)", schema.what),
+            );
+        } else {
             obj.rejected += 1;
             let msg = match suggest(key, schema) {
                 Some(s) => format!("unknown field in {}; did you mean {s:?}?", schema.what),
