@@ -495,6 +495,7 @@ impl Daemon {
             policy_revision: self.policies.revision,
             pending_confirm: self.policies.pending.as_ref().map(|p| Pending { revision: p.revision, deadline: p.wall }),
             attach_mode: mode,
+            strict_policies: self.cfg.strict_policies,
             links,
             policies,
         }

@@ -130,6 +130,8 @@ pub struct Snapshot {
     pub pending_confirm: Option<Pending>,
     /// `tcx` or `tc`.
     pub attach_mode: &'static str,
+    /// `strict_policies`: `ValidatePolicy` answers as an apply would.
+    pub strict_policies: bool,
     pub links: BTreeMap<Ifindex, LinkInfo>,
     /// In name order.
     pub policies: Vec<PolicyInfo>,
@@ -145,6 +147,7 @@ impl Snapshot {
             policy_revision: 0,
             pending_confirm: None,
             attach_mode,
+            strict_policies: false,
             links: BTreeMap::new(),
             policies: Vec::new(),
         }
@@ -329,4 +332,4 @@ impl Handle {
 }
 
 /// Validates a policy text offline (what `ValidatePolicy` answers).
-pub use crate::policy::cilium::validate_policy;
+pub use crate::policy::cilium::{validate_policy, validate_policy_with};

@@ -586,6 +586,11 @@ fn a_strict_daemon_refuses_inert_peers_and_takes_kube_apiserver_from_its_configu
     assert!(r.stderr.starts_with("hostfwdctl: invalid policy: "), "{}", r.stderr);
     assert!(r.stderr.contains("spec.ingress[2].fromEndpoints: inert here: ") && r.stderr.contains("(refused: strict_policies = true)"), "{}", r.stderr);
     assert!(l.policies().is_empty());
+    // The bus's ValidatePolicy answers as the apply did, for anyone.
+    let text = std::fs::read_to_string(format!("{corpus}remote-node-lockdown.yaml")).expect("fixture");
+    let out = l.bus.busctl(Caller::Nobody, &["--json=short", "call", hostfwd_dbus::BUS_NAME, hostfwd_dbus::MANAGER_PATH, hostfwd_dbus::MANAGER_INTERFACE, "ValidatePolicy", "s", &text]);
+    let answer = out.ok("ValidatePolicy as nobody");
+    assert!(answer.contains("(refused: strict_policies = true)"), "{answer}");
     // Nothing lenient in it: loads, the entity from the configuration.
     l.root(&["policy", "apply", &format!("{corpus}kube-apiserver.yaml")]).expect(0);
     assert_eq!(l.policies(), ["kube-apiserver"]);

@@ -80,7 +80,13 @@ pub fn parse_policies_with(file: &str, text: &str, strict: bool) -> Result<Vec<P
 /// Validates a policy text offline (no daemon, no kernel): every problem
 /// as `name:line:column: field: message`; empty when valid.
 pub fn validate_policy(name: &str, yaml: &str) -> Vec<String> {
-    match parse_policies(name, yaml) {
+    validate_policy_with(name, yaml, false)
+}
+
+/// [`validate_policy`] as `strict_policies` says: strict, every warning is
+/// an error, as the daemon would refuse the file.
+pub fn validate_policy_with(name: &str, yaml: &str, strict: bool) -> Vec<String> {
+    match parse_policies_with(name, yaml, strict) {
         Ok(_) => Vec::new(),
         Err(errors) => errors.iter().map(ToString::to_string).collect(),
     }

@@ -107,7 +107,7 @@ mod types;
 mod walk;
 mod yaml;
 
-pub use self::document::{load_sources, load_sources_with, parse_policies, parse_policies_with, validate_policy};
+pub use self::document::{load_sources, load_sources_with, parse_policies, parse_policies_with, validate_policy, validate_policy_with};
 pub use self::errors::{PolicyError, PolicyWarning, Pos};
 pub use self::limits::*;
 pub use self::resolve::{rule_id, rule_origins, split_rule_id, to_rule_set, unresolvable_entities, PolicyReport, PolicyStatus, RuleOrigin, SpecStatus};
