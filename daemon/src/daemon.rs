@@ -12,14 +12,14 @@ use std::time::{Duration, SystemTime};
 use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Bus, Config};
+use crate::config::{Bus, Config, DatapathConfig as _};
 use crate::datapath::{AttachMode, Datapath, Direction, EventReader};
 use crate::links::{Ifindex, LinkKind, Table};
 use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
 use crate::netlink::{Event, Monitor};
 use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
-use crate::policy::store::{self, Source, Sources};
+use crate::policy_store::{self as store, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord};

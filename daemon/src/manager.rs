@@ -96,15 +96,7 @@ pub struct LinkInfo {
     pub problem: String,
 }
 
-/// Where a policy source comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Origin {
-    /// A file of the policy directory, unchanged at runtime.
-    Permanent,
-    /// Applied through the API and not persisted (lost on reload/restart).
-    Runtime,
-}
+pub use crate::policy_store::Origin;
 
 /// One policy source: a file of the policy directory or a policy applied
 /// through the API, by name. It may hold several Cilium policy documents.
@@ -336,11 +328,5 @@ impl Handle {
     }
 }
 
-/// Validates a policy text offline (no daemon, no kernel): every problem
-/// as `name:line:column: field: message`; empty when valid.
-pub fn validate_policy(name: &str, yaml: &str) -> Vec<String> {
-    match crate::policy::cilium::parse_policies(name, yaml) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    }
-}
+/// Validates a policy text offline (what `ValidatePolicy` answers).
+pub use crate::policy::cilium::validate_policy;

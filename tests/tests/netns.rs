@@ -509,6 +509,9 @@ fn tc_foreign_filters_run_after_hostfwd_or_are_reported() {
     let _ = std::fs::remove_file(&obj);
     let ahead = ahead_on_ingress(&s);
     assert_eq!(ahead.len(), 1, "{ahead:?}");
-    assert!(ahead[0].starts_with(ForeignPass::INGRESS) && ahead[0].ends_with("tc prio 1 handle 0x1)"), "{ahead:?}");
+    // Named from the filter dump, as iproute2 named it (object file and
+    // section): hostfwd does not open other programs by id.
+    let named = format!("hf-pass-{}.o:[tcx/ingress] (id ", std::process::id());
+    assert!(ahead[0].starts_with(&named) && ahead[0].ends_with("tc prio 1 handle 0x1)"), "{ahead:?}");
     assert_eq!(udp_echoes(&s, 20), 20, "in front, the foreign filter decides");
 }

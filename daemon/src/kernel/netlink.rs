@@ -122,9 +122,7 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
 use std::net::IpAddr;
-use std::pin::pin;
 
-use futures::StreamExt;
 use ipnet::IpNet;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
@@ -144,6 +142,9 @@ use rtnetlink::Handle;
 use tracing::{debug, info, warn};
 
 use crate::links::{Change, Ifindex, Link, LinkKind, OperState, Table, Vid};
+
+mod responses;
+use responses::Responses;
 
 /// Receive buffer the monitor asks for (the kernel doubles it for
 /// bookkeeping and reports the doubled value).
@@ -316,7 +317,7 @@ impl Netlink {
             req.header.flags = NLM_F_REQUEST | NLM_F_DUMP;
             let mut handle = self.handle.clone();
             let responses = handle.request(req).map_err(|_| Error::DumpClosed { what })?;
-            let mut responses = pin!(responses);
+            let mut responses = Responses::new(responses);
             let mut out = Vec::new();
             let mut interrupted = false;
             let mut done = false;
@@ -470,7 +471,8 @@ impl Monitor {
 
     /// The next event. Cancel-safe (usable in `tokio::select!`): a received
     /// datagram is decoded before the next await, and a default-route
-    /// re-read that was interrupted is repeated.
+    /// re-read that was interrupted is repeated (the cancelled dump is read
+    /// to its end in the background, see `Responses`).
     ///
     /// An error means the event socket failed (or a dump of the request
     /// connection did): the stream cannot be trusted any more; open a new

@@ -269,10 +269,10 @@ c_hardening() {
 	} >"$OUT"
 	grep -q '^NoNewPrivs:[[:space:]]*1$' <<<"$s" || bad="$bad NoNewPrivs"
 	grep -q '^Seccomp:[[:space:]]*2$' <<<"$s" || bad="$bad Seccomp(filter)"
-	# Bounding set = CAP_NET_ADMIN(12) CAP_SYS_ADMIN(21) CAP_PERFMON(38) CAP_BPF(39)
+	# Bounding set = CAP_NET_ADMIN(12) CAP_PERFMON(38) CAP_BPF(39)
 	local bnd
 	bnd=$(sed -n 's/^CapBnd:[[:space:]]*//p' <<<"$s")
-	[ "$bnd" = 000000c000201000 ] || bad="$bad CapBnd=$bnd(expected 000000c000201000)"
+	[ "$bnd" = 000000c000001000 ] || bad="$bad CapBnd=$bnd(expected 000000c000001000)"
 	[ "$(prop ProtectSystem)" = strict ] || bad="$bad ProtectSystem"
 	[ "$(prop ProtectHome)" = yes ] || bad="$bad ProtectHome"
 	# Every yes/no-style directive of the installed unit is in effect as

@@ -269,10 +269,21 @@ impl Datapath {
         for entry in entries.flatten() {
             let name = entry.file_name();
             let Some((ifindex, d)) = name.to_str().and_then(Paths::parse_tcx_link) else { continue };
-            let info = Link::open(entry.path()).and_then(|l| l.info());
+            let info = match Link::open(entry.path()).and_then(|l| l.info()) {
+                Ok(info) => info,
+                // Removed meanwhile (a detach or move on another thread).
+                Err(e) if e.kind() == libbpf_rs::ErrorKind::NotFound => continue,
+                // Unreadable is not stale: keep the pin and say why.
+                Err(source) => return Err(Error::ReadLinkPin { path: entry.path(), source }),
+            };
             match info {
-                Ok(info) if tcx_link_valid(&info, ifindex, d) => {
-                    let ahead = tcx_ahead(ifindex, d, info.id)?;
+                info if tcx_link_valid(&info, ifindex, d) => {
+                    let ahead = match tcx_ahead(ifindex, d, info.id) {
+                        Ok(a) => a,
+                        // The device went away after the pin was read.
+                        Err(e) if e.is_device_gone() => continue,
+                        Err(e) => return Err(e),
+                    };
                     out.push(Attachment { ifindex, dir: d, mode: self.mode, prog_id: info.prog_id, ahead })
                 }
                 _ => {
@@ -286,25 +297,51 @@ impl Datapath {
     }
 
     /// Legacy attachments: every device's clsact filters (one dump per
-    /// hook), hostfwd's found by its (priority, handle) and program name.
+    /// hook), hostfwd's found by its (priority, handle) and by the dump
+    /// alone (see [`is_own_filter`]): no program is opened by id, which
+    /// would need CAP_SYS_ADMIN. A dump that fails for any reason but the
+    /// device going away fails the whole read: taking it for "not attached"
+    /// would re-attach every pass and hide the cause.
     fn tc_attachments(&self) -> Result<Vec<Attachment>> {
         let AttachMode::Tc { priority, handle } = self.mode else { return Ok(Vec::new()) };
+        let own_tags = self.own_tags();
         let ifaces = nix::net::if_::if_nameindex().map_err(Error::Interfaces)?;
         let mut out = Vec::new();
         for iface in ifaces.iter() {
             let ifindex = iface.index();
             for dir in [Direction::Ingress, Direction::Egress] {
-                // A device that went away between the listing and the dump
-                // has nothing attached.
-                let Ok(filters) = order::tc_filters(ifindex, dir) else { continue };
-                let Some(pos) = filters.iter().position(|f| f.priority == priority && f.handle == handle && f.kind == "bpf") else { continue };
-                let Some(prog_id) = filters[pos].prog_id.filter(|id| is_own_prog(*id)) else { continue };
-                let mut ahead: Vec<HookProg> = tcx_chain_progs(ifindex, dir);
+                let filters = match order::tc_filters(ifindex, dir) {
+                    Ok(f) => f,
+                    // Gone between the listing and the dump: nothing attached.
+                    Err(e) if e.is_device_gone() => continue,
+                    Err(e) => return Err(e),
+                };
+                let Some(pos) = filters.iter().position(|f| f.priority == priority && f.handle == handle && is_own_filter(f, &own_tags)) else { continue };
+                let Some(prog_id) = filters[pos].prog_id else { continue };
+                let mut ahead: Vec<HookProg> = match tcx_chain_progs(ifindex, dir) {
+                    Ok(p) => p,
+                    Err(e) if e.is_device_gone() => continue,
+                    Err(e) => return Err(e),
+                };
                 ahead.extend(filters[..pos].iter().map(order::TcFilter::hook_prog));
                 out.push(Attachment { ifindex, dir, mode: self.mode, prog_id, ahead });
             }
         }
         Ok(out)
+    }
+
+    /// The tags of this load's programs (ingress, egress), read from the
+    /// fds it holds; none when the programs are not loaded
+    /// ([`Datapath::load_maps`]).
+    fn own_tags(&self) -> Vec<[u8; 8]> {
+        [Direction::Ingress, Direction::Egress]
+            .into_iter()
+            .filter_map(|d| {
+                // SAFETY: the program belongs to self.skel, alive as long as self.
+                let fd = unsafe { libbpf_sys::bpf_program__fd(libbpf_rs::AsRawLibbpf::as_libbpf_object(self.prog(d)).as_ptr()) };
+                (fd >= 0).then(|| order::prog_info(fd).ok()).flatten().map(|i| i.tag)
+            })
+            .collect()
     }
 
     /// Ids of every program the kernel runs on the tcx hook of `ifindex`
@@ -338,30 +375,83 @@ impl Datapath {
     }
 }
 
-/// Whether a program id is one of hostfwd's entry programs (this load or
-/// an earlier one with the same names).
-fn is_own_prog(prog_id: u32) -> bool {
-    matches!(order::prog_name(prog_id).as_str(), "hf_ingress" | "hf_egress")
+/// The names of hostfwd's entry programs (in the object: `hf_ingress`,
+/// `hf_egress`).
+const OWN_PROG_NAMES: [&str; 2] = ["hf_ingress", "hf_egress"];
+
+/// Whether a dumped cls_bpf filter (found at hostfwd's priority and handle)
+/// runs hostfwd's program, told from the dump alone: the program's tag is
+/// one of this load's (the same code, whoever attached it and under any
+/// name), or the filter carries libbpf's `<prog name>:[<id>]` name with one
+/// of hostfwd's program names (an earlier build, to be updated in place).
+fn is_own_filter(f: &order::TcFilter, own_tags: &[[u8; 8]]) -> bool {
+    f.kind == "bpf" && f.prog_id.is_some() && (f.tag.is_some_and(|t| own_tags.contains(&t)) || f.prog_name().is_some_and(|n| OWN_PROG_NAMES.contains(&n)))
+}
+
+fn tcx_hook_prog(e: &order::TcxEntry) -> HookProg {
+    HookProg { id: e.prog_id, name: order::foreign_prog_name(e.prog_id), at: "tcx".into() }
 }
 
 /// The programs before hostfwd's link `own_link` on a tcx hook.
 fn tcx_ahead(ifindex: u32, dir: Direction, own_link: u32) -> Result<Vec<HookProg>> {
     let chain = order::tcx_chain(ifindex, dir)?;
     let Some(pos) = chain.iter().position(|e| e.link_id == own_link) else { return Ok(Vec::new()) };
-    Ok(chain[..pos].iter().map(|e| HookProg { id: e.prog_id, name: order::prog_name(e.prog_id), at: "tcx".into() }).collect())
+    Ok(chain[..pos].iter().map(tcx_hook_prog).collect())
 }
 
 /// Every tcx program of a hook (they all run before legacy filters); none
-/// where the kernel has no tcx.
-fn tcx_chain_progs(ifindex: u32, dir: Direction) -> Vec<HookProg> {
-    order::tcx_chain(ifindex, dir)
-        .map(|c| c.iter().map(|e| HookProg { id: e.prog_id, name: order::prog_name(e.prog_id), at: "tcx".into() }).collect())
-        .unwrap_or_default()
+/// where the kernel has no tcx (EINVAL: the attach type is unknown). Any
+/// other failure is an error.
+fn tcx_chain_progs(ifindex: u32, dir: Direction) -> Result<Vec<HookProg>> {
+    match order::tcx_chain(ifindex, dir) {
+        Ok(c) => Ok(c.iter().map(tcx_hook_prog).collect()),
+        Err(Error::Query { source, .. }) if source.raw_os_error() == Some(libc::EINVAL) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
 }
 
 fn tc_point(dir: Direction) -> libbpf_rs::TcAttachPoint {
     match dir {
         Direction::Ingress => TC_INGRESS,
         Direction::Egress => TC_EGRESS,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(name: Option<&str>, id: u32, tag: [u8; 8]) -> order::TcFilter {
+        order::TcFilter { priority: 1, handle: DEFAULT_TC_HANDLE, kind: "bpf".into(), prog_id: Some(id), bpf_name: name.map(Into::into), tag: Some(tag) }
+    }
+
+    #[test]
+    fn own_filters_by_tag_or_libbpf_name() {
+        let ours = [[1; 8], [2; 8]];
+        // This build's code, under any name (here iproute2's).
+        assert!(is_own_filter(&filter(Some("hostfwd.o:[tcx/ingress]"), 7, [2; 8]), &ours));
+        // An earlier build, named by libbpf after hostfwd's program.
+        assert!(is_own_filter(&filter(Some("hf_egress:[7]"), 7, [9; 8]), &ours));
+        // Without this load's tags (programs not loaded): the name alone.
+        assert!(is_own_filter(&filter(Some("hf_ingress:[7]"), 7, [9; 8]), &[]));
+        // Someone else's program at hostfwd's place.
+        assert!(!is_own_filter(&filter(Some("other:[7]"), 7, [9; 8]), &ours));
+        // A name whose id is not the filter's program is not libbpf's.
+        assert!(!is_own_filter(&filter(Some("hf_ingress:[8]"), 7, [9; 8]), &ours));
+        assert!(!is_own_filter(&filter(None, 7, [9; 8]), &ours));
+        let mut u32f = filter(Some("hf_ingress:[7]"), 7, [1; 8]);
+        u32f.kind = "u32".into();
+        assert!(!is_own_filter(&u32f, &ours), "only cls_bpf runs programs");
+    }
+
+    #[test]
+    fn foreign_filters_are_named_from_the_dump() {
+        assert_eq!(filter(Some("fw_in:[41]"), 41, [0; 8]).hook_prog().name, "fw_in");
+        assert_eq!(filter(Some("obj.o:[tc]"), 41, [0; 8]).hook_prog().name, "obj.o:[tc]");
+        let mut f = filter(None, 41, [0; 8]);
+        f.kind = "flower".into();
+        f.prog_id = None;
+        let p = f.hook_prog();
+        assert_eq!((p.id, p.name.as_str(), p.at.as_str()), (0, "flower", "tc prio 1 handle 0x4846"));
     }
 }

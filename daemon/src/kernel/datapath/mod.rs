@@ -82,6 +82,10 @@ pub enum Error {
     RenamePin { from: PathBuf, to: PathBuf, source: io::Error },
     #[error("querying attachments on ifindex {ifindex}: {source}")]
     Query { ifindex: u32, source: io::Error },
+    #[error("{op} on ifindex {ifindex}: {source} (needs {cap})")]
+    NeedsCapability { op: &'static str, ifindex: u32, cap: &'static str, source: io::Error },
+    #[error("reading the tcx link pinned at {path}: {source}")]
+    ReadLinkPin { path: PathBuf, source: libbpf_rs::Error },
     #[error("listing network interfaces: {0}")]
     Interfaces(#[source] nix::Error),
     #[error("reading {path}: {source}")]
@@ -108,17 +112,18 @@ pub enum Error {
     MapMemory { map: String, source: io::Error },
 }
 
+impl Error {
+    /// The device a query was about no longer exists (ENODEV): it has
+    /// nothing attached any more, which is not a failure.
+    pub fn is_device_gone(&self) -> bool {
+        matches!(self, Error::Query { source, .. } if source.raw_os_error() == Some(libc::ENODEV))
+    }
+}
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How to choose the attach mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttachModeChoice {
-    /// tcx where the kernel has it (probed, not guessed from the version).
-    #[default]
-    Auto,
-    Tcx,
-    Tc { priority: u16, handle: u32 },
-}
+/// How to choose the attach mode (a configuration value).
+pub use hostfwd_config::AttachModeChoice;
 
 #[derive(Debug, Clone)]
 pub struct Config {

@@ -9,7 +9,7 @@
 //! itself passes with TCX_NEXT/TC_ACT_UNSPEC so that later programs still run.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::tc::{TcAttribute, TcFilterBpfOption, TcHandle, TcMessage, TcOption};
@@ -37,6 +37,15 @@ pub(super) fn query_opts() -> libbpf_sys::bpf_prog_query_opts {
     opts
 }
 
+/// A failed BPF_PROG_QUERY; refused for lack of privilege, it says which.
+fn query_err(ifindex: u32, errno: i32) -> Error {
+    let source = io::Error::from_raw_os_error(errno);
+    match errno {
+        libc::EPERM | libc::EACCES => Error::NeedsCapability { op: "querying the tcx programs (BPF_PROG_QUERY)", ifindex, cap: "CAP_NET_ADMIN", source },
+        _ => Error::Query { ifindex, source },
+    }
+}
+
 /// One entry of a tcx chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TcxEntry {
@@ -57,7 +66,7 @@ pub fn tcx_chain(ifindex: u32, dir: Direction) -> Result<Vec<TcxEntry>> {
     // alive for the call.
     let rc = unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, tcx_attach_type(dir), &mut opts) };
     if rc != 0 {
-        return Err(Error::Query { ifindex, source: io::Error::from_raw_os_error(-rc) });
+        return Err(query_err(ifindex, -rc));
     }
     // SAFETY: both union members are the same u32.
     let n = (unsafe { opts.__bindgen_anon_1.count } as usize).min(MAX_TCX);
@@ -75,26 +84,47 @@ pub fn tcx_first(ifindex: u32, dir: Direction) -> Result<Option<u32>> {
     let rc = unsafe { libbpf_sys::bpf_prog_query_opts(ifindex as i32, tcx_attach_type(dir), &mut opts) };
     // ENOSPC: more programs than the one slot; the first id is filled in.
     if rc != 0 && rc != -libc::ENOSPC {
-        return Err(Error::Query { ifindex, source: io::Error::from_raw_os_error(-rc) });
+        return Err(query_err(ifindex, -rc));
     }
     // SAFETY: both union members are the same u32.
     let n = unsafe { opts.__bindgen_anon_1.count };
     Ok((n > 0).then_some(id))
 }
 
-/// The name of a loaded program (empty if it is gone or unreadable: it is
-/// only used to name programs in reports).
-pub fn prog_name(id: u32) -> String {
-    let Ok(fd) = libbpf_rs::Program::fd_from_id(id) else { return String::new() };
+/// The kernel's description of a program behind an fd this process holds
+/// (BPF_OBJ_GET_INFO_BY_FD: no capability needed for its own programs).
+pub fn prog_info(fd: RawFd) -> io::Result<libbpf_sys::bpf_prog_info> {
     let mut info = libbpf_sys::bpf_prog_info::default();
     let mut len = std::mem::size_of::<libbpf_sys::bpf_prog_info>() as u32;
     // SAFETY: info is a writable bpf_prog_info of `len` bytes.
-    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd.as_raw_fd(), &mut info, &mut len) };
+    let rc = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
     if rc != 0 {
-        return String::new();
+        return Err(io::Error::from_raw_os_error(-rc));
     }
+    Ok(info)
+}
+
+/// The name the kernel keeps for a program (BPF_OBJ_NAME_LEN bytes).
+pub fn info_name(info: &libbpf_sys::bpf_prog_info) -> String {
     let bytes: Vec<u8> = info.name.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
     String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// What a report calls a program known only by id when its name cannot be
+/// read: opening another's program by id (BPF_PROG_GET_FD_BY_ID) needs
+/// CAP_SYS_ADMIN, which the unit does not grant.
+pub const UNNAMED: &str = "?";
+
+/// The name of someone else's program on a tcx hook, for reports only:
+/// best effort, [`UNNAMED`] when it is gone or cannot be opened (EPERM
+/// without CAP_SYS_ADMIN). Nothing decides on it: hostfwd's own links are
+/// known from their pins, its own legacy filters from the dump.
+pub fn foreign_prog_name(id: u32) -> String {
+    let name = libbpf_rs::Program::fd_from_id(id).ok().and_then(|fd| prog_info(fd.as_raw_fd()).ok()).map(|i| info_name(&i));
+    match name {
+        Some(n) if !n.is_empty() => n,
+        _ => UNNAMED.to_string(),
+    }
 }
 
 /// One legacy filter of a clsact hook (chain 0), as dumped.
@@ -104,20 +134,33 @@ pub struct TcFilter {
     pub handle: u32,
     /// `bpf`, `u32`, `flower`, …
     pub kind: String,
-    /// The program of a cls_bpf filter.
+    /// The program of a cls_bpf filter (TCA_BPF_ID).
     pub prog_id: Option<u32>,
     /// TCA_BPF_NAME: what the loader called it (`obj.o:[sec]`, `name:[id]`).
     pub bpf_name: Option<String>,
+    /// TCA_BPF_TAG: the hash of the program's instructions (map references
+    /// left out), the same for every load of the same code.
+    pub tag: Option<[u8; 8]>,
 }
 
 impl TcFilter {
-    /// How a report names it: the program's name (or the filter kind), id
-    /// and place.
+    /// The program's own name, where the loader put it in the filter's
+    /// name: libbpf's `bpf_tc_attach` names a filter `<prog name>:[<prog
+    /// id>]`. `None` for other loaders' names (iproute2: `obj.o:[sec]`).
+    pub fn prog_name(&self) -> Option<&str> {
+        let (name, rest) = self.bpf_name.as_deref()?.rsplit_once(":[")?;
+        let id: u32 = rest.strip_suffix(']')?.parse().ok()?;
+        (Some(id) == self.prog_id && !name.is_empty()).then_some(name)
+    }
+
+    /// How a report names it, from the dump alone: the program's name (or
+    /// the filter's name, or its kind), id and place.
     pub fn hook_prog(&self) -> HookProg {
         let id = self.prog_id.unwrap_or(0);
-        let name = match self.prog_id.map(prog_name) {
-            Some(n) if !n.is_empty() => n,
-            _ => self.bpf_name.clone().unwrap_or_else(|| self.kind.clone()),
+        let name = match (self.prog_name(), &self.bpf_name) {
+            (Some(n), _) => n.to_string(),
+            (None, Some(n)) if !n.is_empty() => n.clone(),
+            _ => self.kind.clone(),
         };
         HookProg { id, name, at: format!("tc prio {} handle {:#x}", self.priority, self.handle) }
     }
@@ -187,7 +230,7 @@ pub fn tc_filters(ifindex: u32, dir: Direction) -> Result<Vec<TcFilter>> {
 fn parse_filter(m: &TcMessage) -> Option<TcFilter> {
     let handle: u32 = m.header.handle.into();
     let mut kind = None;
-    let (mut prog_id, mut bpf_name) = (None, None);
+    let (mut prog_id, mut bpf_name, mut tag) = (None, None, None);
     for a in &m.attributes {
         match a {
             TcAttribute::Kind(k) => kind = Some(k.clone()),
@@ -197,6 +240,7 @@ fn parse_filter(m: &TcMessage) -> Option<TcFilter> {
                     match o {
                         TcOption::Bpf(TcFilterBpfOption::ProgId(id)) => prog_id = Some(*id),
                         TcOption::Bpf(TcFilterBpfOption::ProgName(n)) => bpf_name = Some(n.clone()),
+                        TcOption::Bpf(TcFilterBpfOption::ProgTag(t)) => tag = Some(*t),
                         _ => {}
                     }
                 }
@@ -209,5 +253,5 @@ fn parse_filter(m: &TcMessage) -> Option<TcFilter> {
     if handle == 0 {
         return None;
     }
-    Some(TcFilter { priority: (m.header.info >> 16) as u16, handle, kind: kind.unwrap_or_default(), prog_id, bpf_name })
+    Some(TcFilter { priority: (m.header.info >> 16) as u16, handle, kind: kind.unwrap_or_default(), prog_id, bpf_name, tag })
 }

@@ -18,6 +18,8 @@
 //! canonicalised (IPv4-mapped IPv6 becomes IPv4, see
 //! [`super::model::canonical_net`]), truncated and aggregated, so the result
 //! does not depend on how the configuration spells them.
+//!
+//! It may use only the model's CIDR types: not the parser, not the compiler.
 
 use std::collections::BTreeSet;
 use std::fmt;

@@ -1,6 +1,9 @@
 //! The permanent policy set: the Cilium policy files of a directory, parsed,
 //! resolved for this node and compiled. Pure apart from reading the files;
-//! the daemon and the offline check (`hostfwd check-policy`) share it.
+//! the daemon, the offline checks (`hostfwd check-policy`, `hostfwdctl
+//! policy validate`) share it. It reads files and never writes any: where the
+//! daemon keeps its policy sources (runtime and permanent, persisted) is the
+//! daemon's `policy_store`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

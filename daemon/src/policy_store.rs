@@ -1,15 +1,28 @@
 //! The policy sources in force, as firewalld keeps them: the files of the
 //! policy directory are the permanent set; changes through the API are
 //! runtime changes on top of it unless asked to persist. Pure apart from
-//! reading and writing the policy directory.
+//! reading and writing the policy directory. Part of the daemon's policy
+//! lifecycle (the policy crate only parses and compiles what it is given):
+//! it may use `state` for the policy record, never the manager or the loop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::cilium::{self, Policy};
-use super::files;
-use crate::manager::Origin;
+use serde::Serialize;
+
+use crate::policy::cilium::{self, Policy};
+use crate::policy::files;
 use crate::state;
+
+/// Where a policy source comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// A file of the policy directory, unchanged at runtime.
+    Permanent,
+    /// Applied through the API and not persisted (lost on reload/restart).
+    Runtime,
+}
 
 /// One source: a file of the policy directory or a text applied by name.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,13 +11,26 @@
 //! packet from `a.b.c.d`. The model therefore treats IPv4-mapped IPv6
 //! addresses and prefixes (`::ffff:0:0/96` and longer) as the IPv4 ones they
 //! map to ([`canonical_net`]); an IPv6 CIDR such as `::/0` never matches IPv4.
+//!
+//! The bottom of the crate: it may not import any other module of it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::image::Verdict;
+/// Outcome of the policy step for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// An allow entry matched (the rule id it carries).
+    Allow(u32),
+    /// A deny entry matched: drop with reason `policy-deny-rule`.
+    Deny(u32),
+    /// Direction enforced and nothing matched: drop `policy-denied`.
+    NoMatch,
+    /// No rule has this direction: the policy step passes everything.
+    NotEnforced,
+}
 
 /// IP protocol numbers used by the datapath's rule key.
 pub const IPPROTO_ICMP: u8 = 1;
