@@ -6,12 +6,23 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::PathBuf;
 
-use libbpf_cargo::SkeletonBuilder;
-
+#[cfg(feature = "skel")]
 const OBJECTS: &[&str] = &["hostfwd", "empty", "pass"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    #[cfg(feature = "skel")]
+    skeletons(&out);
+
+    let table = fs::read_to_string("c/lib/drop_reasons.h").expect("reading c/lib/drop_reasons.h");
+    fs::write(out.join("reasons.rs"), reasons_rs(&table)).expect("writing reasons.rs");
+    println!("cargo:rerun-if-changed=c/lib/drop_reasons.h");
+}
+
+/// The objects and their skeletons (feature `skel`).
+#[cfg(feature = "skel")]
+fn skeletons(out: &std::path::Path) {
+    use libbpf_cargo::SkeletonBuilder;
     // Debian keeps asm/ under the multiarch directory, which clang's BPF
     // target does not search on its own.
     let multiarch = format!("-I/usr/include/{}-linux-gnu", env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_else(|_| "x86_64".into()));
@@ -27,9 +38,6 @@ fn main() {
         println!("cargo:rerun-if-changed={src}");
     }
     println!("cargo:rerun-if-changed=c/lib");
-
-    let table = fs::read_to_string("c/lib/drop_reasons.h").expect("reading c/lib/drop_reasons.h");
-    fs::write(out.join("reasons.rs"), reasons_rs(&table)).expect("writing reasons.rs");
 }
 
 /// `HF_REASON(1, VLAN_FILTERED, "vlan-filtered")` lines → a Rust enum with

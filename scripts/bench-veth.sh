@@ -13,7 +13,9 @@
 # test: it needs root, installs nftables and iptables when missing, and
 # takes a few minutes. Figures: BENCHMARKS.md. FILTERS="hostfwd" and
 # SHAPES="new" pick a subset (no filter is always measured: it is the
-# baseline); BENCH_HOSTFWD=PATH runs another build of the daemon.
+# baseline); BENCH_HOSTFWD=PATH runs another build of the daemon;
+# BENCH_STATS=1 also reports hostfwd's own time per program run (the
+# kernel's bpf_stats, on for the bench: it costs two clock reads a run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +28,7 @@ NS_R=$TAG-r
 WORK=$(mktemp -d)
 BPFFS=/sys/fs/bpf/$TAG
 DAEMON_PID=
+STATS_WAS=
 
 [ "$(id -u)" = 0 ] || { echo "bench-veth: needs root" >&2; exit 1; }
 need=()
@@ -50,6 +53,7 @@ in_ns() { local ns=$1; shift; nsenter --net=/run/netns/"$ns" "$@"; }
 cleanup() {
 	if [ -n "$DAEMON_PID" ]; then kill "$DAEMON_PID" 2>/dev/null || true; wait "$DAEMON_PID" 2>/dev/null || true; fi
 	rm -rf "$BPFFS"
+	if [ -n "$STATS_WAS" ]; then sysctl -qw kernel.bpf_stats_enabled="$STATS_WAS" || true; fi
 	ip netns del "$NS_S" 2>/dev/null || true
 	ip netns del "$NS_R" 2>/dev/null || true
 	rm -rf "$WORK"
@@ -166,14 +170,36 @@ measure() {
 	echo $((out / SECS))
 }
 
+# run_time_ns and run_cnt summed over the daemon's programs (its fds).
+prog_stats() {
+	local t=0 n=0 f v
+	for f in /proc/"$DAEMON_PID"/fdinfo/*; do
+		grep -q '^prog_type:' "$f" 2>/dev/null || continue
+		v=$(sed -n 's/^run_time_ns:[[:space:]]*//p' "$f"); t=$((t + ${v:-0}))
+		v=$(sed -n 's/^run_cnt:[[:space:]]*//p' "$f"); n=$((n + ${v:-0}))
+	done
+	echo "$t $n"
+}
+if [ -n "${BENCH_STATS:-}" ]; then
+	STATS_WAS=$(sysctl -n kernel.bpf_stats_enabled)
+	sysctl -qw kernel.bpf_stats_enabled=1
+fi
+
 FILTERS="none $(echo "${FILTERS:-nftables iptables tc-empty hostfwd}" | sed 's/\bnone\b//g')"
 SHAPES=${SHAPES:-one new}
-declare -A R
+declare -A R S
 for shape in $SHAPES; do
 	for run in $(seq "$RUNS"); do
 		for f in $FILTERS; do
 			filter_on "$f"
-			R[$shape.$f]+="$(measure "$shape") "
+			if [ "$f" = hostfwd ] && [ -n "${BENCH_STATS:-}" ]; then
+				read -r t0 n0 < <(prog_stats)
+				R[$shape.$f]+="$(measure "$shape") "
+				read -r t1 n1 < <(prog_stats)
+				S[$shape]+="$(( (t1 - t0) / (n1 - n0 > 0 ? n1 - n0 : 1) )) "
+			else
+				R[$shape.$f]+="$(measure "$shape") "
+			fi
 			filter_off "$f"
 		done
 	done
@@ -195,4 +221,5 @@ done
 echo
 for shape in $SHAPES; do
 	for f in $FILTERS; do echo "runs $shape $f: ${R[$shape.$f]:-}"; done
+	if [ -n "${BENCH_STATS:-}" ]; then echo "hostfwd ns per program run (bpf_stats) $shape: ${S[$shape]:-}"; fi
 done

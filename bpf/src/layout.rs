@@ -111,7 +111,7 @@ macro_rules! pod {
             unsafe impl Pod for $name {}
         )*
         /// (Rust name, C name, size, [(field, offset)]) of every mirror, for the layout tests.
-        #[cfg(test)]
+        #[cfg(all(test, feature = "skel"))]
         fn mirrors() -> Vec<(&'static str, usize, Vec<(&'static str, usize)>)> {
             vec![$(($c, std::mem::size_of::<$name>(), vec![$((stringify!($f), std::mem::offset_of!($name, $f))),*])),*]
         }
@@ -172,9 +172,13 @@ pub fn ip_from16(a: [u8; 16]) -> std::net::IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+    #[cfg(feature = "skel")]
     use libbpf_rs::btf::types::{MemberAttr, Struct};
+    #[cfg(feature = "skel")]
     use libbpf_rs::btf::{Btf, HasSize};
 
+    // The two checks against the compiled object need it (feature `skel`).
+    #[cfg(feature = "skel")]
     #[test]
     fn mirrors_match_btf_of_the_object() {
         let btf = Btf::from_raw("hostfwd", crate::OBJECT).expect("parse BTF").expect("object has BTF");
@@ -197,6 +201,7 @@ mod tests {
 
     /// Constants that size maps: a writer that disagreed with the datapath
     /// about the slot array would leave links unconfigured.
+    #[cfg(feature = "skel")]
     #[test]
     fn constants_match_the_object() {
         let obj = libbpf_rs::ObjectBuilder::default().open_memory(crate::OBJECT).expect("open object");

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::Config;
+use crate::config::{Config, DatapathConfig as _};
 use crate::datapath::{AttachMode, Datapath, Direction};
 use crate::execute;
 use crate::links::{Ifindex, LinkKind, Table};
@@ -19,7 +19,7 @@ use crate::manager::{self, ApplyOptions, Hub, LinkInfo, Notice, Origin, Pending,
 use crate::netlink::{Event, Monitor};
 use crate::policy::cilium::PolicyReport;
 use crate::policy::files;
-use crate::policy::store::{self, Source, Sources};
+use crate::policy_store::{self as store, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord};
@@ -209,7 +209,7 @@ impl Daemon {
         }
         self.policies.revision = self.record.revision;
         let dir = self.cfg.policy_dir.clone();
-        match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p)?, p))) {
+        match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p, self.cfg.strict_policies)?, p))) {
             Ok((parsed, p)) => {
                 tracing::info!(dir = %dir.display(), policies = parsed.len(), "policies loaded");
                 self.policies.permanent = p.clone();
@@ -270,13 +270,14 @@ impl Daemon {
     /// Compiles `sources` for this node and installs them (one atomic
     /// swap). Nothing changes on error.
     fn install(&mut self, sources: &Sources) -> Result<(), manager::Error> {
-        let parsed = store::parse(sources).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
+        let parsed = store::parse(sources, self.cfg.strict_policies).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let ctx = self.cfg.entities(self.table.host_addrs());
         let host_addrs = ctx.host_addrs.clone();
         let compiled = files::compile_for_node(&parsed, &ctx, &self.cfg.node_labels).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
         let generation = self.dp.apply_policy(&compiled.image).map_err(|e| manager::Error::Failed(format!("installing the policy: {e}")))?;
         for p in &compiled.report.policies {
             tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
+            p.warnings.iter().for_each(|w| tracing::warn!(policy = %p.name, "{w}"));
         }
         tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
         self.policies.report = Some(compiled.report);
@@ -502,6 +503,7 @@ impl Daemon {
             policy_revision: self.policies.revision,
             pending_confirm: self.policies.pending.as_ref().map(|p| Pending { revision: p.revision, deadline: p.wall }),
             attach_mode: mode,
+            strict_policies: self.cfg.strict_policies,
             links,
             policies,
         }
@@ -753,7 +755,7 @@ impl Daemon {
             self.dir_problem = Some(invalid(e.to_string()));
             manager::Error::InvalidPolicy(e.to_string())
         })?;
-        store::parse(&permanent).map_err(|e| {
+        store::parse(&permanent, cfg.strict_policies).map_err(|e| {
             self.dir_problem = Some(invalid(e.to_string()));
             manager::Error::InvalidPolicy(e.to_string())
         })?;

@@ -361,7 +361,7 @@ mod tests {
     use crate::reconcile::tests::{materialize, mutate, open_paths, pipeline, random_cfg, random_topo, step, unconfigured, PROGS};
     use crate::reconcile::plan;
     use crate::select::topo::*;
-    use crate::test_rng::Rng;
+    use hostfwd_policy::test_rng::Rng;
 
     /// The kernel as the plan's model has it; `fail` are refused.
     struct Model {

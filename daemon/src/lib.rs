@@ -13,11 +13,10 @@ pub mod inspect;
 pub mod kernel;
 pub mod links;
 pub mod manager;
-pub mod policy;
+pub use hostfwd_policy as policy;
+pub mod policy_store;
 pub mod reconcile;
 pub mod select;
 pub mod state;
 mod tasks;
-#[cfg(test)]
-pub(crate) mod test_rng;
 pub mod vlan;

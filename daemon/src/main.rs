@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hostfwd::config::Config;
+use hostfwd::config::{Config, DatapathConfig as _};
 use hostfwd::datapath::{self, Datapath, Direction};
 use hostfwd_bpf::layout as l;
 
@@ -87,15 +87,7 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     let cfg = Config::load(cli.config.as_deref())?;
     match cli.cmd.unwrap_or(Cmd::Run) {
         Cmd::Run => daemon(cfg, cli.config),
-        Cmd::Detach => {
-            let dp = Datapath::load(&cfg.datapath()?)?;
-            let errors = dp.teardown();
-            if errors.is_empty() {
-                Ok(())
-            } else {
-                Err(errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ").into())
-            }
-        }
+        Cmd::Detach => detach(&cfg),
         Cmd::Probe { attach, keep } => probe(&cfg, &attach, keep),
         Cmd::Inspect { lines } => {
             let dp = Datapath::load_maps(&cfg.datapath()?)?;
@@ -112,13 +104,30 @@ fn run(cli: Cli) -> Result<(), AnyError> {
     }
 }
 
+/// Removes every attachment and pin, and says what it removed on stdout
+/// (`hostfwdctl detach` runs this and passes the line and errors on).
+fn detach(cfg: &Config) -> Result<(), AnyError> {
+    let dpcfg = cfg.datapath()?;
+    let dp = Datapath::load(&dpcfg).map_err(|e| format!("loading the datapath: {e}"))?;
+    let attached = dp.attachments().map(|a| a.len()).unwrap_or(0);
+    let errors = dp.teardown();
+    if !errors.is_empty() {
+        return Err(format!("detach: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")).into());
+    }
+    println!("detached {attached} attachment{} and removed the pins under {}", if attached == 1 { "" } else { "s" }, dpcfg.bpffs_root.display());
+    Ok(())
+}
+
 fn check_policy(cfg: &Config, files: &[PathBuf]) -> Result<(), AnyError> {
     use hostfwd::policy::files as pf;
-    let policies = pf::load(files)?;
+    let policies = pf::load_with(files, cfg.strict_policies)?;
     // Offline there are no live host addresses: `host` resolves to nothing.
     let ctx = cfg.entities(Default::default());
     let compiled = pf::compile_for_node(&policies, &ctx, &cfg.node_labels)?;
     for p in &compiled.report.policies {
+        for w in &p.warnings {
+            println!("{w}");
+        }
         println!("{}: {}", p.name, p.summary());
     }
     println!(

@@ -98,15 +98,7 @@ pub struct LinkInfo {
     pub problem: String,
 }
 
-/// Where a policy source comes from.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Origin {
-    /// A file of the policy directory, unchanged at runtime.
-    Permanent,
-    /// Applied through the API and not persisted (lost on reload/restart).
-    Runtime,
-}
+pub use crate::policy_store::Origin;
 
 /// One policy source: a file of the policy directory or a policy applied
 /// through the API, by name. It may hold several Cilium policy documents.
@@ -140,6 +132,8 @@ pub struct Snapshot {
     pub pending_confirm: Option<Pending>,
     /// `tcx` or `tc`.
     pub attach_mode: &'static str,
+    /// `strict_policies`: `ValidatePolicy` answers as an apply would.
+    pub strict_policies: bool,
     pub links: BTreeMap<Ifindex, LinkInfo>,
     /// In name order.
     pub policies: Vec<PolicyInfo>,
@@ -155,6 +149,7 @@ impl Snapshot {
             policy_revision: 0,
             pending_confirm: None,
             attach_mode,
+            strict_policies: false,
             links: BTreeMap::new(),
             policies: Vec::new(),
         }
@@ -338,11 +333,5 @@ impl Handle {
     }
 }
 
-/// Validates a policy text offline (no daemon, no kernel): every problem
-/// as `name:line:column: field: message`; empty when valid.
-pub fn validate_policy(name: &str, yaml: &str) -> Vec<String> {
-    match crate::policy::cilium::parse_policies(name, yaml) {
-        Ok(_) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    }
-}
+/// Validates a policy text offline (what `ValidatePolicy` answers).
+pub use crate::policy::cilium::{validate_policy, validate_policy_with};

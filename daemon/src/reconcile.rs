@@ -686,7 +686,7 @@ pub(crate) mod tests {
 
     // ---- property tests over random topologies ---------------------------
 
-    use crate::test_rng::Rng;
+    use hostfwd_policy::test_rng::Rng;
 
     fn random_addr(rng: &mut Rng, t: Topo, i: u32) -> Topo {
         match rng.index(5) {

@@ -90,6 +90,7 @@ impl Drop for Fixture {
 /// `overrides` (`HOSTFWD_MAPS__RULES`, …).
 fn default_config(root: &std::path::Path, overrides: &[(&str, &str)]) -> datapath::Config {
     let env = overrides.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    use hostfwd::config::DatapathConfig as _;
     let mut cfg = hostfwd::config::Config::load_with_env(None, env).expect("default configuration").datapath().expect("datapath configuration");
     cfg.bpffs_root = root.to_path_buf();
     cfg.attach_mode = AttachModeChoice::Auto;

@@ -441,6 +441,7 @@ fn node() -> (EntityContext, NodeLabels) {
             net("10.96.0.0/12"),
             net("fd00:244::/56"),
         ],
+        kube_apiserver: Vec::new(),
     };
     let labels = [("node-access", "ssh"), ("kubernetes.io/os", "linux")]
         .iter()

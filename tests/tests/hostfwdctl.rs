@@ -116,6 +116,20 @@ fn validate_accepts_valid_files_and_explains_them() {
 }
 
 #[test]
+fn validate_shows_warnings_and_strict_policies_refuses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let lockdown = Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/cilium-compat/remote-node-lockdown.yaml");
+    let r = run(&["policy", "validate", p(&lockdown)]).expect(0);
+    assert!(r.stdout.contains(":39:5: spec.ingress[2].fromEndpoints: warning: inert here: "), "{}", r.stdout);
+    assert!(r.stdout.contains("\nspec.ingress[2]: inert here: fromEndpoints: "), "{}", r.stdout);
+    let j = run(&["-o", "json", "policy", "validate", p(&lockdown)]).expect(0).json();
+    assert_eq!(j["warnings"].as_array().map(Vec::len), Some(6), "{j}");
+    let strict = write(dir.path(), "strict.toml", "strict_policies = true\n");
+    let r = run(&["policy", "validate", p(&lockdown), "--config", p(&strict)]).expect(5);
+    assert!(r.stdout.contains("spec.ingress[2].fromEndpoints: inert here: ") && r.stdout.contains("(refused: strict_policies = true)"), "{}", r.stdout);
+}
+
+#[test]
 fn validate_names_file_line_and_field_and_exits_5() {
     let dir = tempfile::tempdir().unwrap();
     let ssh = write(dir.path(), "ssh.yaml", SSH);
@@ -306,9 +320,15 @@ struct Live {
 }
 
 fn live() -> Live {
+    live_with(&[])
+}
+
+/// [`live`] with more configuration from the environment.
+fn live_with(env: &[(&str, &str)]) -> Live {
     let bus = TestBus::start().expect("test bus");
     let topo = Topology::new().expect("topology");
-    let daemon = bus.start_daemon(&topo.host, "h0", &[("HOSTFWD_AUDIT", "false")]).expect("daemon");
+    let env: Vec<(&str, &str)> = [("HOSTFWD_AUDIT", "false")].into_iter().chain(env.iter().copied()).collect();
+    let daemon = bus.start_daemon(&topo.host, "h0", &env).expect("daemon");
     let live = Live { daemon, topo, bus };
     // The link table fills in right after start.
     common::wait_until("h0 attached", Duration::from_secs(15), || {
@@ -480,8 +500,13 @@ fn policy_apply_show_list_remove_and_reload() {
     assert_eq!(list[0]["source"], "runtime");
     let human = l.root(&["policy", "list"]).expect(0).stdout;
     assert!(human.lines().nth(1).is_some_and(|row| row.starts_with("ssh   yes     runtime")), "{human}");
-    assert_eq!(l.root(&["policy", "show", "ssh"]).expect(0).stdout, SSH);
-    assert_eq!(l.root(&["policy", "show", "ssh", "-o", "json"]).expect(0).json()["yaml"], SSH);
+    // show: what the daemon made of it, as YAML comments, then the text as applied.
+    let shown = l.root(&["policy", "show", "ssh"]).expect(0).stdout;
+    let reason = list[0]["reason"].as_str().expect("reason");
+    assert_eq!(shown, reason.lines().map(|l| format!("# {l}\n")).collect::<String>() + SSH, "{shown}");
+    assert!(shown.starts_with("# ") && reason.contains("active"), "{shown}");
+    let json = l.root(&["policy", "show", "ssh", "-o", "json"]).expect(0).json();
+    assert_eq!((json["yaml"].as_str(), json["reason"].as_str()), (Some(SSH), Some(reason)));
 
     // --name, standard input, --persist (written to the policy directory).
     let r = Run::from(
@@ -515,6 +540,21 @@ fn policy_apply_show_list_remove_and_reload() {
     assert!(r.stderr.contains(":10:15: spec.ingress[0].toPorts[0].ports[0].port: port 70000 is out of range"), "{}", r.stderr);
     assert!(!l.policies().contains(&"broken".to_string()));
 
+    // A Cilium file with peers that select nothing here loads; list (over
+    // D-Bus) and show name each such rule.
+    let lockdown = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/cilium-compat/remote-node-lockdown.yaml");
+    l.root(&["policy", "apply", lockdown]).expect(0);
+    let list = l.root(&["-o", "json", "policy", "list"]).expect(0).json();
+    let row = list.as_array().and_then(|a| a.iter().find(|p| p["name"] == "remote-node-lockdown")).unwrap_or_else(|| panic!("{list}"));
+    let reason = row["reason"].as_str().expect("reason");
+    assert!(reason.contains("\nspec.ingress[2]: inert here: fromEndpoints: "), "{reason}");
+    assert!(reason.contains("\nspec.ingress[0]: partly inert here (its other peers apply): entity health: "), "{reason}");
+    let human = l.root(&["policy", "list"]).expect(0).stdout;
+    assert!(human.contains("spec.ingress[2]: inert here: fromEndpoints: "), "{human}");
+    let shown = l.root(&["policy", "show", "remote-node-lockdown"]).expect(0).stdout;
+    assert!(shown.contains("\n# spec.egress[1]: inert here: toEndpoints: "), "{shown}");
+    l.root(&["policy", "remove", "remote-node-lockdown"]).expect(0);
+
     // Remove.
     let r = l.root(&["policy", "remove", "ssh"]).expect(0);
     assert!(r.stdout.starts_with("removed policy \"ssh\": revision "), "{}", r.stdout);
@@ -536,6 +576,24 @@ fn policy_apply_show_list_remove_and_reload() {
     assert!(!l.daemon.policy_dir().join("web.yaml").exists(), "web.yaml removed");
     l.root(&["reload"]).expect(0);
     assert!(l.policies().is_empty());
+}
+
+#[test]
+fn a_strict_daemon_refuses_inert_peers_and_takes_kube_apiserver_from_its_configuration() {
+    let l = live_with(&[("HOSTFWD_STRICT_POLICIES", "true"), ("HOSTFWD_ENTITIES__KUBE_APISERVER", "10.96.0.1/32,192.168.1.10/32")]);
+    let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/policies/cilium-compat/");
+    let r = l.root(&["policy", "apply", &format!("{corpus}remote-node-lockdown.yaml")]).expect(1);
+    assert!(r.stderr.starts_with("hostfwdctl: invalid policy: "), "{}", r.stderr);
+    assert!(r.stderr.contains("spec.ingress[2].fromEndpoints: inert here: ") && r.stderr.contains("(refused: strict_policies = true)"), "{}", r.stderr);
+    assert!(l.policies().is_empty());
+    // The bus's ValidatePolicy answers as the apply did, for anyone.
+    let text = std::fs::read_to_string(format!("{corpus}remote-node-lockdown.yaml")).expect("fixture");
+    let out = l.bus.busctl(Caller::Nobody, &["--json=short", "call", hostfwd_dbus::BUS_NAME, hostfwd_dbus::MANAGER_PATH, hostfwd_dbus::MANAGER_INTERFACE, "ValidatePolicy", "s", &text]);
+    let answer = out.ok("ValidatePolicy as nobody");
+    assert!(answer.contains("(refused: strict_policies = true)"), "{answer}");
+    // Nothing lenient in it: loads, the entity from the configuration.
+    l.root(&["policy", "apply", &format!("{corpus}kube-apiserver.yaml")]).expect(0);
+    assert_eq!(l.policies(), ["kube-apiserver"]);
 }
 
 #[test]

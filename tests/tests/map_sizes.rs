@@ -5,7 +5,7 @@
 mod common;
 
 use common::{ensure_bpffs, unique_root};
-use hostfwd::config::Config;
+use hostfwd::config::{Config, DatapathConfig as _};
 use hostfwd::datapath::{Datapath, MapSize};
 
 struct Root(std::path::PathBuf);

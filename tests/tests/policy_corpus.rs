@@ -1,6 +1,6 @@
 //! The fuzz target's invariants (`daemon/fuzz/src/lib.rs`, included here
 //! as is) on its seed corpus, on stable Rust: the policy fixtures of
-//! `daemon/tests/policies/` and the seeds of `daemon/fuzz/seeds/` (which
+//! `daemon/tests/policies/` and `tests/policies/cilium-compat/`, and the seeds of `daemon/fuzz/seeds/` (which
 //! also keep every input the fuzzer found a bug with). Each file is checked
 //! whole and cut after every line, so that errors at the end of truncated
 //! input are covered too. No root needed.
@@ -24,6 +24,8 @@ fn corpus() -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut v = files(&root.join("daemon/tests/policies"));
     v.extend(files(&root.join("daemon/fuzz/seeds/policy_parse")));
+    // The Cilium compatibility corpus (tests/tests/policy_compat.rs).
+    v.extend(files(&root.join("tests/policies/cilium-compat")).into_iter().filter(|p| p.extension().is_some_and(|x| x == "yaml")));
     v
 }
 

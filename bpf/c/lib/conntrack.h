@@ -220,7 +220,8 @@ __attribute__((noinline)) int hf_ct_update(struct hf_ct_val *v,
 	return 0;
 }
 
-/* The map a flow lives in: the host's own (_out) or the others'. */
+/* The map a flow lives in: the host's own (_out) or the others'. Each map
+ * gets a call site of its own (HF_LOOKUP). */
 static __always_inline struct hf_ct_val *hf_ct_find(const struct hf_pkt *p,
 						    bool out, bool *a_to_b)
 {
@@ -228,14 +229,16 @@ static __always_inline struct hf_ct_val *hf_ct_find(const struct hf_pkt *p,
 		struct hf_ct4_key k;
 
 		*a_to_b = hf_ct4_key(&k, p);
-		return out ? bpf_map_lookup_elem(&hf_ct4_out, &k)
-			   : bpf_map_lookup_elem(&hf_ct4, &k);
+		if (out)
+			return HF_LOOKUP(&hf_ct4_out, &k);
+		return HF_LOOKUP(&hf_ct4, &k);
 	} else {
 		struct hf_ct6_key k;
 
 		*a_to_b = hf_ct6_key(&k, p);
-		return out ? bpf_map_lookup_elem(&hf_ct6_out, &k)
-			   : bpf_map_lookup_elem(&hf_ct6, &k);
+		if (out)
+			return HF_LOOKUP(&hf_ct6_out, &k);
+		return HF_LOOKUP(&hf_ct6, &k);
 	}
 }
 
@@ -390,14 +393,16 @@ static __always_inline int hf_ct_create(const struct hf_pkt *p, __u32 ifindex,
 		struct hf_ct4_key k;
 
 		v.origin_a = hf_ct4_key(&k, p);
-		return out ? bpf_map_update_elem(&hf_ct4_out, &k, &v, BPF_ANY)
-			   : bpf_map_update_elem(&hf_ct4, &k, &v, BPF_ANY);
+		if (out)
+			return HF_UPDATE(&hf_ct4_out, &k, &v);
+		return HF_UPDATE(&hf_ct4, &k, &v);
 	} else {
 		struct hf_ct6_key k;
 
 		v.origin_a = hf_ct6_key(&k, p);
-		return out ? bpf_map_update_elem(&hf_ct6_out, &k, &v, BPF_ANY)
-			   : bpf_map_update_elem(&hf_ct6, &k, &v, BPF_ANY);
+		if (out)
+			return HF_UPDATE(&hf_ct6_out, &k, &v);
+		return HF_UPDATE(&hf_ct6, &k, &v);
 	}
 }
 

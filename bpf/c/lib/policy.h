@@ -237,11 +237,11 @@ struct hf_policy_query {
  * address, then the longest rule match for (identity, dir, proto, port).
  * Returns HF_MATCH(action, rule id) of the deciding entry, 0 if none.
  *
- * A global function: the verifier checks it once, on its own. Inlined, its
- * bounded loops (up to 129 + 16 rounds) would be verified again on every
- * path that reaches the policy step, more than the verifier allows. The
- * call costs a few ns on the new-flow path only. */
-__attribute__((noinline)) __u64
+ * Inlined into its one caller, hf_judge_flow, a global function that the
+ * verifier checks once on its own: its bounded loops (up to 129 + 16
+ * rounds) are not verified again on every path that reaches the policy
+ * step. */
+static __always_inline __u64
 hf_policy_lookup(const struct hf_policy_query *q)
 {
 	const struct hf_policy_meta *meta;

@@ -59,6 +59,8 @@ pub fn node() -> (EntityContext, NodeLabels) {
             net("10.96.0.0/12"),
             net("fd00:244::/56"),
         ],
+        // So that policies naming the kube-apiserver entity compile too.
+        kube_apiserver: vec![net("10.96.0.1/32")],
     };
     let labels: NodeLabels = BTreeMap::from([
         ("node-access".to_string(), "ssh".to_string()),

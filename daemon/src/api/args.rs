@@ -9,7 +9,7 @@ use hostfwd_dbus::Error as BusError;
 use zbus::zvariant::{OwnedValue, Value};
 
 use crate::manager::ApplyOptions;
-use crate::policy::store;
+use crate::policy_store as store;
 
 /// `a{sv}` arguments.
 pub type Options = HashMap<String, OwnedValue>;

@@ -132,10 +132,11 @@ impl Manager {
     #[zbus(name = "ValidatePolicy", out_args("errors"))]
     async fn validate_policy(&self, yaml: String, #[zbus(header)] hdr: Header<'_>, #[zbus(connection)] conn: &Connection) -> Result<Vec<String>, BusError> {
         // Past the size bound the answer needs no parse: not worth a slot.
+        let strict = self.handle.snapshot().strict_policies;
         if yaml.len() > crate::policy::cilium::MAX_SOURCE_BYTES {
-            return Ok(manager::validate_policy("<input>", &yaml));
+            return Ok(manager::validate_policy_with("<input>", &yaml, strict));
         }
-        self.gate.run(conn, &hdr, "ValidatePolicy", move || manager::validate_policy("<input>", &yaml)).await
+        self.gate.run(conn, &hdr, "ValidatePolicy", move || manager::validate_policy_with("<input>", &yaml, strict)).await
     }
 
     /// Adds or replaces the policy source `name`; returns the new revision.

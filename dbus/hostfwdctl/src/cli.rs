@@ -88,7 +88,7 @@ pub enum Cmd {
     /// Show the drop counters per link, direction and reason.
     Stats,
     /// Remove every hostfwd attachment and pin from the kernel, locally and
-    /// without the daemon (as `hostfwd detach`). Refused while the daemon is
+    /// without the daemon (it runs `hostfwd detach`). Refused while the daemon is
     /// on the bus, since it would attach again: stop it first.
     Detach {
         /// The daemon's configuration file (bpffs root, D-Bus setting);

@@ -297,11 +297,15 @@ pub async fn policy(ctx: &Ctx, cmd: &PolicyCmd) -> Result<String> {
         PolicyCmd::Show { name } => {
             let c = ctx.reader().await?;
             let mut yaml = c.manager.get_policy(name).await?;
-            ctx.emit(json!({"name": name, "yaml": yaml}), move || {
+            // What the daemon made of it (active or not, rules inert here),
+            // as comments: the output stays the YAML as applied.
+            let reason = c.manager.list_policies().await?.into_iter().find(|p| &p.0 == name).map(|p| p.2).unwrap_or_default();
+            ctx.emit(json!({"name": name, "yaml": yaml, "reason": reason}), move || {
                 if !yaml.ends_with('\n') {
                     yaml.push('\n');
                 }
-                yaml
+                let header: String = reason.lines().map(|l| format!("# {l}\n")).collect();
+                header + &yaml
             })
         }
         // `main` runs it offline, without connecting.

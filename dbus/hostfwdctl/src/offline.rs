@@ -1,12 +1,14 @@
 //! The commands that work without the daemon: `policy validate` (the
-//! daemon's own parser and compiler, from the `hostfwd` library), `detach`
-//! (the daemon library's teardown) and `generate` (man pages, completions).
+//! daemon's own parser and compiler, from the pure `hostfwd-policy` crate),
+//! `detach` (the daemon binary's `hostfwd detach`: hostfwdctl itself has no
+//! kernel code) and `generate` (man pages, completions).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use clap::CommandFactory;
-use hostfwd::config::{Bus, Config};
-use hostfwd::policy::files as pf;
+use hostfwd_config::{Bus, Config};
+use hostfwd_policy::files as pf;
 use serde_json::json;
 
 use crate::cli::{self, Cli, GenerateCmd};
@@ -27,20 +29,23 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
             pf::Error::Read { path, source } => Failure::error(format!("reading {}: {source}", path.display())),
             other => Failure::error(other.to_string()),
         })?;
-        let errors = hostfwd::manager::validate_policy(&f.display().to_string(), &text);
+        let errors = hostfwd_policy::cilium::validate_policy(&f.display().to_string(), &text);
         per_file.push((f.display().to_string(), errors));
     }
     let mut problems: Vec<String> = Vec::new();
     let mut compiled = None;
     let mut policies = Vec::new();
+    let mut warnings: Vec<String> = Vec::new();
     if per_file.iter().all(|(_, e)| e.is_empty()) {
         let cfg = load_config(config)?;
-        match pf::load(files) {
+        // strict_policies = true turns the warnings into errors here.
+        match pf::load_with(files, cfg.strict_policies) {
             Ok(loaded) => {
                 let ctx = cfg.entities(Default::default());
                 match pf::compile_for_node(&loaded, &ctx, &cfg.node_labels) {
                     Ok(c) => {
                         policies = c.report.policies.iter().map(|p| (p.name.clone(), p.summary())).collect();
+                        warnings = c.report.policies.iter().flat_map(|p| p.warnings.iter().cloned()).collect();
                         compiled = Some(c);
                     }
                     Err(e) => problems.push(e.to_string()),
@@ -63,7 +68,7 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
             })
         });
         let policies: Vec<_> = policies.iter().map(|(n, s)| json!({"name": n, "summary": s})).collect();
-        let doc = json!({"valid": valid, "files": files, "errors": problems, "policies": policies, "node": node});
+        let doc = json!({"valid": valid, "files": files, "errors": problems, "warnings": warnings, "policies": policies, "node": node});
         return Ok((to_json(&doc)?, exit));
     }
     let mut out = String::new();
@@ -77,7 +82,7 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
             out.push('\n');
         }
     }
-    for p in &problems {
+    for p in problems.iter().chain(&warnings) {
         out.push_str(p);
         out.push('\n');
     }
@@ -103,7 +108,9 @@ pub fn validate(files: &[PathBuf], config: Option<&Path>, json: bool) -> Result<
 }
 
 /// `detach`: refuses while the daemon owns its name on the bus (it would
-/// attach again), then removes every attachment and pin.
+/// attach again), then removes every attachment and pin with `hostfwd
+/// detach` (same configuration and environment), passing on its report or
+/// its error.
 pub async fn detach(address: Option<&str>, config: Option<&Path>) -> Result<String> {
     let cfg = load_config(config)?;
     let bus = match address {
@@ -116,15 +123,34 @@ pub async fn detach(address: Option<&str>, config: Option<&Path>) -> Result<Stri
             hostfwd_dbus::BUS_NAME
         )));
     }
-    let dpcfg = cfg.datapath().map_err(|e| Failure::error(e.to_string()))?;
-    let dp = hostfwd::datapath::Datapath::load(&dpcfg).map_err(|e| Failure::error(format!("loading the datapath: {e}")))?;
-    let attached = dp.attachments().map(|a| a.len()).unwrap_or(0);
-    let errors = dp.teardown();
-    if !errors.is_empty() {
-        let list: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        return Err(Failure::error(format!("detach: {}", list.join("; "))));
+    let daemon = daemon_binary();
+    let mut cmd = Command::new(&daemon);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
     }
-    Ok(format!("detached {attached} attachment{} and removed the pins under {}\n", if attached == 1 { "" } else { "s" }, dpcfg.bpffs_root.display()))
+    let out = cmd.arg("detach").output().map_err(|e| Failure::error(format!("running {} detach: {e}", daemon.display())))?;
+    if out.status.success() {
+        return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
+    }
+    // Its error is the last line of its stderr (`hostfwd: …`), after any log.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let message = match last.strip_prefix("hostfwd: ") {
+        Some(m) => m.to_string(),
+        None => format!("{} detach failed ({}): {last}", daemon.display(), out.status),
+    };
+    Err(Failure::error(message))
+}
+
+/// The daemon binary: beside this executable (a cargo build), in the
+/// `sbin` beside its `bin` (an install: /usr/bin/hostfwdctl,
+/// /usr/sbin/hostfwd), else `hostfwd` from PATH.
+fn daemon_binary() -> PathBuf {
+    let exe = std::env::current_exe().ok();
+    let dir = exe.as_deref().and_then(Path::parent);
+    let beside = dir.map(|d| d.join("hostfwd"));
+    let sbin = dir.and_then(Path::parent).map(|p| p.join("sbin/hostfwd"));
+    [beside, sbin].into_iter().flatten().find(|p| p.is_file()).unwrap_or_else(|| PathBuf::from("hostfwd"))
 }
 
 /// `Some(bus description)` when someone owns hostfwd's name on `bus`;

@@ -160,7 +160,10 @@ fn rules(rng: &mut Rng) -> RuleSet {
 }
 
 fn port_match(rng: &mut Rng) -> PortMatch {
-    match rng.below(5) {
+    match rng.below(6) {
+        // A protocol without ports (Cilium's extended protocols), as the
+        // random frames carry them.
+        5 => PortMatch::Proto { proto: rng.pick(&[2, 47, 50, 103, 112]) },
         0 => PortMatch::Icmp {
             family: IcmpFamily::V4,
             icmp_type: rng.pick(ICMP4_TYPES),

@@ -6,13 +6,8 @@
 pub mod gen;
 pub mod model;
 
-// The project's seeded generator, the daemon's own file rather than a copy
-// (it is test-only there, so not part of its library).
-#[path = "../../../daemon/src/test_rng.rs"]
-#[allow(clippy::should_implement_trait)]
-mod test_rng;
-
-pub use test_rng::Rng;
+// The project's seeded generator (the policy crate's, feature `testing`).
+pub use hostfwd_policy::test_rng::Rng;
 
 /// Lowercase hex of a frame, for replaying a failure by hand.
 pub fn hex(frame: &[u8]) -> String {

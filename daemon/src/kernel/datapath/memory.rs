@@ -16,14 +16,9 @@ use libbpf_rs::{MapCore, MapHandle};
 
 use super::{Datapath, Error, Result};
 
-/// max_entries for one map, and the configuration key it comes from (named
-/// in errors and in the "map is full" warning).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MapSize {
-    pub map: &'static str,
-    pub key: &'static str,
-    pub entries: u32,
-}
+/// max_entries for one map, and the configuration key it comes from (a
+/// configuration value).
+pub use hostfwd_config::MapSize;
 
 /// What one map costs the kernel.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

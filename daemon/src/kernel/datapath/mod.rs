@@ -126,15 +126,8 @@ impl Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// How to choose the attach mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AttachModeChoice {
-    /// tcx where the kernel has it (probed, not guessed from the version).
-    #[default]
-    Auto,
-    Tcx,
-    Tc { priority: u16, handle: u32 },
-}
+/// How to choose the attach mode (a configuration value).
+pub use hostfwd_config::AttachModeChoice;
 
 #[derive(Debug, Clone)]
 pub struct Config {

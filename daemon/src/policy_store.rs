@@ -1,15 +1,28 @@
 //! The policy sources in force, as firewalld keeps them: the files of the
 //! policy directory are the permanent set; changes through the API are
 //! runtime changes on top of it unless asked to persist. Pure apart from
-//! reading and writing the policy directory.
+//! reading and writing the policy directory. Part of the daemon's policy
+//! lifecycle (the policy crate only parses and compiles what it is given):
+//! it may use `state` for the policy record, never the manager or the loop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use super::cilium::{self, Policy};
-use super::files;
-use crate::manager::Origin;
+use serde::Serialize;
+
+use crate::policy::cilium::{self, Policy};
+use crate::policy::files;
 use crate::state;
+
+/// Where a policy source comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// A file of the policy directory, unchanged at runtime.
+    Permanent,
+    /// Applied through the API and not persisted (lost on reload/restart).
+    Runtime,
+}
 
 /// One source: a file of the policy directory or a text applied by name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,9 +92,9 @@ pub fn read_dir(dir: &Path) -> Result<Sources, Error> {
 }
 
 /// Parses all sources together (policy names unique across them).
-pub fn parse(sources: &Sources) -> Result<Vec<Policy>, files::Error> {
+pub fn parse(sources: &Sources, strict: bool) -> Result<Vec<Policy>, files::Error> {
     let labelled: Vec<(String, &str)> = sources.values().map(|s| (s.label(), s.text.as_str())).collect();
-    cilium::load_sources(labelled.iter().map(|(l, t)| (l.as_str(), *t))).map_err(files::Error::Invalid)
+    cilium::load_sources_with(labelled.iter().map(|(l, t)| (l.as_str(), *t)), strict).map_err(files::Error::Invalid)
 }
 
 /// The file a source named `name` is persisted as (or removed from): the
@@ -137,12 +150,12 @@ mod tests {
         std::fs::write(dir.path().join("ssh.yaml"), SSH).unwrap();
         let s = read_dir(dir.path()).unwrap();
         assert_eq!(s.keys().collect::<Vec<_>>(), ["ssh"]);
-        assert_eq!(parse(&s).unwrap().len(), 1);
+        assert_eq!(parse(&s, false).unwrap().len(), 1);
 
         // A runtime source with the same Cilium policy name collides.
         let mut both = s.clone();
         both.insert("web".into(), Source { name: "web".into(), origin: Origin::Runtime, path: dir.path().join("web.yaml"), text: SSH.into() });
-        let err = parse(&both).unwrap_err().to_string();
+        let err = parse(&both, false).unwrap_err().to_string();
         assert!(err.starts_with("web:4:"), "{err}");
 
         std::fs::write(dir.path().join("ssh.yml"), SSH).unwrap();

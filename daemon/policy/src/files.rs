@@ -1,6 +1,9 @@
 //! The permanent policy set: the Cilium policy files of a directory, parsed,
 //! resolved for this node and compiled. Pure apart from reading the files;
-//! the daemon and the offline check (`hostfwd check-policy`) share it.
+//! the daemon, the offline checks (`hostfwd check-policy`, `hostfwdctl
+//! policy validate`) share it. It reads files and never writes any: where the
+//! daemon keeps its policy sources (runtime and permanent, persisted) is the
+//! daemon's `policy_store`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -60,12 +63,18 @@ pub fn read(path: &Path) -> Result<String, Error> {
 
 /// Parses `files` together (names must be unique across them).
 pub fn load(files: &[PathBuf]) -> Result<Vec<Policy>, Error> {
+    load_with(files, false)
+}
+
+/// [`load`]; `strict` turns every warning into an error
+/// ([`cilium::parse_policies_with`]).
+pub fn load_with(files: &[PathBuf], strict: bool) -> Result<Vec<Policy>, Error> {
     let mut texts = Vec::new();
     for f in files {
         let text = read(f)?;
         texts.push((f.display().to_string(), text));
     }
-    cilium::load_sources(texts.iter().map(|(n, t)| (n.as_str(), t.as_str()))).map_err(Error::Invalid)
+    cilium::load_sources_with(texts.iter().map(|(n, t)| (n.as_str(), t.as_str())), strict).map_err(Error::Invalid)
 }
 
 /// The compiled policy of this node.
@@ -80,7 +89,13 @@ impl fmt::Debug for Compiled {
     }
 }
 
+/// Fails on an entity the context cannot resolve (see
+/// [`cilium::unresolvable_entities`]).
 pub fn compile_for_node(policies: &[Policy], ctx: &EntityContext, labels: &NodeLabels) -> Result<Compiled, Error> {
+    let unresolvable = cilium::unresolvable_entities(policies, ctx);
+    if !unresolvable.is_empty() {
+        return Err(Error::Invalid(unresolvable));
+    }
     let (rules, report) = cilium::to_rule_set(policies, ctx, labels);
     let image = compile(&rules)?;
     Ok(Compiled { image, report })

@@ -11,13 +11,26 @@
 //! packet from `a.b.c.d`. The model therefore treats IPv4-mapped IPv6
 //! addresses and prefixes (`::ffff:0:0/96` and longer) as the IPv4 ones they
 //! map to ([`canonical_net`]); an IPv6 CIDR such as `::/0` never matches IPv4.
+//!
+//! The bottom of the crate: it may not import any other module of it.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::image::Verdict;
+/// Outcome of the policy step for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Verdict {
+    /// An allow entry matched (the rule id it carries).
+    Allow(u32),
+    /// A deny entry matched: drop with reason `policy-deny-rule`.
+    Deny(u32),
+    /// Direction enforced and nothing matched: drop `policy-denied`.
+    NoMatch,
+    /// No rule has this direction: the policy step passes everything.
+    NotEnforced,
+}
 
 /// IP protocol numbers used by the datapath's rule key.
 pub const IPPROTO_ICMP: u8 = 1;
@@ -101,6 +114,10 @@ pub enum PortMatch {
     },
     /// One ICMP/ICMPv6 type, any code.
     Icmp { family: IcmpFamily, icmp_type: u8 },
+    /// Every packet of an IP protocol without ports (Cilium's extended
+    /// protocols: VRRP, IGMP, …). The datapath looks such packets up with
+    /// port 0; the whole port range makes it one protocol entry.
+    Proto { proto: u8 },
 }
 
 impl PortMatch {
@@ -141,6 +158,7 @@ impl PortMatch {
                 let base = u16::from(icmp_type) << 8;
                 (protos, base, base | 0xff)
             }
+            PortMatch::Proto { ref proto } => (std::slice::from_ref(proto), 0, u16::MAX),
         };
         protos.iter().map(move |&p| (p, first, last))
     }

@@ -1,5 +1,7 @@
 //! A tiny seeded generator for the randomized tests (splitmix64): tests
-//! stay deterministic and need no dependency.
+//! stay deterministic and need no dependency. Test-only (built for this
+//! crate's tests and, with feature `testing`, for other crates' tests); no
+//! production code may use it.
 
 pub struct Rng(pub u64);
 

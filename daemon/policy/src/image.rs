@@ -2,6 +2,8 @@
 //! writer puts into the kernel (identity LPM trie, rule LPM trie, enforcement
 //! flags). Keeping it plain data makes the compiler testable without a kernel
 //! and lets [`MapImage::evaluate`] state the datapath's lookups precisely.
+//! How it becomes the maps' key/value bytes is `encode`; this file may not
+//! know the kernel's layouts.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -9,6 +11,9 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use ipnet::IpNet;
 
+// The image depends on the model (its verdicts and types), never the
+// other way round.
+pub use super::model::Verdict;
 use super::model::{Action, Direction};
 
 /// The compiled policy for one generation.
@@ -46,19 +51,6 @@ pub struct RuleEntry {
     pub port: Option<(u16, u8)>,
     pub action: Action,
     pub rule_id: u32,
-}
-
-/// Outcome of the policy step for one packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Verdict {
-    /// An allow entry matched (the rule id it carries).
-    Allow(u32),
-    /// A deny entry matched: drop with reason `policy-deny-rule`.
-    Deny(u32),
-    /// Direction enforced and nothing matched: drop `policy-denied`.
-    NoMatch,
-    /// No rule has this direction: the policy step passes everything.
-    NotEnforced,
 }
 
 /// A fast non-cryptographic hasher (FxHash's mixing step) for the compiler's

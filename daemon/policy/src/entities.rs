@@ -11,6 +11,11 @@
 //! | `world-ipv4`  | the IPv4 half of `world`                                        |
 //! | `world-ipv6`  | the IPv6 half of `world`                                        |
 //! | `all`         | `0.0.0.0/0` and `::/0`                                          |
+//! | `kube-apiserver` | the configured API server addresses (`[entities] kube_apiserver`); an error without them |
+//!
+//! `health`, `init`, `ingress`, `unmanaged` and `none` name Cilium-managed
+//! endpoints (or nothing): on a host without Cilium they select nothing, so
+//! a peer naming them is inert ([`Entity::inert`]).
 //!
 //! As in Cilium, the host's own addresses have the `host` identity, never
 //! `remote-node` (so a node CIDR that contains the host excepts the host), and
@@ -18,6 +23,8 @@
 //! canonicalised (IPv4-mapped IPv6 becomes IPv4, see
 //! [`super::model::canonical_net`]), truncated and aggregated, so the result
 //! does not depend on how the configuration spells them.
+//!
+//! It may use only the model's CIDR types: not the parser, not the compiler.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -42,11 +49,12 @@ pub enum Entity {
     #[serde(rename = "world-ipv6")]
     WorldIpv6,
     All,
+    KubeApiserver,
 }
 
 impl Entity {
     /// Every supported entity, in the order of the error messages.
-    pub const SUPPORTED: [Entity; 7] = [
+    pub const SUPPORTED: [Entity; 8] = [
         Entity::Host,
         Entity::RemoteNode,
         Entity::Cluster,
@@ -54,6 +62,7 @@ impl Entity {
         Entity::WorldIpv4,
         Entity::WorldIpv6,
         Entity::All,
+        Entity::KubeApiserver,
     ];
 
     /// The name used in policies.
@@ -66,6 +75,7 @@ impl Entity {
             Entity::WorldIpv4 => "world-ipv4",
             Entity::WorldIpv6 => "world-ipv6",
             Entity::All => "all",
+            Entity::KubeApiserver => "kube-apiserver",
         }
     }
 
@@ -75,25 +85,28 @@ impl Entity {
         if let Some(e) = Entity::SUPPORTED.iter().find(|e| e.name() == name) {
             return Ok(*e);
         }
-        let why = match name {
-            "kube-apiserver" => Some(
-                "hostfwd does not know the API server's addresses (use toCIDR/fromCIDR with them)",
-            ),
-            "health" | "init" | "ingress" | "unmanaged" => Some(
-                "it names Cilium-managed endpoints, which a host firewall without Cilium does not have",
-            ),
-            "none" => Some("it selects nothing (remove the rule instead)"),
-            _ => None,
-        };
         let supported = Entity::SUPPORTED.map(Entity::name).join(", ");
-        Err(match why {
-            Some(why) => format!(
-                "entity {name:?} cannot be enforced by hostfwd: {why}; supported entities are {supported}"
-            ),
-            None => format!("unknown entity {name:?} (supported entities are {supported})"),
-        })
+        let inert = INERT.map(|(n, _)| n).join(", ");
+        Err(format!(
+            "unknown entity {name:?} (entities are {supported}; {inert} select nothing here)"
+        ))
+    }
+
+    /// Why a Cilium entity that selects nothing on a host without Cilium
+    /// does so, or `None` if `name` is not one of them.
+    pub fn inert(name: &str) -> Option<&'static str> {
+        INERT.iter().find(|(n, _)| *n == name).map(|(_, why)| *why)
     }
 }
+
+/// Cilium's entities that select nothing on a host without Cilium, and why.
+const INERT: [(&str, &str); 5] = [
+    ("health", "the health entity names Cilium's health-check endpoints, and a host without Cilium has none"),
+    ("init", "the init entity names Cilium endpoints whose identity is not yet known, and a host without Cilium has none"),
+    ("ingress", "the ingress entity names Cilium's Envoy ingress proxy, and a host without Cilium has none"),
+    ("unmanaged", "the unmanaged entity names pods Cilium does not manage, and a host without Cilium manages none"),
+    ("none", "the none entity selects nothing, in Cilium too"),
+];
 
 impl fmt::Display for Entity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -108,6 +121,10 @@ pub struct EntityContext {
     pub host_addrs: BTreeSet<IpAddr>,
     pub node_cidrs: Vec<IpNet>,
     pub cluster_cidrs: Vec<IpNet>,
+    /// The API server's addresses (`[entities] kube_apiserver`); empty
+    /// means not configured, and a policy naming the entity is refused.
+    #[serde(default)]
+    pub kube_apiserver: Vec<IpNet>,
 }
 
 impl EntityContext {
@@ -133,6 +150,9 @@ impl EntityContext {
             Entity::WorldIpv4 => self.world(true, false),
             Entity::WorldIpv6 => self.world(false, true),
             Entity::All => vec![CidrSet::cidr(all_v4()), CidrSet::cidr(all_v6())],
+            Entity::KubeApiserver => {
+                aggregate(self.kube_apiserver.iter().copied()).into_iter().map(CidrSet::cidr).collect()
+            }
         }
     }
 
@@ -242,6 +262,7 @@ mod tests {
             .collect(),
             node_cidrs: vec![net("192.168.1.0/24"), net("2001:db8:1::/64")],
             cluster_cidrs: vec![net("10.0.0.0/9"), net("10.128.0.0/9"), net("fd00::/8")],
+            kube_apiserver: vec![],
         }
     }
 
@@ -250,15 +271,15 @@ mod tests {
         for e in Entity::SUPPORTED {
             assert_eq!(Entity::parse(e.name()), Ok(e));
         }
-        let err = Entity::parse("kube-apiserver").expect_err("unsupported");
-        assert!(
-            err.starts_with("entity \"kube-apiserver\" cannot be enforced by hostfwd"),
-            "{err}"
-        );
+        for name in ["health", "init", "ingress", "unmanaged", "none"] {
+            assert!(Entity::parse(name).is_err(), "{name}");
+            assert!(Entity::inert(name).is_some(), "{name}");
+        }
+        assert_eq!(Entity::inert("host"), None);
         let err = Entity::parse("World").expect_err("case matters");
         assert_eq!(
             err,
-            "unknown entity \"World\" (supported entities are host, remote-node, cluster, world, world-ipv4, world-ipv6, all)"
+            "unknown entity \"World\" (entities are host, remote-node, cluster, world, world-ipv4, world-ipv6, all, kube-apiserver; health, init, ingress, unmanaged, none select nothing here)"
         );
     }
 
@@ -288,6 +309,7 @@ mod tests {
             host_addrs: [ip("192.168.1.201")].into_iter().collect(),
             node_cidrs: vec![net("192.168.1.201/32")],
             cluster_cidrs: vec![],
+            kube_apiserver: vec![],
         };
         assert_eq!(c.resolve(Entity::RemoteNode), vec![]);
         assert!(c.caveat(Entity::RemoteNode).is_some());
