@@ -464,6 +464,7 @@ impl Drop for Pins {
 
 #[test]
 fn a_failed_write_degrades_the_daemon_until_repaired() {
+    use hostfwd::config::DatapathConfig as _;
     use hostfwd::manager::State;
     let ns = namespace();
     add_lower(&ns, "d0", "10.50.0.1/24");
