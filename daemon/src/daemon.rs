@@ -98,6 +98,8 @@ pub struct Daemon {
     failed: BTreeSet<u32>,
     /// What the last pass could not do, and why.
     outcome: execute::Outcome,
+    /// The configuration's failsafe ports, checked when it was loaded.
+    failsafe: BTreeSet<reconcile::Failsafe>,
     /// Why the kernel state could not be read in the last pass.
     kernel_error: Option<String>,
     /// Operations made to fail (the executor tests).
@@ -159,6 +161,7 @@ impl Daemon {
             sets: BTreeMap::new(),
             failed: BTreeSet::new(),
             outcome: execute::Outcome::default(),
+            failsafe: BTreeSet::new(),
             kernel_error: None,
             #[cfg(feature = "testing")]
             faults: None,
@@ -333,8 +336,13 @@ impl Daemon {
             }
         }
         let sets = vlan::allowed(&self.table, &decisions, &self.cfg.vlan_bypass);
-        let global = reconcile::GlobalInputs { audit_links: self.audit_links(), to_front: self.dp.mode() == AttachMode::Tcx };
-        let desired = reconcile::desired(&self.table, &decisions, &sets, &global, self.dp.prog_ids());
+        let settings = reconcile::Settings {
+            audit_links: self.audit_links(),
+            to_front: self.dp.mode() == AttachMode::Tcx,
+            global: self.settings(),
+            failsafe: self.failsafe.clone(),
+        };
+        let desired = reconcile::desired(&self.table, &decisions, &sets, &settings, self.dp.prog_ids());
         self.decisions = decisions;
         self.sets = sets;
         let actual = match self.dp.actual() {
@@ -365,6 +373,16 @@ impl Daemon {
         self.started = true;
         self.publish();
         actions
+    }
+
+    /// Why the last pass did not write the host-wide settings (audit,
+    /// failsafe ports), if it did not: the reading failed, or a write.
+    fn global_problem(&self) -> Option<String> {
+        if let Some(e) = &self.kernel_error {
+            return Some(format!("reading the kernel state: {e}"));
+        }
+        let failed = self.outcome.failed.iter().find(|f| matches!(f.action, Action::SetGlobal(_) | Action::AddFailsafe(_) | Action::RemoveFailsafe(_)));
+        failed.map(|f| format!("{}: {}", f.action, f.error))
     }
 
     /// Every reason the state is not what the configuration asks for.
@@ -706,9 +724,10 @@ impl Daemon {
             None => {
                 let before = self.audit_override;
                 self.audit_override = Some(enabled);
-                if let Err(e) = self.dp.set_global(self.settings()) {
+                self.reconcile();
+                if let Some(why) = self.global_problem() {
                     self.audit_override = before;
-                    return Err(manager::Error::Failed(format!("setting audit mode: {e}")));
+                    return Err(manager::Error::Failed(format!("setting audit mode: {why}")));
                 }
                 saved.audit = Some(enabled);
                 tracing::info!(enabled, persist, "global audit mode");
@@ -760,16 +779,17 @@ impl Daemon {
             manager::Error::InvalidPolicy(e.to_string())
         })?;
         let old = std::mem::replace(&mut self.cfg, cfg);
-        let applied = (|| {
-            self.dp.set_failsafe(&failsafe).map_err(|e| manager::Error::Failed(format!("setting failsafe ports: {e}")))?;
-            self.dp.set_global(self.settings()).map_err(|e| manager::Error::Failed(format!("setting global settings: {e}")))?;
-            self.install(&permanent)
-        })();
+        let old_failsafe = std::mem::replace(&mut self.failsafe, failsafe.into_iter().collect());
+        // The new failsafe ports and settings first (a pass), then the policy.
+        self.reconcile();
+        let applied = match self.global_problem() {
+            Some(why) => Err(manager::Error::Failed(format!("setting failsafe ports and global settings: {why}"))),
+            None => self.install(&permanent),
+        };
         if let Err(e) = applied {
             self.cfg = old;
-            let (fs, g) = (self.cfg.failsafe_entries().unwrap_or_default(), self.settings());
-            let _ = self.dp.set_failsafe(&fs);
-            let _ = self.dp.set_global(g);
+            self.failsafe = old_failsafe;
+            self.reconcile();
             return Err(e);
         }
         if let Some(p) = self.policies.pending.take() {
@@ -853,8 +873,7 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     let bus = cfg.bus()?;
     let (handle, hub) = manager::channel(Snapshot::starting(dp.mode().name()));
     let mut d = Daemon::new(cfg, cfg_file, dp, hub);
-    d.dp.set_global(d.settings())?;
-    d.dp.set_failsafe(&d.cfg.failsafe_entries()?)?;
+    d.failsafe = d.cfg.failsafe_entries()?.into_iter().collect();
 
     let mut mon = Monitor::open().await?;
     d.table = mon.dump().await?;

@@ -27,6 +27,9 @@
 //!   traffic now (its bond or bridge) to be configured and attached.
 //! - `RemoveLink` waits for the link's `Detach`es (an attached program
 //!   without its link entry passes everything).
+//! - `Attach` and `MoveToFront` wait for `SetGlobal` and `AddFailsafe` of
+//!   this pass: a program never starts without its audit switch and
+//!   failsafe ports.
 //!
 //! Attaches wait for an RCU grace period in the kernel, so `Attach` and
 //! `MoveToFront` run in parallel batches; a batch finishes before any action
@@ -98,6 +101,8 @@ struct Index<'a> {
     detach: BTreeMap<u32, Vec<usize>>,
     disallow: BTreeMap<(u32, u16), Vec<usize>>,
     add_local: BTreeMap<IpNet, Vec<usize>>,
+    /// `SetGlobal` and `AddFailsafe`.
+    host_wide: Vec<usize>,
 }
 
 impl<'a> Index<'a> {
@@ -112,6 +117,7 @@ impl<'a> Index<'a> {
             detach: BTreeMap::new(),
             disallow: BTreeMap::new(),
             add_local: BTreeMap::new(),
+            host_wide: Vec::new(),
         };
         for (&(lower, vid), g) in &deps.vlans {
             ix.by_lower.entry(lower).or_default().push(g);
@@ -125,7 +131,8 @@ impl<'a> Index<'a> {
                 Action::Detach(i, _) => ix.detach.entry(i).or_default().push(k),
                 Action::DisallowVlan(i, v) => ix.disallow.entry((i, v)).or_default().push(k),
                 Action::AddLocal(n) => ix.add_local.entry(n).or_default().push(k),
-                Action::RemoveLink(_) | Action::RemoveLocal(_) => {}
+                Action::SetGlobal(_) | Action::AddFailsafe(_) => ix.host_wide.push(k),
+                Action::RemoveLink(_) | Action::RemoveLocal(_) | Action::RemoveFailsafe(_) => {}
             }
         }
         ix
@@ -155,6 +162,9 @@ impl<'a> Index<'a> {
                 }
             }
             Action::Attach(i, _) | Action::MoveToFront(i, _) => {
+                // A program starts with its audit switch and failsafe ports
+                // in place (an unwritten hf_global would mean enforcing).
+                add(Some(&self.host_wide), false);
                 add(self.set_link.get(&i), true);
                 add(self.allow.get(&i), false);
             }
@@ -185,6 +195,7 @@ impl<'a> Index<'a> {
             }
             Action::RemoveLink(i) => add(self.detach.get(&i), true),
             Action::AddLocal(_) | Action::RemoveLocal(_) | Action::DisallowVlan(..) => {}
+            Action::SetGlobal(_) | Action::AddFailsafe(_) | Action::RemoveFailsafe(_) => {}
         }
         out
     }
@@ -229,7 +240,7 @@ impl Outcome {
 
     /// Failed local-set writes: traffic to those addresses passes unjudged.
     pub fn local_failed(&self) -> usize {
-        self.failed.iter().filter(|f| f.action.ifindex().is_none()).count()
+        self.failed.iter().filter(|f| matches!(f.action, Action::AddLocal(_))).count()
     }
 
     /// One line per failed or held-back action, naming the link (`name`
@@ -249,7 +260,7 @@ impl Outcome {
     fn lines(&self, pick: impl Fn(&Action) -> bool, what: impl Fn(&Action) -> String, link: impl Fn(&Action) -> String) -> Vec<String> {
         let mut out = Vec::new();
         for f in self.failed.iter().filter(|f| pick(&f.action)) {
-            let unjudged = if f.action.ifindex().is_none() { " (traffic to it passes unjudged)" } else { "" };
+            let unjudged = if matches!(f.action, Action::AddLocal(_)) { " (traffic to it passes unjudged)" } else { "" };
             out.push(format!("{} failed{unjudged}: {}; retrying", what(&f.action), f.error));
         }
         for h in self.held.iter().filter(|h| pick(&h.action)) {
@@ -327,7 +338,8 @@ fn run_one<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], k: usize, errors:
         Ok(()) => Status::Done,
         Err(e) => {
             // A local address the datapath does not know is one whose
-            // traffic passes unjudged: louder than a link's retry.
+            // traffic passes unjudged, and a host-wide setting concerns
+            // every link: louder than a link's retry.
             if a.ifindex().is_none() {
                 tracing::error!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
             } else {
@@ -418,6 +430,24 @@ mod tests {
         // The next pass repairs.
         let out = execute(&Model::new(s.clone(), []), &plan(&d, &s), &Deps::from_table(&t.t));
         assert!(out.is_clean());
+    }
+
+    #[test]
+    fn no_program_starts_without_its_global_settings_and_failsafe_ports() {
+        let t = Topo::reference();
+        let mut d = pipeline(&t, &cfg(&["bond0"], &[], &[]), &[]);
+        d.global.audit = false;
+        d.failsafe = [(In, 6, 22)].into();
+        let p = plan(&d, &Actual::default());
+        for fail in [Action::SetGlobal(d.global), Action::AddFailsafe((In, 6, 22))] {
+            let k = Model::new(Actual::default(), [fail]);
+            let out = execute(&k, &p, &Deps::from_table(&t.t));
+            assert!(k.state().attachments.is_empty(), "{fail}: {out:?}");
+            assert!(out.held.iter().filter(|h| matches!(h.action, Action::Attach(..))).all(|h| h.because == fail));
+            assert_eq!(out.held.iter().filter(|h| matches!(h.action, Action::Attach(..))).count(), 4, "{fail}: {out:?}");
+            let s = k.state();
+            assert!(execute(&Model::new(s.clone(), []), &plan(&d, &s), &Deps::from_table(&t.t)).is_clean());
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The reconcile *plan*: desired state (a function of the link table, the
-//! selection, the VLAN sets and a few global inputs) against the actual state
+//! selection, the VLAN sets and the [`Settings`]) against the actual state
 //! read back from the kernel, as a list of typed [`Action`]s. Pure: the
 //! executor ([`crate::execute`]) carries the actions out.
 //!
@@ -10,6 +10,8 @@
 //! tag through a lower device towards a device that is not guarded yet —
 //! paths are opened last and closed first. The plan is:
 //!
+//! 0. `SetGlobal` (audit, non-IP, event rate) and `AddFailsafe` — first:
+//!    a failsafe port is open before any program could judge its flows.
 //! 1. `AddLocal` — before anything is attached, so that traffic to a new
 //!    local address or prefix is recognised as host traffic from the first
 //!    packet.
@@ -32,8 +34,10 @@
 //! 5. `RemoveLink` of those ifindexes — after the detach: an attached program
 //!    without its link entry passes everything.
 //! 6. `DisallowVlan` of those ifindexes.
-//! 7. `RemoveLocal` — last: an address is enforced until nothing else is
-//!    left to do.
+//! 7. `RemoveLocal` — an address is enforced until nothing else is left to
+//!    do.
+//! 8. `RemoveFailsafe` — last; the datapath judges again the flows that
+//!    only a failsafe port admitted.
 //!
 //! Invariants (property-tested): applying the plan to the actual state gives
 //! exactly the desired state, so a second plan is empty; no intermediate
@@ -58,6 +62,26 @@ use crate::links::{Ifindex, LinkKind, Table};
 use crate::policy::model::Direction;
 use crate::select::{receiving_link, Decision};
 use crate::vlan::AllowSet;
+
+/// Global datapath settings (`hf_global`, minus the policy generation which
+/// only `Datapath::apply_policy` changes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GlobalSettings {
+    pub audit: bool,
+    pub drop_non_ip: bool,
+    /// Events per second and CPU; 0 disables events (counters stay exact).
+    pub events_per_sec: u32,
+    pub events_burst: u32,
+}
+
+impl Default for GlobalSettings {
+    fn default() -> Self {
+        GlobalSettings { audit: true, drop_non_ip: false, events_per_sec: 1000, events_burst: 100 }
+    }
+}
+
+/// A failsafe port: (direction, IP protocol, destination port).
+pub type Failsafe = (Direction, u8, u16);
 
 /// What one attached link's map entries should hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -87,6 +111,10 @@ pub struct Desired {
     /// Legacy tc cannot move in front of a filter without deleting it, and
     /// hostfwd never deletes anyone else's filter: there it is reported only.
     pub to_front: bool,
+    /// `hf_global`'s settings.
+    pub global: GlobalSettings,
+    /// `hf_failsafe`.
+    pub failsafe: BTreeSet<Failsafe>,
 }
 
 impl Desired {
@@ -134,11 +162,20 @@ pub struct Actual {
     pub vlans: BTreeSet<(u32, u16)>,
     /// `hf_host_addrs` (as host prefixes) and `hf_local_nets`.
     pub local: BTreeSet<IpNet>,
+    /// `hf_global`'s settings.
+    pub global: GlobalSettings,
+    /// `hf_failsafe`.
+    pub failsafe: BTreeSet<Failsafe>,
 }
 
 /// One change to the kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Action {
+    /// `hf_global`'s settings (the policy generation stays).
+    SetGlobal(GlobalSettings),
+    /// A failsafe port into or out of `hf_failsafe`.
+    AddFailsafe(Failsafe),
+    RemoveFailsafe(Failsafe),
     /// A local address (host prefix) or prefix: `hf_host_addrs` or
     /// `hf_local_nets`.
     AddLocal(IpNet),
@@ -158,9 +195,11 @@ pub enum Action {
 }
 
 impl Action {
-    /// The ifindex the action concerns (none for host addresses).
+    /// The ifindex the action concerns (none for host-wide settings and
+    /// addresses).
     pub fn ifindex(&self) -> Option<u32> {
         match *self {
+            Action::SetGlobal(_) | Action::AddFailsafe(_) | Action::RemoveFailsafe(_) => None,
             Action::AddLocal(_) | Action::RemoveLocal(_) => None,
             Action::SetLink(i, _) | Action::RemoveLink(i) | Action::AllowVlan(i, _) | Action::DisallowVlan(i, _) => Some(i),
             Action::Attach(i, _) | Action::MoveToFront(i, _) | Action::Detach(i, _) => Some(i),
@@ -168,7 +207,8 @@ impl Action {
     }
 }
 
-fn dir_name(d: Direction) -> &'static str {
+/// `ingress` or `egress`, as users read them.
+pub fn dir_name(d: Direction) -> &'static str {
     match d {
         Direction::Ingress => "ingress",
         Direction::Egress => "egress",
@@ -178,6 +218,13 @@ fn dir_name(d: Direction) -> &'static str {
 impl fmt::Display for Action {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
+            Action::SetGlobal(g) => write!(
+                f,
+                "set global settings (audit {}, drop non-IP {}, {} events/s burst {})",
+                g.audit, g.drop_non_ip, g.events_per_sec, g.events_burst
+            ),
+            Action::AddFailsafe((d, proto, port)) => write!(f, "add failsafe {} {proto}/{port}", dir_name(d)),
+            Action::RemoveFailsafe((d, proto, port)) => write!(f, "remove failsafe {} {proto}/{port}", dir_name(d)),
             Action::AddLocal(net) => write!(f, "add local {}", Local(net)),
             Action::RemoveLocal(net) => write!(f, "remove local {}", Local(net)),
             Action::SetLink(i, flags) => write!(f, "set link {i} flags {flags:#x}"),
@@ -220,14 +267,17 @@ pub fn local_set(table: &Table) -> BTreeSet<IpNet> {
     out
 }
 
-/// Inputs besides the table and the selection.
+/// What the configuration and the API add to the table and the selection.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct GlobalInputs {
-    /// Links in per-link audit mode (`L_AUDIT`). Global audit lives in
-    /// `hf_global`, not here.
+pub struct Settings {
+    /// Links in per-link audit mode (`L_AUDIT`).
     pub audit_links: BTreeSet<Ifindex>,
     /// The attach mode can put hostfwd in front of other programs (tcx).
     pub to_front: bool,
+    /// Global audit, non-IP handling and the event rate (`hf_global`).
+    pub global: GlobalSettings,
+    /// Failsafe ports (`hf_failsafe`).
+    pub failsafe: BTreeSet<Failsafe>,
 }
 
 /// The desired state: every attached link (role enforce or vlan-guard) with
@@ -236,7 +286,7 @@ pub fn desired(
     table: &Table,
     decisions: &BTreeMap<Ifindex, Decision>,
     sets: &BTreeMap<Ifindex, AllowSet>,
-    global: &GlobalInputs,
+    settings: &Settings,
     prog_ids: (u32, u32),
 ) -> Desired {
     let mut links = BTreeMap::new();
@@ -250,13 +300,15 @@ pub fn desired(
         if set.all {
             flags |= l::L_VLAN_ALLOW_ALL;
         }
-        if global.audit_links.contains(i) {
+        if settings.audit_links.contains(i) {
             flags |= l::L_AUDIT;
         }
         links.insert(i.get(), LinkState { flags, vids: set.vids.iter().map(|v| v.get()).collect() });
     }
     let attach_order = attach_order(table, &links);
-    Desired { links, local: local_set(table), prog_ids, attach_order, to_front: global.to_front }
+    // The datapath marks its settings written with a burst of at least 1.
+    let global = GlobalSettings { events_burst: settings.global.events_burst.max(1), ..settings.global };
+    Desired { links, local: local_set(table), prog_ids, attach_order, to_front: settings.to_front, global, failsafe: settings.failsafe.clone() }
 }
 
 /// Desired links, uppers first: for a VLAN subinterface V on lower D whose
@@ -299,6 +351,11 @@ fn attach_order(table: &Table, links: &BTreeMap<u32, LinkState>) -> Vec<u32> {
 /// module documentation). Empty when nothing differs.
 pub fn plan(desired: &Desired, actual: &Actual) -> Vec<Action> {
     let mut out = Vec::new();
+    // 0.
+    if desired.global != actual.global {
+        out.push(Action::SetGlobal(desired.global));
+    }
+    out.extend(desired.failsafe.difference(&actual.failsafe).map(|f| Action::AddFailsafe(*f)));
     // 1.
     out.extend(desired.local.difference(&actual.local).map(|n| Action::AddLocal(*n)));
 
@@ -353,6 +410,8 @@ pub fn plan(desired: &Desired, actual: &Actual) -> Vec<Action> {
 
     // 7.
     out.extend(actual.local.difference(&desired.local).map(|n| Action::RemoveLocal(*n)));
+    // 8.
+    out.extend(actual.failsafe.difference(&desired.failsafe).map(|f| Action::RemoveFailsafe(*f)));
     out
 }
 
@@ -379,6 +438,13 @@ pub(crate) mod tests {
 
     pub(crate) fn step(a: &mut Actual, act: &Action, prog_ids: (u32, u32)) {
         match *act {
+            Action::SetGlobal(g) => a.global = g,
+            Action::AddFailsafe(f) => {
+                a.failsafe.insert(f);
+            }
+            Action::RemoveFailsafe(f) => {
+                a.failsafe.remove(&f);
+            }
             Action::AddLocal(n) => {
                 a.local.insert(n);
             }
@@ -418,12 +484,12 @@ pub(crate) mod tests {
     pub(crate) fn pipeline(t: &Topo, c: &SelectConfig, audit: &[u32]) -> Desired {
         let d = select(&t.t, c);
         let s = allowed(&t.t, &d, &c.vlan_bypass);
-        let g = GlobalInputs { audit_links: audit.iter().map(|i| ifx(*i)).collect(), to_front: true };
+        let g = Settings { audit_links: audit.iter().map(|i| ifx(*i)).collect(), to_front: true, ..Settings::default() };
         desired(&t.t, &d, &s, &g, PROGS)
     }
 
     pub(crate) fn materialize(d: &Desired) -> Actual {
-        let mut a = Actual { local: d.local.clone(), ..Actual::default() };
+        let mut a = Actual { local: d.local.clone(), global: d.global, failsafe: d.failsafe.clone(), ..Actual::default() };
         for (i, s) in &d.links {
             a.attachments.insert((*i, In), d.prog_ids.0);
             a.attachments.insert((*i, Eg), d.prog_ids.1);
@@ -435,6 +501,26 @@ pub(crate) mod tests {
 
     fn pos(plan: &[Action], a: Action) -> usize {
         plan.iter().position(|x| *x == a).unwrap_or_else(|| panic!("{a} not in plan {plan:?}"))
+    }
+
+    #[test]
+    fn settings_and_failsafe_ports_come_first_and_their_removal_last() {
+        let t = Topo::reference();
+        let mut d = pipeline(&t, &cfg(&["bond0"], &[], &[]), &[]);
+        d.global.audit = false;
+        d.failsafe = [(In, 6, 22)].into();
+        let mut a = materialize(&d);
+        a.global.audit = true;
+        a.failsafe = [(In, 6, 2222)].into();
+        a.attachments.clear();
+        let p = plan(&d, &a);
+        assert_eq!(&p[..2], &[Action::SetGlobal(d.global), Action::AddFailsafe((In, 6, 22))]);
+        assert_eq!(p.last(), Some(&Action::RemoveFailsafe((In, 6, 2222))));
+        assert!(plan(&d, &apply(&a, &p, PROGS)).is_empty());
+        // The datapath marks its settings written with a burst of 1 at least.
+        let s = Settings { global: GlobalSettings { events_burst: 0, ..GlobalSettings::default() }, ..Settings::default() };
+        let (dec, sets) = (select(&t.t, &cfg(&[], &[], &[])), BTreeMap::new());
+        assert_eq!(desired(&t.t, &dec, &sets, &s, PROGS).global.events_burst, 1);
     }
 
     #[test]

@@ -31,7 +31,7 @@ use common::*;
 use hostfwd::datapath::{AttachModeChoice, Datapath, Direction, FaultyKernel, Faults};
 use hostfwd::execute::{self, Deps, Outcome};
 use hostfwd::links::{Change, Link, LinkKind, Table, Vid};
-use hostfwd::reconcile::{self, Action, Actual, Desired, GlobalInputs};
+use hostfwd::reconcile::{self, Action, Actual, Desired, Settings};
 use hostfwd::select::{self, receiving_link, SelectConfig};
 use hostfwd_bpf::layout as l;
 use hostfwd_tests::NetNs;
@@ -101,7 +101,7 @@ fn cfg(devices: &[&str], exclude: &[&str]) -> SelectConfig {
 fn desired(t: &Table, c: &SelectConfig, dp: &Datapath) -> Desired {
     let dec = select::select(t, c);
     let sets = hostfwd::vlan::allowed(t, &dec, &c.vlan_bypass);
-    reconcile::desired(t, &dec, &sets, &GlobalInputs { audit_links: BTreeSet::new(), to_front: true }, dp.prog_ids())
+    reconcile::desired(t, &dec, &sets, &Settings { to_front: true, ..Settings::default() }, dp.prog_ids())
 }
 
 fn actual(ns: &NetNs, dp: &Datapath) -> Actual {
@@ -264,6 +264,47 @@ fn every_step_failing_once_keeps_the_promises() {
     let d2 = desired(&t, &cfg(&["d0", "d1"], &["d0.200", "d1.300"]), &dp);
     let m = each_step_fails(&ns, &dp, &t, &d2, &full, "removals");
     eprintln!("{n} + {m} steps, each failed once");
+}
+
+/// `hf_global` and `hf_failsafe` are desired state like the links: a pass
+/// writes what the kernel lacks and removes what it has too much of, and a
+/// failed settings write keeps every program off.
+#[test]
+fn global_settings_and_failsafe_ports_are_reconciled_against_the_kernel() {
+    use hostfwd::datapath::{Direction, GlobalSettings};
+    let ns = namespace();
+    let dp = TestDp::load("exec-global", AttachModeChoice::Tcx);
+    reset(&ns, &dp);
+    add_lower(&ns, "d0", "10.50.0.1/24");
+    let t = table(&ns);
+    let mut d = desired(&t, &cfg(&["d0"], &[]), &dp);
+    d.global = GlobalSettings { audit: false, drop_non_ip: true, events_per_sec: 10, events_burst: 5 };
+    d.failsafe = [(Direction::Ingress, 6, 22), (Direction::Egress, 17, 53)].into();
+
+    // The settings write fails: nothing is attached, the next pass repairs.
+    let (_, out, _) = pass(&ns, &dp, &t, &d, Faults { kinds: vec!["set-global".into()], ..Faults::default() });
+    assert!(actual(&ns, &dp).attachments.is_empty(), "no program without its settings: {out:?}");
+    repair(&ns, &dp, &t, &d, "after a failed settings write");
+    let a = actual(&ns, &dp);
+    assert_eq!((a.global, &a.failsafe), (d.global, &d.failsafe));
+
+    // Someone else changes the maps: the next pass puts them back.
+    dp.set_global(GlobalSettings { audit: true, ..d.global }).expect("tamper hf_global");
+    dp.remove_failsafe((Direction::Ingress, 6, 22)).expect("tamper hf_failsafe");
+    dp.add_failsafe((Direction::Ingress, 6, 2222)).expect("tamper hf_failsafe");
+    let (p, out, _) = pass(&ns, &dp, &t, &d, Faults::default());
+    assert!(out.is_clean(), "{out:?}");
+    assert_eq!(
+        p,
+        vec![
+            Action::SetGlobal(d.global),
+            Action::AddFailsafe((Direction::Ingress, 6, 22)),
+            Action::RemoveFailsafe((Direction::Ingress, 6, 2222))
+        ]
+    );
+    let a = actual(&ns, &dp);
+    assert_eq!((a.global, &a.failsafe), (d.global, &d.failsafe));
+    reset(&ns, &dp);
 }
 
 #[test]

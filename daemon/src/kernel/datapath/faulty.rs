@@ -29,6 +29,9 @@ pub struct Faults {
 /// The kind of an action, as [`Faults::kinds`] names it.
 pub fn kind(a: &Action) -> &'static str {
     match a {
+        Action::SetGlobal(_) => "set-global",
+        Action::AddFailsafe(_) => "add-failsafe",
+        Action::RemoveFailsafe(_) => "remove-failsafe",
         Action::AddLocal(_) => "add-local",
         Action::RemoveLocal(_) => "remove-local",
         Action::SetLink(..) => "set-link",
@@ -86,6 +89,8 @@ impl<'a> FaultyKernel<'a> {
 fn injected_error(dp: &Datapath, a: &Action) -> Error {
     let e = |code| libbpf_rs::Error::from_raw_os_error(code);
     match *a {
+        Action::SetGlobal(_) => Error::MapUpdate { map: "hf_global", source: e(libc::EBUSY) },
+        Action::AddFailsafe(_) | Action::RemoveFailsafe(_) => Error::MapUpdate { map: "hf_failsafe", source: e(libc::ENOSPC) },
         Action::AddLocal(net) => {
             let map = if net.prefix_len() == net.max_prefix_len() { "hf_host_addrs" } else { "hf_local_nets" };
             Error::LocalFull { map, net, max_entries: dp.map_fill(map).map(|f| f.1).unwrap_or(0) }

@@ -105,6 +105,7 @@ pub enum Error {
     #[error("adding local {net} to map {map}: {source}")]
     LocalUpdate { map: &'static str, net: ipnet::IpNet, source: libbpf_rs::Error },
     #[error("test run of the {dir} program: {source}")]
+    #[cfg(feature = "testing")]
     TestRun { dir: &'static str, source: libbpf_rs::Error },
     #[error("building the event ring buffer: {0}")]
     RingBuf(#[source] libbpf_rs::Error),
@@ -373,6 +374,7 @@ impl Datapath {
 }
 
 /// Result of one BPF_PROG_TEST_RUN.
+#[cfg(feature = "testing")]
 #[derive(Debug, Clone, Copy)]
 pub struct TestRun {
     /// The program's return code (`-1` pass to the next program, `2` drop).
@@ -381,6 +383,7 @@ pub struct TestRun {
     pub per_run: std::time::Duration,
 }
 
+#[cfg(feature = "testing")]
 impl Datapath {
     /// Runs the entry program for `dir` on a crafted frame in the kernel
     /// (BPF_PROG_TEST_RUN), against the live maps. The packet's device is
@@ -431,6 +434,8 @@ impl Datapath {
             links: self.links()?,
             vlans: self.vlans().into_iter().collect(),
             local: self.local_nets().into_iter().collect(),
+            global: self.global_settings()?,
+            failsafe: self.failsafe().into_iter().collect(),
         })
     }
 
@@ -438,6 +443,9 @@ impl Datapath {
     pub fn execute(&self, action: &crate::reconcile::Action) -> Result<()> {
         use crate::reconcile::Action as A;
         match *action {
+            A::SetGlobal(s) => self.set_global(s),
+            A::AddFailsafe(f) => self.add_failsafe(f),
+            A::RemoveFailsafe(f) => self.remove_failsafe(f),
             A::AddLocal(net) => self.add_local(net),
             A::RemoveLocal(net) => self.remove_local(net),
             A::SetLink(i, flags) => self.set_link(i, flags),
