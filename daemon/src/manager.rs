@@ -238,15 +238,16 @@ pub struct Handle {
     events: broadcast::Sender<Arc<Event>>,
 }
 
-/// The main loop's side of a [`Handle`].
-pub struct Hub {
+/// The main loop's end of the channel to the API (the other end is the
+/// [`Handle`]): requests in; snapshots, notices and drop events out.
+pub struct LoopEnd {
     pub requests: mpsc::Receiver<Request>,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub notices: broadcast::Sender<Notice>,
     pub events: broadcast::Sender<Arc<Event>>,
 }
 
-impl Hub {
+impl LoopEnd {
     pub fn publish(&self, s: Snapshot) {
         self.snapshot.send_if_modified(|cur| {
             if **cur == s {
@@ -265,14 +266,14 @@ impl Hub {
 }
 
 /// A connected pair.
-pub fn channel(initial: Snapshot) -> (Handle, Hub) {
+pub fn channel(initial: Snapshot) -> (Handle, LoopEnd) {
     let (rq_tx, rq_rx) = mpsc::channel(64);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(initial));
     let (n_tx, _) = broadcast::channel(256);
     let (e_tx, _) = broadcast::channel(4096);
     (
         Handle { requests: rq_tx, snapshot: snap_rx, notices: n_tx.clone(), events: e_tx.clone() },
-        Hub { requests: rq_rx, snapshot: snap_tx, notices: n_tx, events: e_tx },
+        LoopEnd { requests: rq_rx, snapshot: snap_tx, notices: n_tx, events: e_tx },
     )
 }
 

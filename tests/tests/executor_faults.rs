@@ -524,8 +524,8 @@ fn a_failed_write_degrades_the_daemon_until_repaired() {
     cfg.state_dir = dirs.path().join("state");
     cfg.dbus = "none".into();
     let dp = Datapath::load(&cfg.datapath().expect("datapath configuration")).expect("load the datapath");
-    let (handle, hub) = hostfwd::manager::channel(hostfwd::manager::Snapshot::starting("tcx"));
-    let mut daemon = hostfwd::daemon::Daemon::new(cfg, None, dp, hub);
+    let (handle, api) = hostfwd::manager::channel(hostfwd::manager::Snapshot::starting("tcx"));
+    let mut daemon = hostfwd::daemon::Daemon::new(cfg, None, dp, api);
     daemon.set_table(t);
 
     // The VLAN's egress attach fails: d0.100 is not attached, d0 keeps tag

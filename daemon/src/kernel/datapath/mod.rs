@@ -34,13 +34,7 @@ pub use maps::{pinned_counters, ConntrackEntry, CounterEntry, GlobalSettings};
 pub use memory::{MapMemory, MapSize};
 pub use paths::Paths;
 
-/// The user-visible name of a direction (`ingress`, `egress`).
-pub fn dir_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
-}
+pub use crate::reconcile::dir_name;
 
 pub fn dir_from_name(s: &str) -> Option<Direction> {
     match s {
@@ -50,12 +44,7 @@ pub fn dir_from_name(s: &str) -> Option<Direction> {
     }
 }
 
-fn dir_code(d: Direction) -> u8 {
-    match d {
-        Direction::Ingress => hostfwd_bpf::layout::DIR_INGRESS,
-        Direction::Egress => hostfwd_bpf::layout::DIR_EGRESS,
-    }
-}
+use crate::policy::encode::dir_code;
 
 /// Errors of the datapath, each naming the operation and the object.
 #[derive(Debug, thiserror::Error)]
