@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::web::*;
 use common::*;
 use hostfwd::datapath::{EventReader, GlobalSettings};
-use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch};
+use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch, Rule};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
 use hostfwd_tests::packet::{garbage, truncations, DEFAULT_DST_MAC, DEFAULT_SRC_MAC, Ext6, Frame, IcmpError, Nd, TcpFlags};
@@ -48,8 +48,8 @@ fn deny_rule_beats_allow_and_names_the_rule() {
     let mut dp = setup("denyrule");
     let (h, r, _) = addrs(false);
     dp.apply(vec![
-        rule(1, IN, Action::Allow, vec![CidrSet::cidr(net("10.0.0.0/8"))], vec![]),
-        rule(2, IN, Action::Deny, vec![CidrSet::cidr(net("10.77.0.2/32"))], vec![PortMatch::l4(L4Proto::Tcp, 8000, Some(8100))]),
+        Rule::new(1, IN, Action::Allow, vec![CidrSet::cidr(net("10.0.0.0/8"))], vec![]),
+        Rule::new(2, IN, Action::Deny, vec![CidrSet::cidr(net("10.77.0.2/32"))], vec![PortMatch::l4(L4Proto::Tcp, 8000, Some(8100))]),
     ]);
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 1, 8050, TcpFlags::SYN).build()), DROP);
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 1, 8101, TcpFlags::SYN).build()), PASS);
@@ -68,7 +68,7 @@ fn deny_rule_beats_allow_and_names_the_rule() {
 fn cidr_except_punches_a_hole() {
     let mut dp = setup("except");
     let (h, _, _) = addrs(false);
-    dp.apply(vec![rule(
+    dp.apply(vec![Rule::new(
         5,
         IN,
         Action::Allow,
@@ -165,7 +165,7 @@ fn failsafe_ports_pass_before_policy() {
         allow_tcp(1, IN, &["10.77.0.0/24"], 80),
         allow_tcp(2, OUT, &["10.77.0.0/24"], 80),
         // Even an explicit deny does not close a failsafe port.
-        rule(3, IN, Action::Deny, vec![CidrSet::cidr(net("0.0.0.0/0"))], vec![PortMatch::l4(L4Proto::Tcp, 22, None)]),
+        Rule::new(3, IN, Action::Deny, vec![CidrSet::cidr(net("0.0.0.0/0"))], vec![PortMatch::l4(L4Proto::Tcp, 22, None)]),
     ]);
     for v6 in [false, true] {
         let (h, _, far) = addrs(v6);
@@ -347,7 +347,7 @@ fn ipv6_extension_headers() {
 #[test]
 fn fragments_follow_their_first_fragment() {
     let mut dp = setup("frags");
-    dp.apply(vec![rule(
+    dp.apply(vec![Rule::new(
         1,
         IN,
         Action::Allow,
@@ -453,7 +453,7 @@ fn policy_swap_is_generational() {
 #[test]
 fn sctp_ports_are_policy() {
     let mut dp = setup("sctp");
-    dp.apply(vec![rule(1, IN, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0"))], vec![PortMatch::l4(L4Proto::Sctp, 3868, None)])]);
+    dp.apply(vec![Rule::new(1, IN, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0"))], vec![PortMatch::l4(L4Proto::Sctp, 3868, None)])]);
     let (h, r, _) = addrs(false);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3868).build()), PASS);
     assert_eq!(run(&dp, IN, &Frame::sctp(r, h, 1, 3869).build()), DROP);

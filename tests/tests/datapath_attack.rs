@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::web::*;
 use common::*;
 use hostfwd::datapath::{EventReader, MapSize};
-use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, L4Proto, PortMatch};
+use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, L4Proto, PortMatch, Rule};
 use hostfwd_bpf::layout as l;
 use hostfwd_bpf::DropReason;
 use hostfwd_tests::packet::{Frame, Nd, TcpFlags};
@@ -69,8 +69,8 @@ fn policy_changes_reach_tracked_flows() {
     // TCP/80 allowed, TCP/8080 explicitly denied, everything else default deny.
     dp.apply(vec![
         allow_tcp(10, IN, &["10.77.0.0/24"], 80),
-        rule(12, IN, Action::Deny, vec![CidrSet::cidr(net("10.77.0.0/24"))], vec![PortMatch::l4(L4Proto::Tcp, 8080, None)]),
-        rule(13, IN, Action::Deny, vec![CidrSet::cidr(net("0.0.0.0/0"))], vec![PortMatch::l4(L4Proto::Tcp, 22, None)]),
+        Rule::new(12, IN, Action::Deny, vec![CidrSet::cidr(net("10.77.0.0/24"))], vec![PortMatch::l4(L4Proto::Tcp, 8080, None)]),
+        Rule::new(13, IN, Action::Deny, vec![CidrSet::cidr(net("0.0.0.0/0"))], vec![PortMatch::l4(L4Proto::Tcp, 22, None)]),
     ]);
     let reader = EventReader::open(dp.paths()).unwrap();
     assert_eq!(run(&dp, IN, &Frame::tcp(r, h, 6000, 80, TcpFlags::ACK).build()), PASS, "allowed flow goes on");
@@ -203,7 +203,7 @@ fn only_icmp_echo_is_a_flow() {
     let mut dp = setup("icmpflow");
     let (h, r, _) = addrs(false);
     // Echo and timestamp (13) allowed from the remote; nothing else.
-    dp.apply(vec![rule(1, IN, Action::Allow, vec![CidrSet::cidr(net("10.77.0.0/24"))], vec![
+    dp.apply(vec![Rule::new(1, IN, Action::Allow, vec![CidrSet::cidr(net("10.77.0.0/24"))], vec![
         PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 8 },
         PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 13 },
     ])]);

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::*;
 use hostfwd::datapath::{AttachModeChoice, Direction};
-use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch};
+use hostfwd::policy::model::{Action, CidrSet, L4Proto, PortMatch, Rule};
 use hostfwd_bpf::DropReason;
 use hostfwd_tests::{Frame, Topology};
 
@@ -33,7 +33,7 @@ fn setup(tag: &str) -> Setup {
     let h = topo.h.clone();
     dp.enforce(h.ifindex);
     dp.add_host_addr(h.v4.into()).unwrap();
-    dp.apply(vec![rule(1, Direction::Ingress, Action::Allow, vec![CidrSet::cidr(net("10.77.0.0/24"))], vec![
+    dp.apply(vec![Rule::new(1, Direction::Ingress, Action::Allow, vec![CidrSet::cidr(net("10.77.0.0/24"))], vec![
         PortMatch::l4(L4Proto::Udp, 80, None),
     ])]);
     topo.host

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use hostfwd::datapath::{AttachModeChoice, Datapath, Direction, EventReader};
-use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, PortMatch};
+use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, PortMatch, Rule};
 use hostfwd_bpf::DropReason;
 use hostfwd_tests::{EchoServer, Frame, Session, Topology};
 
@@ -59,7 +59,7 @@ fn setup(tag: &str, mode: AttachModeChoice) -> Setup {
 fn web_policy(dp: &mut TestDp) {
     dp.apply(vec![
         allow_tcp(10, Direction::Ingress, &["10.77.0.0/24", "fd77::/64"], 80),
-        rule(11, Direction::Ingress, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::cidr(net("::/0"))], vec![
+        Rule::new(11, Direction::Ingress, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::cidr(net("::/0"))], vec![
             PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 8 },
             PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: 128 },
         ]),

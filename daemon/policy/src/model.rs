@@ -237,6 +237,10 @@ pub struct Rule {
 }
 
 impl Rule {
+    pub fn new(id: u32, direction: Direction, action: Action, peers: Vec<CidrSet>, ports: Vec<PortMatch>) -> Rule {
+        Rule { id, direction, action, peers, ports }
+    }
+
     /// Whether the rule matches the packet (reference semantics).
     pub fn matches(&self, remote: IpAddr, direction: Direction, proto: u8, port: u16) -> bool {
         self.direction == direction

@@ -133,22 +133,6 @@ pub fn allow_tcp(id: u32, dir: Direction, cidrs: &[&str], port: u16) -> Rule {
     }
 }
 
-pub fn rule(
-    id: u32,
-    dir: Direction,
-    action: Action,
-    peers: Vec<CidrSet>,
-    ports: Vec<PortMatch>,
-) -> Rule {
-    Rule {
-        id,
-        direction: dir,
-        action,
-        peers,
-        ports,
-    }
-}
-
 #[allow(unused_imports)]
 pub use hostfwd_tests::hostfwd_bin;
 

@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 
 use hostfwd::datapath::{AttachModeChoice, Direction};
-use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, PortMatch};
+use hostfwd::policy::model::{Action, CidrSet, IcmpFamily, PortMatch, Rule};
 
 use super::*;
 
@@ -44,7 +44,7 @@ pub fn run(dp: &TestDp, dir: Direction, frame: &[u8]) -> i32 {
 pub fn web_policy(dp: &mut TestDp) {
     dp.apply(vec![
         allow_tcp(10, IN, &["10.77.0.0/24", "fd77::/64"], 80),
-        rule(11, IN, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::cidr(net("::/0"))], vec![
+        Rule::new(11, IN, Action::Allow, vec![CidrSet::cidr(net("0.0.0.0/0")), CidrSet::cidr(net("::/0"))], vec![
             PortMatch::Icmp { family: IcmpFamily::V4, icmp_type: 8 },
             PortMatch::Icmp { family: IcmpFamily::V6, icmp_type: 128 },
         ]),

@@ -78,7 +78,7 @@ fn empty_ruleset_enforces_nothing() {
 
 #[test]
 fn rule_without_peers_enforces_its_direction() {
-    let (_, image) = compile_ok(vec![rule(1, Egress, Allow, vec![], vec![])]);
+    let (_, image) = compile_ok(vec![Rule::new(1, Egress, Allow, vec![], vec![])]);
     assert!(!image.enforce_ingress && image.enforce_egress);
     assert!(image.identities.is_empty() && image.rules.is_empty());
     assert_eq!(
@@ -89,7 +89,7 @@ fn rule_without_peers_enforces_its_direction() {
 
 #[test]
 fn except_punches_hole() {
-    let (rs, image) = compile_ok(vec![rule(
+    let (rs, image) = compile_ok(vec![Rule::new(
         1,
         Ingress,
         Allow,
@@ -127,7 +127,7 @@ fn except_punches_hole() {
 fn nested_excepts() {
     let (rs, image) = compile_ok(vec![
         // Nested excepts of one set: the inner one changes nothing.
-        rule(
+        Rule::new(
             1,
             Ingress,
             Allow,
@@ -138,7 +138,7 @@ fn nested_excepts() {
             vec![],
         ),
         // Another rule re-covers part of the hole, with its own hole.
-        rule(
+        Rule::new(
             2,
             Ingress,
             Deny,
@@ -146,7 +146,7 @@ fn nested_excepts() {
             vec![tcp(22, 22)],
         ),
         // And one more inside that hole.
-        rule(
+        Rule::new(
             3,
             Ingress,
             Allow,
@@ -184,7 +184,7 @@ fn nested_excepts() {
 
 #[test]
 fn except_of_one_peer_does_not_hide_another_peer() {
-    let (rs, image) = compile_ok(vec![rule(
+    let (rs, image) = compile_ok(vec![Rule::new(
         5,
         Egress,
         Allow,
@@ -215,8 +215,8 @@ fn except_of_one_peer_does_not_hide_another_peer() {
 #[test]
 fn except_equal_to_cidr_covers_nothing() {
     let (_, image) = compile_ok(vec![
-        rule(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![]),
-        rule(
+        Rule::new(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![]),
+        Rule::new(
             2,
             Ingress,
             Deny,
@@ -234,14 +234,14 @@ fn except_equal_to_cidr_covers_nothing() {
 #[test]
 fn deny_inside_allow_range() {
     let (rs, image) = compile_ok(vec![
-        rule(
+        Rule::new(
             1,
             Ingress,
             Allow,
             cidrs(&["0.0.0.0/0"]),
             vec![tcp(1000, 2000)],
         ),
-        rule(
+        Rule::new(
             2,
             Ingress,
             Deny,
@@ -286,14 +286,14 @@ fn deny_inside_allow_range() {
 #[test]
 fn allow_inside_deny_range() {
     let (_, image) = compile_ok(vec![
-        rule(
+        Rule::new(
             1,
             Ingress,
             Deny,
             cidrs(&["0.0.0.0/0"]),
             vec![tcp(1000, 2000)],
         ),
-        rule(
+        Rule::new(
             2,
             Ingress,
             Allow,
@@ -318,10 +318,10 @@ fn allow_inside_deny_range() {
 #[test]
 fn l3_deny_overrides_ports() {
     let (rs, image) = compile_ok(vec![
-        rule(1, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(80, 80)]),
-        rule(2, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(22, 22)]),
-        rule(9, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![]),
-        rule(3, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![]),
+        Rule::new(1, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(80, 80)]),
+        Rule::new(2, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(22, 22)]),
+        Rule::new(9, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![]),
+        Rule::new(3, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![]),
     ]);
     assert_eq!(image.rules, vec![ent(1, Ingress, None, None, Deny, 9)]);
     assert_eq!(
@@ -337,18 +337,18 @@ fn l3_deny_overrides_ports() {
 #[test]
 fn l3_allow_with_port_rules() {
     let (rs, image) = compile_ok(vec![
-        rule(5, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![]),
+        Rule::new(5, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![]),
         // Redundant with the L3 allow (larger id): no entry.
-        rule(7, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(80, 80)]),
+        Rule::new(7, Ingress, Allow, cidrs(&["10.0.0.0/8"]), vec![tcp(80, 80)]),
         // Smaller id: reported, so it needs its entry.
-        rule(
+        Rule::new(
             2,
             Ingress,
             Allow,
             cidrs(&["10.0.0.0/8"]),
             vec![tcp(443, 443)],
         ),
-        rule(6, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(22, 22)]),
+        Rule::new(6, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(22, 22)]),
     ]);
     assert_eq!(
         image.rules,
@@ -370,7 +370,7 @@ fn l3_allow_with_port_rules() {
 
 #[test]
 fn any_expands_to_tcp_udp_sctp() {
-    let (_, image) = compile_ok(vec![rule(
+    let (_, image) = compile_ok(vec![Rule::new(
         1,
         Ingress,
         Allow,
@@ -406,7 +406,7 @@ fn any_expands_to_tcp_udp_sctp() {
 
 #[test]
 fn whole_range_is_proto_entry_and_adjacent_runs_merge() {
-    let (_, image) = compile_ok(vec![rule(
+    let (_, image) = compile_ok(vec![Rule::new(
         1,
         Egress,
         Allow,
@@ -429,7 +429,7 @@ fn whole_range_is_proto_entry_and_adjacent_runs_merge() {
 
 #[test]
 fn icmp_type_entries() {
-    let (rs, image) = compile_ok(vec![rule(
+    let (rs, image) = compile_ok(vec![Rule::new(
         4,
         Ingress,
         Allow,
@@ -485,21 +485,21 @@ fn icmp_type_entries() {
 #[test]
 fn identity_sharing() {
     let (_, image) = compile_ok(vec![
-        rule(
+        Rule::new(
             1,
             Ingress,
             Allow,
             cidrs(&["10.0.0.0/8", "192.168.0.0/16", "fd00::/8"]),
             vec![tcp(22, 22)],
         ),
-        rule(
+        Rule::new(
             2,
             Egress,
             Allow,
             cidrs(&["192.168.0.0/16", "10.0.0.0/8", "fd00::/8"]),
             vec![],
         ),
-        rule(3, Ingress, Allow, cidrs(&["172.16.0.0/12"]), vec![]),
+        Rule::new(3, Ingress, Allow, cidrs(&["172.16.0.0/12"]), vec![]),
     ]);
     assert_eq!(
         image.identities,
@@ -523,22 +523,22 @@ fn identity_sharing() {
 #[test]
 fn smallest_rule_id_wins_among_equal_actions() {
     let (rs, image) = compile_ok(vec![
-        rule(
+        Rule::new(
             30,
             Ingress,
             Allow,
             cidrs(&["10.0.0.0/8"]),
             vec![tcp(0, 100)],
         ),
-        rule(
+        Rule::new(
             10,
             Ingress,
             Allow,
             cidrs(&["10.0.0.0/8"]),
             vec![tcp(50, 150)],
         ),
-        rule(20, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(60, 70)]),
-        rule(
+        Rule::new(20, Ingress, Deny, cidrs(&["10.0.0.0/8"]), vec![tcp(60, 70)]),
+        Rule::new(
             15,
             Ingress,
             Deny,
@@ -571,7 +571,7 @@ fn smallest_rule_id_wins_among_equal_actions() {
 
 #[test]
 fn direction_isolation() {
-    let (rs, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![])]);
+    let (rs, image) = compile_ok(vec![Rule::new(1, Ingress, Allow, cidrs(&["0.0.0.0/0"]), vec![])]);
     assert_eq!(
         image.evaluate(ip("1.1.1.1"), Ingress, 6, 1),
         Verdict::Allow(1)
@@ -584,7 +584,7 @@ fn direction_isolation() {
         rs.rules
             .iter()
             .cloned()
-            .chain([rule(2, Egress, Deny, cidrs(&["10.0.0.0/8"]), vec![])])
+            .chain([Rule::new(2, Egress, Deny, cidrs(&["10.0.0.0/8"]), vec![])])
             .collect(),
     );
     assert_eq!(
@@ -612,7 +612,7 @@ fn direction_isolation() {
 #[test]
 fn v6_prefix_covering_mapped_range_does_not_match_v4() {
     for six in ["::/0", "::fffe:0:0/95"] {
-        let (rs, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&[six]), vec![])]);
+        let (rs, image) = compile_ok(vec![Rule::new(1, Ingress, Allow, cidrs(&[six]), vec![])]);
         for a in ["10.0.0.1", "::ffff:10.0.0.1", "::fffe:0:1", "2001:db8::1"] {
             let want = rs.evaluate(ip(a), Ingress, 6, 80);
             assert_eq!(image.evaluate(ip(a), Ingress, 6, 80), want, "{six} {a}");
@@ -624,7 +624,7 @@ fn v6_prefix_covering_mapped_range_does_not_match_v4() {
         );
     }
     // `::ffff:0:0/96` is IPv4 0.0.0.0/0.
-    let (_, image) = compile_ok(vec![rule(
+    let (_, image) = compile_ok(vec![Rule::new(
         1,
         Ingress,
         Allow,
@@ -633,14 +633,14 @@ fn v6_prefix_covering_mapped_range_does_not_match_v4() {
     )]);
     assert_eq!(image.identities, vec![ident("0.0.0.0/0", 1)]);
     // `::/0` alone: 0.0.0.0/0 gets the empty identity.
-    let (_, image) = compile_ok(vec![rule(1, Ingress, Allow, cidrs(&["::/0"]), vec![])]);
+    let (_, image) = compile_ok(vec![Rule::new(1, Ingress, Allow, cidrs(&["::/0"]), vec![])]);
     assert_eq!(
         image.identities,
         vec![ident("0.0.0.0/0", 1), ident("::/0", 2)]
     );
     assert_eq!(image.rules, vec![ent(2, Ingress, None, None, Allow, 1)]);
     // Both families present: no extra entry needed beyond their own.
-    let (_, image) = compile_ok(vec![rule(
+    let (_, image) = compile_ok(vec![Rule::new(
         1,
         Ingress,
         Allow,
@@ -656,7 +656,7 @@ fn v6_prefix_covering_mapped_range_does_not_match_v4() {
 #[test]
 fn v4_mapped_cidr_and_except_are_v4() {
     let (rs, image) = compile_ok(vec![
-        rule(
+        Rule::new(
             1,
             Ingress,
             Allow,
@@ -666,7 +666,7 @@ fn v4_mapped_cidr_and_except_are_v4() {
             )],
             vec![],
         ),
-        rule(
+        Rule::new(
             2,
             Ingress,
             Deny,
@@ -708,7 +708,7 @@ fn v4_mapped_cidr_and_except_are_v4() {
 
 #[test]
 fn untruncated_input_is_normalised() {
-    let (_, a) = compile_ok(vec![rule(
+    let (_, a) = compile_ok(vec![Rule::new(
         1,
         Ingress,
         Allow,
@@ -718,7 +718,7 @@ fn untruncated_input_is_normalised() {
         }],
         vec![],
     )]);
-    let (_, b) = compile_ok(vec![rule(
+    let (_, b) = compile_ok(vec![Rule::new(
         1,
         Ingress,
         Allow,
@@ -730,7 +730,7 @@ fn untruncated_input_is_normalised() {
 
 #[test]
 fn invalid_rule_set_is_an_error() {
-    let rs = RuleSet::new(vec![rule(3, Ingress, Allow, vec![], vec![tcp(2, 1)])]);
+    let rs = RuleSet::new(vec![Rule::new(3, Ingress, Allow, vec![], vec![tcp(2, 1)])]);
     assert!(matches!(
         compile(&rs),
         Err(ValidationError::PortRange { rule: 3, .. })

@@ -25,22 +25,6 @@ pub(super) fn cidrs(list: &[&str]) -> Vec<CidrSet> {
     list.iter().map(|s| CidrSet::cidr(net(s))).collect()
 }
 
-pub(super) fn rule(
-    id: u32,
-    direction: Direction,
-    action: Action,
-    peers: Vec<CidrSet>,
-    ports: Vec<PortMatch>,
-) -> Rule {
-    Rule {
-        id,
-        direction,
-        action,
-        peers,
-        ports,
-    }
-}
-
 pub(super) fn tcp(first: u16, last: u16) -> PortMatch {
     PortMatch::L4 {
         proto: L4Proto::Tcp,
