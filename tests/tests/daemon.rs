@@ -4,23 +4,12 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
 use hostfwd::datapath::{AttachModeChoice, Direction};
 use hostfwd_tests::Topology;
-
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn start(topo: &Topology, dp: &TestDp, devices: &str) -> Running {
     let child = topo

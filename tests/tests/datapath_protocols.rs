@@ -158,18 +158,8 @@ fn arrives(fd: &OwnedFd, payload: &[u8]) -> bool {
 
 fn vrrp_between_namespaces(mode: AttachModeChoice, tag: &str) {
     let topo = Topology::new().expect("topology");
-    let mut dp = TestDp::load(tag, mode);
+    let mut dp = attached_to_host(&topo, tag, mode);
     let h = topo.h.clone();
-    dp.enforce(h.ifindex);
-    dp.add_host_addr(h.v4.into()).unwrap();
-    dp.add_host_addr(h.v6.into()).unwrap();
-    topo.host
-        .run(|| {
-            for d in Direction::ALL {
-                dp.attach(h.ifindex, d).expect("attach");
-            }
-        })
-        .unwrap();
     // The peer is the other node.
     let peer_net = format!("{}/32", topo.p.v4);
     dp.apply(keepalived(&[h.v4.into(), h.v6.into()], &[&peer_net]));

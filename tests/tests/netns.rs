@@ -35,18 +35,8 @@ fn sa(ip: IpAddr, port: u16) -> SocketAddr {
 /// host: TCP 80 and 81 on v4 and v6, UDP 5353.
 fn setup(tag: &str, mode: AttachModeChoice) -> Setup {
     let topo = Topology::new().expect("topology");
-    let dp = TestDp::load(tag, mode);
+    let dp = attached_to_host(&topo, tag, mode);
     let h = topo.h.clone();
-    dp.enforce(h.ifindex);
-    dp.add_host_addr(h.v4.into()).unwrap();
-    dp.add_host_addr(h.v6.into()).unwrap();
-    topo.host
-        .run(|| {
-            for d in Direction::ALL {
-                dp.attach(h.ifindex, d).expect("attach");
-            }
-        })
-        .unwrap();
     let web = EchoServer::tcp(&topo.host, sa(h.v4.into(), 80)).unwrap();
     let other = EchoServer::tcp(&topo.host, sa(h.v4.into(), 81)).unwrap();
     let web6 = EchoServer::tcp(&topo.host, sa(h.v6.into(), 80)).unwrap();

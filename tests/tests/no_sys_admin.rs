@@ -13,7 +13,7 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -28,17 +28,6 @@ const TC_PRIORITY: u16 = 1;
 const TC_HANDLE: u32 = 0x4846;
 /// CAP_SYS_ADMIN's bit in /proc/PID/status.
 const CAP_SYS_ADMIN: u32 = 21;
-
-struct Running {
-    child: Child,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The reference policy (cluster → tcp/80, world → tcp/22 and ping) in
 /// enforcing mode on `devices`, started without CAP_SYS_ADMIN.

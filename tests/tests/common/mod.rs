@@ -200,3 +200,33 @@ impl ForeignPass {
         unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
     }
 }
+
+/// A daemon process of a test, killed and reaped when the test ends.
+pub struct Running {
+    pub child: std::process::Child,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A test datapath enforcing on the host side of `topo`, its addresses
+/// known, attached in both directions.
+pub fn attached_to_host(topo: &hostfwd_tests::Topology, tag: &str, mode: AttachModeChoice) -> TestDp {
+    let dp = TestDp::load(tag, mode);
+    let h = &topo.h;
+    dp.enforce(h.ifindex);
+    dp.add_host_addr(h.v4.into()).expect("host address v4");
+    dp.add_host_addr(h.v6.into()).expect("host address v6");
+    topo.host
+        .run(|| {
+            for d in Direction::ALL {
+                dp.attach(h.ifindex, d).expect("attach");
+            }
+        })
+        .expect("netns");
+    dp
+}
