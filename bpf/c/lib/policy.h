@@ -192,7 +192,8 @@ static __always_inline __u32 hf_identity6(const __u8 addr[16], __u32 gen,
 
 /* The longest match over the rules of (identity, dir, proto) for a port:
  * the head, then its port prefixes longest first, then what the head
- * carries; without a head, the any-protocol entry. */
+ * carries; without a head, the any-protocol entry. A port in a block that
+ * no prefix reaches skips the probes, which would all miss. */
 static __always_inline const struct hf_rule_val *
 hf_rule_match(struct hf_rule_key *k, __u16 port)
 {
@@ -207,6 +208,8 @@ hf_rule_match(struct hf_rule_key *k, __u16 port)
 		k->kind = HF_RK_ANY;
 		return bpf_map_lookup_elem(&hf_rules, k);
 	}
+	if (!(head->port_blocks & (1ULL << (port >> HF_PORT_BLOCK_SHIFT))))
+		return head->action ? head : NULL;
 	lens = head->port_lens;
 	for (n = 16; n > 0; n--) {
 		/* Key fields are set on every round, probed or not, so the

@@ -120,11 +120,18 @@ struct hf_rule_key {
 	__u8 pad[2];
 };
 
+/* A head's port_blocks has one bit per 1 << HF_PORT_BLOCK_SHIFT ports. */
+#define HF_PORT_BLOCK_SHIFT 10
+
 struct hf_rule_val {
 	__u32 rule_id;
 	__u8 action;     /* HF_ACTION_*; 0 in a head: no match without a port match */
 	__u8 pad;
 	__u16 port_lens; /* heads: bit n - 1 set when prefixes of length n exist */
+	/* Heads: bit b set when a port prefix below intersects ports
+	 * b * 1024 .. b * 1024 + 1023 (HF_PORT_BLOCK_SHIFT); a port in a clear
+	 * block matches no prefix and is decided without probing. */
+	__u64 port_blocks;
 };
 
 struct hf_failsafe_key {

@@ -164,18 +164,32 @@ fn rule_entries(image: &MapImage, gen: u8, expand: bool) -> Vec<(l::RuleKey, l::
     let key = |identity, dir, proto, kind, port| l::RuleKey { identity, gen, dir, proto, kind, port, pad: [0; 2] };
     let mut out = Vec::new();
     for ((identity, dir), &(action, rule_id)) in &any {
-        out.push((key(*identity, *dir, 0, l::RK_ANY, 0), l::RuleVal { rule_id, action, pad: 0, port_lens: 0 }));
+        out.push((key(*identity, *dir, 0, l::RK_ANY, 0), l::RuleVal { rule_id, action, pad: 0, port_lens: 0, port_blocks: 0 }));
     }
     for (&(identity, dir, proto), head) in &heads {
         let (action, rule_id) = head.proto_wide.or_else(|| any.get(&(identity, dir)).copied()).unwrap_or((0, 0));
         let ports = expand_ports(&head.ports, expand);
         let port_lens = ports.keys().fold(0u16, |bits, &(len, _)| bits | 1 << (len - 1));
-        out.push((key(identity, dir, proto, l::RK_PROTO, 0), l::RuleVal { rule_id, action, pad: 0, port_lens }));
+        let port_blocks = ports.keys().fold(0u64, |bits, &(len, port)| bits | port_blocks(len, port));
+        out.push((key(identity, dir, proto, l::RK_PROTO, 0), l::RuleVal { rule_id, action, pad: 0, port_lens, port_blocks }));
         for ((len, port), (action, rule_id)) in ports {
-            out.push((key(identity, dir, proto, len, port), l::RuleVal { rule_id, action, pad: 0, port_lens: 0 }));
+            out.push((
+                key(identity, dir, proto, len, port),
+                l::RuleVal { rule_id, action, pad: 0, port_lens: 0, port_blocks: 0 },
+            ));
         }
     }
     out
+}
+
+/// The bits of a head's `port_blocks` that the port prefix `port/len`
+/// (1..=16, `port` masked) reaches: one per block of `1 << PORT_BLOCK_SHIFT`
+/// ports it intersects, every block it spans when shorter than a block.
+fn port_blocks(len: u8, port: u16) -> u64 {
+    let last = port | (0xffffu32 >> len) as u16;
+    let (first, last) = (port >> l::PORT_BLOCK_SHIFT, last >> l::PORT_BLOCK_SHIFT);
+    // Bits first..=last; last is at most 63.
+    (u64::MAX >> (63 - last)) & (u64::MAX << first)
 }
 
 /// A head's port prefixes as entries keyed (length, masked port), expanded
@@ -275,6 +289,7 @@ impl PolicyMaps {
         match rules.get(&(identity, dir, proto, l::RK_PROTO, 0)) {
             Some(head) => (1..=16u8)
                 .rev()
+                .filter(|_| head.port_blocks & 1 << (port >> l::PORT_BLOCK_SHIFT) != 0)
                 .filter(|&n| head.port_lens & 1 << (n - 1) != 0)
                 .find_map(|n| rules.get(&(identity, dir, proto, n, port & (prefix_mask(n, 16) as u16))))
                 .or((head.action != 0).then_some(head))
@@ -430,6 +445,68 @@ mod tests {
         let at = |p: u16| out.get(&(15, p)).copied();
         assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!((at(8000), at(8002), at(8004), at(8006)), (Some(allow), Some(allow), Some(deny), Some(allow)));
+    }
+
+    /// The head's block bits at the edges: the last port of a block and
+    /// the first of the next, ports 0 and 65535, a prefix wider than a
+    /// block (/5: two blocks) and one of exactly a block (/6); a port in a
+    /// clear block gets the head's own answer, as after every probe missed.
+    #[test]
+    fn port_blocks_at_the_edges() {
+        assert_eq!(port_blocks(16, 0), 1);
+        assert_eq!(port_blocks(16, 1023), 1);
+        assert_eq!(port_blocks(16, 1024), 1 << 1);
+        assert_eq!(port_blocks(16, 65535), 1 << 63);
+        assert_eq!(port_blocks(6, 1024), 1 << 1);
+        assert_eq!(port_blocks(5, 8192), 0b11 << 8);
+        assert_eq!(port_blocks(1, 0x8000), u64::MAX << 32);
+        assert_eq!(port_blocks(1, 0), u64::MAX >> 32);
+
+        let tcp = |port: Option<(u16, u8)>, action, rule_id| RuleEntry {
+            identity: 0,
+            direction: Direction::Ingress,
+            proto: Some(6),
+            port,
+            action,
+            rule_id,
+        };
+        let mut image = MapImage {
+            enforce_ingress: true,
+            enforce_egress: true,
+            identities: Vec::new(),
+            rules: vec![
+                tcp(Some((0, 16)), Action::Allow, 1),
+                tcp(Some((1023, 16)), Action::Allow, 2),
+                tcp(Some((8192, 5)), Action::Deny, 3), // 8192..=10239
+                tcp(Some((65535, 16)), Action::Allow, 4),
+            ],
+        };
+        let ports = [0, 1, 1022, 1023, 1024, 2047, 8191, 8192, 9216, 10239, 10240, 64511, 64512, 65534, 65535];
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        for proto_wide in [None, Some(Action::Deny)] {
+            if let Some(action) = proto_wide {
+                image.rules.push(tcp(None, action, 5));
+            }
+            let reference = image.lookup();
+            for expand in [true, false] {
+                let maps = PolicyMaps::new(&image, 1, if expand { RULE_CAPACITY } else { 0 });
+                let head = maps.rules.iter().find(|(k, _)| k.kind == l::RK_PROTO).map(|(_, v)| *v).unwrap();
+                assert_eq!(head.port_blocks, 1 | 1 << 8 | 1 << 9 | 1 << 63, "expand {expand}");
+                for port in ports {
+                    let want = expected(reference.evaluate(remote, Direction::Ingress, 6, port));
+                    let hit = |action, id| Some((action, id));
+                    let own = match port {
+                        0 => hit(l::ACTION_ALLOW, 1),
+                        1023 => hit(l::ACTION_ALLOW, 2),
+                        8192..=10239 => hit(l::ACTION_DENY, 3),
+                        65535 => hit(l::ACTION_ALLOW, 4),
+                        _ => proto_wide.map(|_| (l::ACTION_DENY, 5)),
+                    };
+                    assert_eq!(want, own, "reference, port {port}");
+                    assert_eq!(maps.lookup(remote, l::DIR_INGRESS, 6, port), want, "port {port}, expand {expand}");
+                }
+            }
+        }
     }
 
     /// Where the datapath has a bound, the writer stays inside it.
