@@ -229,8 +229,10 @@ fn kernel_lookups_agree_with_the_image() {
 
 /// A head's 1024-port blocks in the kernel: ports on both sides of a block
 /// edge (1023/1024), 0 and 65535, a /5 (two blocks) with a clear block on
-/// each side; a port in a clear block gets the head's own answer without a
-/// probe, which is no match, or the protocol-wide deny once there is one.
+/// each side, and 16-port granules of a block entry (block 6, 6144..7167:
+/// 6200/16 sets granule 3, 6656/7 granules 32..63); a port
+/// in a clear block or granule gets the head's own answer without a probe,
+/// which is no match, or the protocol-wide deny once there is one.
 #[test]
 fn port_blocks_decide_like_the_probes() {
     let mut dp = TestDp::load("blocks", AttachModeChoice::Auto);
@@ -255,9 +257,14 @@ fn port_blocks_decide_like_the_probes() {
             tcp(Some((1023, 16)), Action::Allow, 2),
             tcp(Some((8192, 5)), Action::Deny, 3), // 8192..=10239
             tcp(Some((65535, 16)), Action::Allow, 4),
+            tcp(Some((6656, 7)), Action::Deny, 6), // 6656..=7167
+            tcp(Some((6200, 16)), Action::Allow, 7),
         ],
     };
-    let ports = [0u16, 1, 1023, 1024, 2047, 8191, 8192, 10239, 10240, 64511, 64512, 65534, 65535];
+    let ports = [
+        0u16, 1, 1023, 1024, 2047, 6143, 6144, 6191, 6192, 6199, 6200, 6201, 6207, 6208, 6655, 6656, 7167, 7168, 8191, 8192, 10239,
+        10240, 64511, 64512, 65534, 65535,
+    ];
     for proto_wide in [false, true] {
         if proto_wide {
             image.rules.push(tcp(None, Action::Deny, 5));
@@ -269,6 +276,8 @@ fn port_blocks_decide_like_the_probes() {
                 1023 => Verdict::Allow(2),
                 8192..=10239 => Verdict::Deny(3),
                 65535 => Verdict::Allow(4),
+                6656..=7167 => Verdict::Deny(6),
+                6200 => Verdict::Allow(7),
                 _ if proto_wide => Verdict::Deny(5),
                 _ => Verdict::NoMatch,
             };
