@@ -4,26 +4,26 @@
 //! applies the difference. The reconciler is the only writer to the kernel.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::time::{sleep_until, Instant};
 
-use crate::config::{Bus, Config, DatapathConfig as _};
-use crate::datapath::{AttachMode, Datapath, Direction, EventReader};
+use crate::config::{Config, DatapathConfig as _};
+use crate::datapath::{AttachMode, Datapath, Direction};
+use crate::execute;
 use crate::links::{Ifindex, LinkKind, Table};
-use crate::manager::{self, ApplyOptions, Handle, Hub, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
+use crate::manager::{self, LoopEnd, LinkInfo, Notice, Origin, Pending, PolicyInfo, Request, Snapshot, State};
 use crate::netlink::{Event, Monitor};
-use crate::policy::cilium::PolicyReport;
-use crate::policy::files;
-use crate::policy_store::{self as store, Source, Sources};
 use crate::reconcile::{self, Action, HookProg};
 use crate::select::{self, Decision};
 use crate::state::{self, Persisted, PolicyRecord};
+use crate::tasks;
 use crate::vlan;
+
+mod lifecycle;
+use lifecycle::Policies;
 
 /// After a quiet period, the first event is acted on this soon: enough to
 /// take in the messages of the same operation (NEWLINK, NEWADDR, …).
@@ -48,58 +48,30 @@ const CONNTRACK_MAPS: [(crate::datapath::Direction, [&str; 2]); 2] =
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-/// The policy in force and how it came about.
-#[derive(Default)]
-struct Policies {
-    /// The files of the policy directory as last read.
-    permanent: Sources,
-    /// The sources in force (permanent plus runtime changes); `None` when
-    /// the policy directory was invalid at start and nothing has been
-    /// applied since: the policy in the maps is then left as it is.
-    sources: Option<Sources>,
-    /// What the last compile said about each policy.
-    report: Option<PolicyReport>,
-    /// Increments with every change of the policy in force.
-    revision: u64,
-    pending: Option<PendingChange>,
-    /// The host addresses the installed policy was resolved with (`host`,
-    /// `cluster` and `world` depend on them); `None` = install again.
-    installed_for: Option<BTreeSet<IpAddr>>,
-}
-
-/// A change awaiting confirmation.
-struct PendingChange {
-    revision: u64,
-    deadline: Instant,
-    wall: SystemTime,
-    /// The sources to go back to.
-    previous: Option<Sources>,
-    /// Done on confirmation.
-    persist: Option<PersistOp>,
-}
-
-enum PersistOp {
-    Write(Source),
-    Remove(Source),
-}
-
 pub struct Daemon {
     cfg: Config,
     /// The file the configuration came from (read again on reload).
     cfg_file: Option<PathBuf>,
     dp: Datapath,
-    hub: Hub,
+    api: LoopEnd,
     table: Table,
     decisions: BTreeMap<Ifindex, Decision>,
     sets: BTreeMap<Ifindex, vlan::AllowSet>,
-    /// Links whose configuration or attachment failed in the last pass.
+    /// Links whose configuration or attachment failed or was held back in
+    /// the last pass.
     failed: BTreeSet<u32>,
+    /// What the last pass could not do, and why.
+    outcome: execute::Outcome,
+    /// The configuration's failsafe ports, checked when it was loaded.
+    failsafe: BTreeSet<reconcile::Failsafe>,
+    /// Why the kernel state could not be read in the last pass.
+    kernel_error: Option<String>,
+    /// Operations made to fail (the executor tests).
+    #[cfg(feature = "testing")]
+    faults: Option<crate::datapath::Faults>,
     /// Hooks where other programs still run before hostfwd after the last
     /// pass (legacy tc, or a move to the front that failed).
     ahead: BTreeMap<(u32, Direction), Vec<HookProg>>,
-    /// Local addresses or prefixes the last pass could not write (a full
-    /// map): traffic to them passes unjudged, so the state is degraded.
-    local_failed: usize,
     started: bool,
     saved: Persisted,
     /// Global audit set through the API (runtime or persisted); the
@@ -130,7 +102,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    pub fn new(cfg: Config, cfg_file: Option<PathBuf>, dp: Datapath, hub: Hub) -> Daemon {
+    pub fn new(cfg: Config, cfg_file: Option<PathBuf>, dp: Datapath, api: LoopEnd) -> Daemon {
         let saved = match state::load(&cfg.state_dir) {
             Ok(s) => s,
             Err(e) => {
@@ -147,13 +119,17 @@ impl Daemon {
             cfg,
             cfg_file,
             dp,
-            hub,
+            api,
             table: Table::new(),
             decisions: BTreeMap::new(),
             sets: BTreeMap::new(),
             failed: BTreeSet::new(),
+            outcome: execute::Outcome::default(),
+            failsafe: BTreeSet::new(),
+            kernel_error: None,
+            #[cfg(feature = "testing")]
+            faults: None,
             ahead: BTreeMap::new(),
-            local_failed: 0,
             started: false,
             policies: Policies::default(),
             policy_failed: None,
@@ -173,127 +149,6 @@ impl Daemon {
 
     fn settings(&self) -> crate::datapath::GlobalSettings {
         crate::datapath::GlobalSettings { audit: self.audit(), ..self.cfg.settings() }
-    }
-
-    /// Reads the policy directory at start (a missing one is an empty
-    /// set) and the policy record. An invalid set is not installed: the
-    /// last good set of the record takes its place (the pinned maps hold it
-    /// too after a restart, a cold start has empty maps); without one, the
-    /// pinned maps stay as they are, and empty maps are said to enforce
-    /// nothing. `adopted`: the maps were pinned before this start.
-    pub fn load_policies(&mut self, adopted: bool) {
-        // Writes a crash interrupted leave temp files; their targets are
-        // whole (the old or the new content).
-        for d in [self.cfg.policy_dir.clone(), self.cfg.state_dir.clone()] {
-            match state::remove_stale_temps(&d) {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(dir = %d.display(), n, "removed temp files of interrupted writes"),
-                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "removing temp files of interrupted writes"),
-            }
-        }
-        match state::load_policy(&self.cfg.state_dir) {
-            Ok(r) => self.record = r,
-            Err(e) => {
-                tracing::error!(error = %e, "ignoring the policy record: the revision starts afresh, no last good policy");
-                self.record_error = Some(e.to_string());
-            }
-        }
-        self.policies.revision = self.record.revision;
-        let dir = self.cfg.policy_dir.clone();
-        match store::read_dir(&dir).and_then(|p| Ok((store::parse(&p, self.cfg.strict_policies)?, p))) {
-            Ok((parsed, p)) => {
-                tracing::info!(dir = %dir.display(), policies = parsed.len(), "policies loaded");
-                self.policies.permanent = p.clone();
-                self.policies.sources = Some(p);
-                self.policies.installed_for = None;
-            }
-            Err(e) => {
-                let problem = format!("policy directory {} rejected:\n{e}", dir.display());
-                match self.record.last_good.clone() {
-                    Some(saved) => {
-                        let sources: Sources = saved.into_iter().map(|s| (s.name.clone(), Source::from_saved(s))).collect();
-                        tracing::error!("{problem}\nthe last good policy set ({} sources) stays in force", sources.len());
-                        self.policies.permanent = sources.iter().filter(|(_, s)| s.origin == Origin::Permanent).map(|(n, s)| (n.clone(), s.clone())).collect();
-                        self.policies.sources = Some(sources);
-                        self.policies.installed_for = None;
-                    }
-                    None if adopted => tracing::error!("{problem}\nno last good policy set is recorded: the policy in the pinned maps stays"),
-                    None => {
-                        tracing::error!("{problem}\nno good policy was ever installed: NOT ENFORCING any policy");
-                        self.not_enforcing = Some(format!("not enforcing: no good policy was ever installed and the policy directory {} is invalid", dir.display()));
-                    }
-                }
-                self.dir_problem = Some(problem);
-            }
-        }
-    }
-
-    /// The policy set last installed and not awaiting confirmation.
-    fn confirmed(&self) -> Option<Sources> {
-        match &self.policies.pending {
-            Some(p) => p.previous.clone(),
-            None => self.policies.sources.clone().filter(|_| self.policies.installed_for.is_some()),
-        }
-    }
-
-    /// Writes the revision and the last good set to state_dir: before a
-    /// change is answered, so a restart never hands out a revision again.
-    fn save_record(&mut self) {
-        let mut r = PolicyRecord { revision: self.policies.revision, last_good: self.record.last_good.clone() };
-        if let Some(good) = self.confirmed() {
-            r.last_good = Some(good.values().map(Source::saved).collect());
-        }
-        if r == self.record {
-            return;
-        }
-        match state::save_policy(&self.cfg.state_dir, &r) {
-            Ok(()) => {
-                self.record = r;
-                self.record_error = None;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "saving the policy record");
-                self.record_error = Some(e.to_string());
-            }
-        }
-    }
-
-    /// Compiles `sources` for this node and installs them (one atomic
-    /// swap). Nothing changes on error.
-    fn install(&mut self, sources: &Sources) -> Result<(), manager::Error> {
-        let parsed = store::parse(sources, self.cfg.strict_policies).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        let ctx = self.cfg.entities(self.table.host_addrs());
-        let host_addrs = ctx.host_addrs.clone();
-        let compiled = files::compile_for_node(&parsed, &ctx, &self.cfg.node_labels).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        let generation = self.dp.apply_policy(&compiled.image).map_err(|e| manager::Error::Failed(format!("installing the policy: {e}")))?;
-        for p in &compiled.report.policies {
-            tracing::info!(policy = %p.name, active = p.active(), "{}", p.summary());
-            p.warnings.iter().for_each(|w| tracing::warn!(policy = %p.name, "{w}"));
-        }
-        tracing::info!(generation, identities = compiled.image.identities.len(), rules = compiled.image.rules.len(), "policy installed");
-        self.policies.report = Some(compiled.report);
-        self.policies.installed_for = Some(host_addrs);
-        self.policy_failed = None;
-        self.not_enforcing = None;
-        Ok(())
-    }
-
-    /// Installs the policy in force again when the host addresses changed
-    /// (or the last install failed).
-    fn refresh_policy(&mut self) {
-        let Some(sources) = self.policies.sources.clone() else { return };
-        if self.policies.installed_for.as_ref() == Some(&self.table.host_addrs()) {
-            return;
-        }
-        match self.install(&sources) {
-            // The first install of a set (at start, after a failure) makes
-            // it the last good one.
-            Ok(()) => self.save_record(),
-            Err(e) => {
-                tracing::error!(error = %e, "installing the policy; retrying on the next pass");
-                self.policy_failed = Some(format!("installing the policy: {e}"));
-            }
-        }
     }
 
     fn select_config(&self) -> select::SelectConfig {
@@ -319,13 +174,18 @@ impl Daemon {
                     tracing::warn!(link = name, ifindex = i.get(), "{w}");
                 }
                 if self.decisions.get(i).map(|o| (o.role, &o.reason)) != Some((d.role, &d.reason)) {
-                    self.hub.notify(Notice::LinkRoleChanged { ifindex: *i, name: name.to_string(), role: d.role.name().to_string(), reason: d.reason.clone() });
+                    self.api.notify(Notice::LinkRoleChanged { ifindex: *i, name: name.to_string(), role: d.role.name().to_string(), reason: d.reason.clone() });
                 }
             }
         }
         let sets = vlan::allowed(&self.table, &decisions, &self.cfg.vlan_bypass);
-        let global = reconcile::GlobalInputs { audit_links: self.audit_links(), to_front: self.dp.mode() == AttachMode::Tcx };
-        let desired = reconcile::desired(&self.table, &decisions, &sets, &global, self.dp.prog_ids());
+        let settings = reconcile::Settings {
+            audit_links: self.audit_links(),
+            to_front: self.dp.mode() == AttachMode::Tcx,
+            global: self.settings(),
+            failsafe: self.failsafe.clone(),
+        };
+        let desired = reconcile::desired(&self.table, &decisions, &sets, &settings, self.dp.prog_ids());
         self.decisions = decisions;
         self.sets = sets;
         let actual = match self.dp.actual() {
@@ -333,6 +193,8 @@ impl Daemon {
             Err(e) => {
                 tracing::error!(error = %e, "reading the kernel state");
                 self.failed = desired.links.keys().copied().collect();
+                self.kernel_error = Some(e.to_string());
+                self.publish();
                 return Vec::new();
             }
         };
@@ -343,7 +205,9 @@ impl Daemon {
                 tracing::warn!(link = self.link_name(i), ifindex = i, direction = crate::datapath::dir_name(dir), ahead = %progs, "other programs were inserted in front of hostfwd; moving hostfwd back to the front");
             }
         }
-        (self.failed, self.local_failed) = self.execute(&actions);
+        self.kernel_error = None;
+        self.outcome = self.execute(&actions);
+        self.failed = self.outcome.links();
         self.note_ahead(&desired, actual.ahead);
         self.refresh_policy();
         if !actions.is_empty() {
@@ -354,18 +218,26 @@ impl Daemon {
         actions
     }
 
+    /// Why the last pass did not write the host-wide settings (audit,
+    /// failsafe ports), if it did not: the reading failed, or a write.
+    fn global_problem(&self) -> Option<String> {
+        if let Some(e) = &self.kernel_error {
+            return Some(format!("reading the kernel state: {e}"));
+        }
+        let failed = self.outcome.failed.iter().find(|f| matches!(f.action, Action::SetGlobal(_) | Action::AddFailsafe(_) | Action::RemoveFailsafe(_)));
+        failed.map(|f| format!("{}: {}", f.action, f.error))
+    }
+
     /// Every reason the state is not what the configuration asks for.
     fn problems(&self) -> Vec<String> {
         let mut v: Vec<String> = [&self.not_enforcing, &self.dir_problem, &self.policy_failed].into_iter().flatten().cloned().collect();
         if let Some(e) = &self.record_error {
             v.push(format!("policy record: {e}"));
         }
-        for i in &self.failed {
-            v.push(format!("link {} (ifindex {i}): configuring or attaching failed; retrying (the journal has the error)", self.link_name(*i)));
+        if let Some(e) = &self.kernel_error {
+            v.push(format!("reading the kernel state failed: {e}; no link was configured in this pass; retrying"));
         }
-        if self.local_failed > 0 {
-            v.push(format!("{} local address updates failed (a full map?): traffic to them passes unjudged; retrying", self.local_failed));
-        }
+        v.extend(self.outcome.problems(|i| self.link_name(i)));
         v
     }
 
@@ -402,12 +274,9 @@ impl Daemon {
 
     /// What is wrong with a link's hooks, for the API (empty when nothing).
     fn problem(&self, ifindex: u32) -> String {
-        self.ahead
-            .iter()
-            .filter(|((i, _), _)| *i == ifindex)
-            .map(|((_, dir), progs)| format!("{}: runs after {}", crate::datapath::dir_name(*dir), reconcile::hook_progs_text(progs)))
-            .collect::<Vec<_>>()
-            .join("; ")
+        let ahead = self.ahead.iter().filter(|((i, _), _)| *i == ifindex);
+        let ahead = ahead.map(|((_, dir), progs)| format!("{}: runs after {}", crate::datapath::dir_name(*dir), reconcile::hook_progs_text(progs)));
+        ahead.chain(self.outcome.link_problems(ifindex, |i| self.link_name(i))).collect::<Vec<_>>().join("; ")
     }
 
     /// The hooks the periodic order check looks at: both directions of
@@ -521,7 +390,7 @@ impl Daemon {
             let _ = sd_notify::notify(&[NotifyState::Status(&status)]);
             self.status = status;
         }
-        self.hub.publish(s);
+        self.api.publish(s);
     }
 }
 
@@ -570,137 +439,16 @@ impl Daemon {
         }
     }
 
-    fn apply_policy(&mut self, name: String, yaml: String, options: ApplyOptions) -> Result<u64, manager::Error> {
-        self.busy()?;
-        store::check_name(&name).map_err(|e| manager::Error::InvalidPolicy(e.to_string()))?;
-        let dir = self.cfg.policy_dir.clone();
-        let mut next = self.policies.sources.clone().unwrap_or_default();
-        let path = store::file_for(&dir, &name, self.policies.permanent.get(&name));
-        let immediate = options.persist && options.confirm_timeout.is_none();
-        let source = Source { name: name.clone(), origin: if immediate { Origin::Permanent } else { Origin::Runtime }, path, text: yaml };
-        next.insert(name, source.clone());
-        let persist = options.persist.then(|| PersistOp::Write(Source { origin: Origin::Permanent, ..source }));
-        self.change(next, persist, options.confirm_timeout)
-    }
-
-    fn remove_policy(&mut self, name: &str, persist: bool) -> Result<u64, manager::Error> {
-        self.busy()?;
-        let mut next = self.policies.sources.clone().unwrap_or_default();
-        let Some(old) = next.remove(name) else { return Err(manager::Error::NoSuchPolicy(name.to_string())) };
-        let persist = persist.then(|| PersistOp::Remove(Source { path: store::file_for(&self.cfg.policy_dir, name, self.policies.permanent.get(name)), ..old }));
-        self.change(next, persist, None)
-    }
-
-    /// Installs `next`, then persists (unless waiting for confirmation).
-    /// Nothing changes on error: a failed write puts the old policy back.
-    fn change(&mut self, next: Sources, persist: Option<PersistOp>, confirm: Option<Duration>) -> Result<u64, manager::Error> {
-        // The deadlines before anything changes: a timeout past what the
-        // clocks hold is refused, not a panic after the install.
-        let deadlines = match confirm {
-            None => None,
-            Some(t) => {
-                let too_long = || manager::Error::InvalidArgs(format!("confirm timeout {t:?} is too long (at most {}s)", hostfwd_dbus::options::MAX_CONFIRM_TIMEOUT_SEC));
-                if t.as_secs() > hostfwd_dbus::options::MAX_CONFIRM_TIMEOUT_SEC {
-                    return Err(too_long());
-                }
-                let now = Instant::now().checked_add(t).ok_or_else(too_long)?;
-                Some((t, now, SystemTime::now().checked_add(t).ok_or_else(too_long)?))
-            }
-        };
-        let previous = self.policies.sources.clone();
-        self.install(&next)?;
-        let persist = match (persist, confirm) {
-            (Some(op), None) => {
-                if let Err(e) = self.persist(op) {
-                    if let Err(e2) = self.install(&previous.clone().unwrap_or_default()) {
-                        tracing::error!(error = %e2, "putting the previous policy back");
-                        self.policy_failed = Some(format!("putting the previous policy back: {e2}"));
-                        self.policies.installed_for = None;
-                    }
-                    return Err(e);
-                }
-                None
-            }
-            (op, _) => op,
-        };
-        self.policies.sources = Some(next);
-        self.policies.revision += 1;
-        let revision = self.policies.revision;
-        if let Some((t, deadline, wall)) = deadlines {
-            self.policies.pending = Some(PendingChange { revision, deadline, wall, previous, persist });
-            tracing::info!(revision, timeout_s = t.as_secs_f64(), "policy applied; rolls back unless confirmed");
-        } else {
-            tracing::info!(revision, "policy applied");
-        }
-        self.save_record();
-        self.hub.notify(Notice::PolicyApplied { revision });
-        Ok(revision)
-    }
-
-    fn persist(&mut self, op: PersistOp) -> Result<(), manager::Error> {
-        let dir = self.cfg.policy_dir.clone();
-        let failed = |e: store::Error| manager::Error::Failed(e.to_string());
-        let permanent = &mut self.policies.permanent;
-        match op {
-            PersistOp::Write(src) => {
-                store::persist(&dir, &src).map_err(failed)?;
-                permanent.insert(src.name.clone(), src.clone());
-                if let Some(s) = self.policies.sources.as_mut().and_then(|s| s.get_mut(&src.name)) {
-                    *s = src;
-                }
-            }
-            PersistOp::Remove(src) => {
-                store::unpersist(&src).map_err(failed)?;
-                permanent.remove(&src.name);
-            }
-        }
-        Ok(())
-    }
-
-    fn confirm(&mut self, revision: u64) -> Result<(), manager::Error> {
-        let p = match self.policies.pending.take_if(|p| p.revision == revision) {
-            Some(p) => p,
-            None => {
-                let other = self.policies.pending.as_ref().map(|p| format!(" with revision {revision} (revision {} does)", p.revision));
-                return Err(manager::Error::NoPendingConfirm(other.unwrap_or_default()));
-            }
-        };
-        tracing::info!(revision, "policy confirmed");
-        let r = match p.persist {
-            Some(op) => self.persist(op).map_err(|e| manager::Error::Failed(format!("confirmed, but not persisted: {e}"))),
-            None => Ok(()),
-        };
-        self.save_record();
-        r
-    }
-
-    /// Puts back the policy of before the change awaiting confirmation.
-    fn rollback(&mut self, reason: &str) -> Result<u64, manager::Error> {
-        let Some(p) = self.policies.pending.take() else { return Err(manager::Error::NoPendingConfirm(String::new())) };
-        let previous = p.previous.clone().unwrap_or_default();
-        if let Err(e) = self.install(&previous) {
-            // The previous set was in force a moment ago; keep retrying it.
-            tracing::error!(error = %e, "putting the previous policy back; retrying on the next pass");
-            self.policy_failed = Some(format!("putting the previous policy back: {e}"));
-            self.policies.installed_for = None;
-        }
-        self.policies.sources = p.previous;
-        self.policies.revision += 1;
-        self.save_record();
-        tracing::warn!(revision = p.revision, restored = self.policies.revision, reason, "policy rolled back");
-        self.hub.notify(Notice::PolicyRolledBack { revision: p.revision, reason: reason.to_string() });
-        Ok(self.policies.revision)
-    }
-
     fn set_audit(&mut self, link: Option<Ifindex>, enabled: bool, persist: bool) -> Result<(), manager::Error> {
         let mut saved = self.saved.clone();
         match link {
             None => {
                 let before = self.audit_override;
                 self.audit_override = Some(enabled);
-                if let Err(e) = self.dp.set_global(self.settings()) {
+                self.reconcile();
+                if let Some(why) = self.global_problem() {
                     self.audit_override = before;
-                    return Err(manager::Error::Failed(format!("setting audit mode: {e}")));
+                    return Err(manager::Error::Failed(format!("setting audit mode: {why}")));
                 }
                 saved.audit = Some(enabled);
                 tracing::info!(enabled, persist, "global audit mode");
@@ -720,61 +468,6 @@ impl Daemon {
             state::save(&self.cfg.state_dir, &saved).map_err(|e| manager::Error::Failed(format!("set at runtime, but not persisted: {e}")))?;
             self.saved = saved;
         }
-        Ok(())
-    }
-
-    /// Reads the configuration file and the policy directory again. The
-    /// policy in force becomes the permanent set (runtime changes end, as
-    /// with firewalld). Nothing changes on error.
-    fn reload(&mut self) -> Result<(), manager::Error> {
-        let cfg = Config::load(self.cfg_file.as_deref()).map_err(|e| manager::Error::Failed(e.to_string()))?;
-        for (key, changed) in [
-            ("bpffs_root", cfg.bpffs_root != self.cfg.bpffs_root),
-            ("attach_mode", cfg.attach_mode != self.cfg.attach_mode || cfg.tc_priority != self.cfg.tc_priority || cfg.tc_handle != self.cfg.tc_handle),
-            ("dbus", cfg.dbus != self.cfg.dbus),
-            ("state_dir", cfg.state_dir != self.cfg.state_dir),
-            ("maps", cfg.maps != self.cfg.maps),
-        ] {
-            if changed {
-                tracing::warn!(key, "changed in the configuration; takes effect on restart");
-            }
-        }
-        let failsafe = cfg.failsafe_entries().map_err(|e| manager::Error::Failed(e.to_string()))?;
-        // An invalid directory changes nothing in force, but a cold start
-        // would not load it: degraded until a reload succeeds.
-        let invalid = |e: String| format!("policy directory {} rejected:\n{e}", cfg.policy_dir.display());
-        let permanent = store::read_dir(&cfg.policy_dir).map_err(|e| {
-            self.dir_problem = Some(invalid(e.to_string()));
-            manager::Error::InvalidPolicy(e.to_string())
-        })?;
-        store::parse(&permanent, cfg.strict_policies).map_err(|e| {
-            self.dir_problem = Some(invalid(e.to_string()));
-            manager::Error::InvalidPolicy(e.to_string())
-        })?;
-        let old = std::mem::replace(&mut self.cfg, cfg);
-        let applied = (|| {
-            self.dp.set_failsafe(&failsafe).map_err(|e| manager::Error::Failed(format!("setting failsafe ports: {e}")))?;
-            self.dp.set_global(self.settings()).map_err(|e| manager::Error::Failed(format!("setting global settings: {e}")))?;
-            self.install(&permanent)
-        })();
-        if let Err(e) = applied {
-            self.cfg = old;
-            let (fs, g) = (self.cfg.failsafe_entries().unwrap_or_default(), self.settings());
-            let _ = self.dp.set_failsafe(&fs);
-            let _ = self.dp.set_global(g);
-            return Err(e);
-        }
-        if let Some(p) = self.policies.pending.take() {
-            self.hub.notify(Notice::PolicyRolledBack { revision: p.revision, reason: "reload: the permanent policy set is in force".into() });
-        }
-        self.policies.sources = Some(permanent.clone());
-        self.policies.permanent = permanent;
-        self.policies.revision += 1;
-        self.dir_problem = None;
-        self.save_record();
-        self.hub.notify(Notice::PolicyApplied { revision: self.policies.revision });
-        tracing::info!(revision = self.policies.revision, "reloaded");
-        self.reconcile();
         Ok(())
     }
 
@@ -812,152 +505,40 @@ impl Daemon {
     }
 }
 
-/// Attaches that may run at once: each tcx/tc attach waits for an RCU grace
-/// period in the kernel (~10–20 ms), so a storm of new devices is attached
-/// in parallel batches instead of one grace period after another.
-const PARALLEL_ATTACH: usize = 32;
-
 impl Daemon {
-    /// Carries out a plan in its order, except that attaches are collected
-    /// and run in parallel until the next action that must see them done
-    /// (a VLAN tag opened or closed on a lower device, a detach, a removal).
-    /// Setting a link's configuration and adding host addresses need no
-    /// attach to have happened, so they do not wait. Returns the links
-    /// whose actions failed and the number of failed local-set actions.
-    fn execute(&self, actions: &[Action]) -> (BTreeSet<u32>, usize) {
-        // A link whose configuration could not be written must not get a
-        // program (it would pass everything): skip its remaining actions.
-        let failed = Mutex::new(BTreeSet::new());
-        let mut broken = BTreeSet::new();
-        let mut batch: Vec<&Action> = Vec::new();
-        let mut local_failed = 0;
-        for a in actions {
-            if a.ifindex().is_some_and(|i| broken.contains(&i)) {
-                continue;
-            }
-            match a {
-                Action::Attach(..) | Action::MoveToFront(..) => {
-                    batch.push(a);
-                    continue;
-                }
-                Action::SetLink(..) | Action::AddLocal(..) => {}
-                _ => self.run_parallel(std::mem::take(&mut batch), &failed),
-            }
-            if let Err(e) = self.dp.execute(a) {
-                if let Action::AddLocal(_) | Action::RemoveLocal(_) = a {
-                    // Not a link's problem: an address the datapath does
-                    // not know is one whose traffic passes unjudged.
-                    tracing::error!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
-                    local_failed += 1;
-                    continue;
-                }
-                tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
-                if let Action::SetLink(i, _) | Action::AllowVlan(i, _) = a {
-                    broken.insert(*i);
-                }
-                if let Some(i) = a.ifindex() {
-                    lock(&failed).insert(i);
-                }
-            }
+    /// Carries out a plan (see [`execute`]), through the fault-injecting
+    /// kernel when a test asked for one.
+    fn execute(&self, actions: &[Action]) -> execute::Outcome {
+        let deps = execute::Deps::from_table(&self.table);
+        #[cfg(feature = "testing")]
+        if let Some(f) = &self.faults {
+            return execute::execute(&crate::datapath::FaultyKernel::new(&self.dp, f.clone()), actions, &deps);
         }
-        self.run_parallel(batch, &failed);
-        (failed.into_inner().unwrap_or_else(|p| p.into_inner()), local_failed)
-    }
-
-    fn run_parallel(&self, batch: Vec<&Action>, failed: &Mutex<BTreeSet<u32>>) {
-        for chunk in batch.chunks(PARALLEL_ATTACH) {
-            std::thread::scope(|s| {
-                for a in chunk {
-                    s.spawn(move || {
-                        if let Err(e) = self.dp.execute(a) {
-                            tracing::warn!(action = %a, error = %e, "reconcile action failed; retrying on the next pass");
-                            if let Some(i) = a.ifindex() {
-                                lock(failed).insert(i);
-                            }
-                        }
-                    });
-                }
-            });
-        }
+        execute::execute(&self.dp, actions, &deps)
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Reads drop events from the ring buffer (its own thread: the reader
-/// polls), logs them and hands them to the API's monitors.
-fn spawn_event_reader(paths: crate::datapath::Paths, events: tokio::sync::broadcast::Sender<Arc<crate::datapath::Event>>) {
-    std::thread::spawn(move || {
-        let reader = match EventReader::open(&paths) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "event reader");
-                return;
-            }
-        };
-        loop {
-            match reader.poll(Duration::from_millis(500)) {
-                Ok(batch) => {
-                    for e in batch {
-                        tracing::info!(target: "hostfwd::event", event = %serde_json::to_string(&e).unwrap_or_default(), "drop");
-                        // Nobody listening is fine.
-                        let _ = events.send(Arc::new(e));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "event reader");
-                    return;
-                }
-            }
-        }
-    });
-}
-
-/// Serves the API, retrying while the bus is not there yet (hostfwd starts
-/// before dbus at boot: programs are attached without waiting for it).
-fn spawn_api(handle: Handle, bus: Bus, paths: crate::datapath::Paths) {
-    if bus == Bus::None {
-        return;
+/// Test hooks: a daemon driven without netlink or a bus.
+#[cfg(feature = "testing")]
+impl Daemon {
+    /// Replaces the link table (normally kept by the netlink monitor).
+    pub fn set_table(&mut self, table: Table) {
+        self.table = table;
     }
-    tokio::spawn(async move {
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match crate::api::serve(handle.clone(), bus.clone(), paths.clone()).await {
-                Ok(Some(conn)) => {
-                    tracing::info!(bus = ?bus, "D-Bus API served");
-                    delay = Duration::from_millis(250);
-                    // The stream ends when the bus goes away (dbus
-                    // restarted): serve again on a new connection.
-                    let mut stream = zbus::MessageStream::from(&conn);
-                    while futures::StreamExt::next(&mut stream).await.is_some() {}
-                    tracing::warn!(bus = ?bus, "D-Bus connection lost; connecting again");
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    tracing::warn!(bus = ?bus, error = %e, retry_s = delay.as_secs_f64(), "D-Bus API not served yet");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
-        }
-    });
-}
 
-/// The watchdog interval systemd asked for (`WATCHDOG_USEC`), halved.
-fn watchdog_interval() -> Option<Duration> {
-    sd_notify::watchdog_enabled().map(|d| d / 2)
+    /// Makes the chosen kernel operations of every following pass fail.
+    pub fn inject_faults(&mut self, faults: Option<crate::datapath::Faults>) {
+        self.faults = faults;
+    }
 }
 
 pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError> {
     let dp = Datapath::load(&cfg.datapath()?)?;
     let adopted = dp.adopted();
     let bus = cfg.bus()?;
-    let (handle, hub) = manager::channel(Snapshot::starting(dp.mode().name()));
-    let mut d = Daemon::new(cfg, cfg_file, dp, hub);
-    d.dp.set_global(d.settings())?;
-    d.dp.set_failsafe(&d.cfg.failsafe_entries()?)?;
+    let (handle, api) = manager::channel(Snapshot::starting(dp.mode().name()));
+    let mut d = Daemon::new(cfg, cfg_file, dp, api);
+    d.failsafe = d.cfg.failsafe_entries()?.into_iter().collect();
 
     let mut mon = Monitor::open().await?;
     d.table = mon.dump().await?;
@@ -973,14 +554,14 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
     d.reconcile();
     d.save_record();
     d.publish();
-    spawn_event_reader(d.dp.paths().clone(), d.hub.events.clone());
-    spawn_api(handle.clone(), bus, d.dp.paths().clone());
+    tasks::spawn_event_reader(d.dp.paths().clone(), d.api.events.clone());
+    tasks::spawn_api(handle.clone(), bus, d.dp.paths().clone());
     tracing::info!(mode = d.dp.mode().name(), audit = d.audit(), links = d.table.len(), "hostfwd running");
     let _ = sd_notify::notify(&[NotifyState::Ready]);
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let mut watchdog = tokio::time::interval(watchdog_interval().unwrap_or(Duration::from_secs(3600)));
+    let mut watchdog = tokio::time::interval(tasks::watchdog_interval().unwrap_or(Duration::from_secs(3600)));
     let mut full_check = tokio::time::interval(FULL_CHECK);
     let mut pending: Option<Instant> = None;
     let mut periodic = Instant::now() + PERIODIC;
@@ -1034,7 +615,7 @@ pub async fn run(cfg: Config, cfg_file: Option<PathBuf>) -> Result<(), AnyError>
                 }
                 order_check = Instant::now() + ORDER_CHECK;
             }
-            Some(req) = d.hub.requests.recv() => d.handle(req),
+            Some(req) = d.api.requests.recv() => d.handle(req),
             _ = sleep_until(confirm_deadline.unwrap_or(periodic)), if confirm_deadline.is_some() => {
                 if let Err(e) = d.rollback("not confirmed in time") {
                     tracing::error!(error = %e, "rolling back");

@@ -8,6 +8,7 @@ pub mod config;
 // The seam's two halves keep their short paths (`crate::datapath`).
 pub use kernel::{datapath, netlink};
 pub mod daemon;
+pub mod execute;
 pub mod inspect;
 pub mod kernel;
 pub mod links;
@@ -17,4 +18,5 @@ pub mod policy_store;
 pub mod reconcile;
 pub mod select;
 pub mod state;
+mod tasks;
 pub mod vlan;

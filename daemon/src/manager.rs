@@ -92,7 +92,9 @@ pub struct LinkInfo {
     pub link_audit: bool,
     /// What keeps hostfwd from deciding on this link, empty when nothing:
     /// other programs that run before it on its hooks
-    /// (`ingress: runs after name (id 7, tcx)`).
+    /// (`ingress: runs after name (id 7, tcx)`), and the last pass's failed
+    /// or held-back actions on it, with the error (`attach egress on link 7
+    /// failed: …; retrying`), `; `-separated.
     pub problem: String,
 }
 
@@ -236,15 +238,16 @@ pub struct Handle {
     events: broadcast::Sender<Arc<Event>>,
 }
 
-/// The main loop's side of a [`Handle`].
-pub struct Hub {
+/// The main loop's end of the channel to the API (the other end is the
+/// [`Handle`]): requests in; snapshots, notices and drop events out.
+pub struct LoopEnd {
     pub requests: mpsc::Receiver<Request>,
     pub snapshot: watch::Sender<Arc<Snapshot>>,
     pub notices: broadcast::Sender<Notice>,
     pub events: broadcast::Sender<Arc<Event>>,
 }
 
-impl Hub {
+impl LoopEnd {
     pub fn publish(&self, s: Snapshot) {
         self.snapshot.send_if_modified(|cur| {
             if **cur == s {
@@ -263,14 +266,14 @@ impl Hub {
 }
 
 /// A connected pair.
-pub fn channel(initial: Snapshot) -> (Handle, Hub) {
+pub fn channel(initial: Snapshot) -> (Handle, LoopEnd) {
     let (rq_tx, rq_rx) = mpsc::channel(64);
     let (snap_tx, snap_rx) = watch::channel(Arc::new(initial));
     let (n_tx, _) = broadcast::channel(256);
     let (e_tx, _) = broadcast::channel(4096);
     (
         Handle { requests: rq_tx, snapshot: snap_rx, notices: n_tx.clone(), events: e_tx.clone() },
-        Hub { requests: rq_rx, snapshot: snap_tx, notices: n_tx, events: e_tx },
+        LoopEnd { requests: rq_rx, snapshot: snap_tx, notices: n_tx, events: e_tx },
     )
 }
 

@@ -203,8 +203,9 @@ pub trait Link {
     #[zbus(property, name = "AuditMode")]
     fn audit_mode(&self) -> Result<bool, Error>;
 
-    /// Other programs that run before hostfwd on this link's hooks, empty
-    /// when none.
+    /// Other programs that run before hostfwd on this link's hooks, and
+    /// actions on this link that failed or were held back in the last
+    /// reconcile pass (with the error); empty when none.
     #[zbus(property, name = "Problem")]
     fn problem(&self) -> Result<String, Error>;
 

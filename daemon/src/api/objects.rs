@@ -328,7 +328,8 @@ impl Link {
     }
 
     /// What keeps hostfwd from deciding on this link (other programs that
-    /// run before it on its hooks), empty when nothing.
+    /// run before it on its hooks, actions on it that failed or were held
+    /// back in the last pass), empty when nothing.
     #[zbus(property, name = "Problem")]
     fn problem(&self) -> zbus::fdo::Result<String> {
         Ok(self.info()?.problem)

@@ -15,22 +15,7 @@ use super::{dir_code, Datapath, Direction, Error, Result};
 use crate::policy::encode::PolicyMaps;
 use crate::policy::image::MapImage;
 
-/// Global datapath settings (`hf_global`, minus the policy generation which
-/// only [`Datapath::apply_policy`] changes).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GlobalSettings {
-    pub audit: bool,
-    pub drop_non_ip: bool,
-    /// Events per second and CPU; 0 disables events (counters stay exact).
-    pub events_per_sec: u32,
-    pub events_burst: u32,
-}
-
-impl Default for GlobalSettings {
-    fn default() -> Self {
-        GlobalSettings { audit: true, drop_non_ip: false, events_per_sec: 1000, events_burst: 100 }
-    }
-}
+pub use crate::reconcile::{Failsafe, GlobalSettings};
 
 /// A per-CPU-summed drop counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -502,24 +487,29 @@ impl Datapath {
     }
 
     /// Replaces the failsafe set with `entries` (direction, protocol, port).
-    pub fn set_failsafe(&self, entries: &[(Direction, u8, u16)]) -> Result<()> {
-        let map = &self.skel.maps.hf_failsafe;
-        let want: Vec<l::FailsafeKey> =
-            entries.iter().map(|&(d, proto, port)| l::FailsafeKey { dir: dir_code(d), proto, port }).collect();
-        let have = keys::<l::FailsafeKey>(map);
-        for k in &have {
-            if !want.contains(k) {
-                delete(map, "hf_failsafe", k)?;
-            }
+    /// Opens a failsafe port (`hf_failsafe`).
+    pub fn add_failsafe(&self, (d, proto, port): Failsafe) -> Result<()> {
+        update(&self.skel.maps.hf_failsafe, "hf_failsafe", &l::FailsafeKey { dir: dir_code(d), proto, port }, &1u8)
+    }
+
+    /// Makes the failsafe ports exactly `entries` (tests; the daemon's
+    /// reconciler adds and removes them one by one).
+    #[cfg(feature = "testing")]
+    pub fn set_failsafe(&self, entries: &[Failsafe]) -> Result<()> {
+        let have = self.failsafe();
+        for f in have.iter().filter(|f| !entries.contains(f)) {
+            self.remove_failsafe(*f)?;
         }
-        for k in &want {
-            update(map, "hf_failsafe", k, &1u8)?;
-        }
-        if have.len() != want.len() || want.iter().any(|k| !have.contains(k)) {
-            // A flow admitted only by a failsafe port that is gone is judged again.
-            self.bump_epoch()?;
+        for f in entries.iter().filter(|f| !have.contains(f)) {
+            self.add_failsafe(*f)?;
         }
         Ok(())
+    }
+
+    /// Closes a failsafe port; the flows it alone admitted are judged again.
+    pub fn remove_failsafe(&self, (d, proto, port): Failsafe) -> Result<()> {
+        delete(&self.skel.maps.hf_failsafe, "hf_failsafe", &l::FailsafeKey { dir: dir_code(d), proto, port })?;
+        self.bump_epoch()
     }
 
     pub fn failsafe(&self) -> Vec<(Direction, u8, u16)> {
@@ -660,7 +650,9 @@ impl Datapath {
         Ok(out)
     }
 
-    /// Empties the maps that hold per-flow state (conntrack, fragments).
+    /// Empties the maps that hold per-flow state (conntrack, fragments):
+    /// tests and benches start each case from no flows.
+    #[cfg(feature = "testing")]
     pub fn flush_flows(&self) -> Result<()> {
         let m = &self.skel.maps;
         for (map, name) in [(&m.hf_ct4, "hf_ct4"), (&m.hf_ct4_out, "hf_ct4_out")] {
@@ -679,7 +671,8 @@ impl Datapath {
         Ok(())
     }
 
-    /// Empties the drop counters.
+    /// Empties the drop counters (tests).
+    #[cfg(feature = "testing")]
     pub fn reset_counters(&self) -> Result<()> {
         for k in keys::<l::CounterKey>(&self.skel.maps.hf_counters) {
             delete(&self.skel.maps.hf_counters, "hf_counters", &k)?;

@@ -7,6 +7,8 @@
 
 mod attach;
 mod events;
+#[cfg(feature = "testing")]
+pub mod faulty;
 mod maps;
 mod memory;
 pub mod order;
@@ -26,17 +28,13 @@ use std::os::fd::AsFd;
 pub use crate::policy::model::Direction;
 pub use attach::{AttachMode, Attachment};
 pub use events::{Event, EventReader};
+#[cfg(feature = "testing")]
+pub use faulty::{FaultyKernel, Faults};
 pub use maps::{pinned_counters, ConntrackEntry, CounterEntry, GlobalSettings};
 pub use memory::{MapMemory, MapSize};
 pub use paths::Paths;
 
-/// The user-visible name of a direction (`ingress`, `egress`).
-pub fn dir_name(d: Direction) -> &'static str {
-    match d {
-        Direction::Ingress => "ingress",
-        Direction::Egress => "egress",
-    }
-}
+pub use crate::reconcile::dir_name;
 
 pub fn dir_from_name(s: &str) -> Option<Direction> {
     match s {
@@ -46,12 +44,7 @@ pub fn dir_from_name(s: &str) -> Option<Direction> {
     }
 }
 
-fn dir_code(d: Direction) -> u8 {
-    match d {
-        Direction::Ingress => hostfwd_bpf::layout::DIR_INGRESS,
-        Direction::Egress => hostfwd_bpf::layout::DIR_EGRESS,
-    }
-}
+use crate::policy::encode::dir_code;
 
 /// Errors of the datapath, each naming the operation and the object.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +94,7 @@ pub enum Error {
     #[error("adding local {net} to map {map}: {source}")]
     LocalUpdate { map: &'static str, net: ipnet::IpNet, source: libbpf_rs::Error },
     #[error("test run of the {dir} program: {source}")]
+    #[cfg(feature = "testing")]
     TestRun { dir: &'static str, source: libbpf_rs::Error },
     #[error("building the event ring buffer: {0}")]
     RingBuf(#[source] libbpf_rs::Error),
@@ -369,6 +363,7 @@ impl Datapath {
 }
 
 /// Result of one BPF_PROG_TEST_RUN.
+#[cfg(feature = "testing")]
 #[derive(Debug, Clone, Copy)]
 pub struct TestRun {
     /// The program's return code (`-1` pass to the next program, `2` drop).
@@ -377,6 +372,7 @@ pub struct TestRun {
     pub per_run: std::time::Duration,
 }
 
+#[cfg(feature = "testing")]
 impl Datapath {
     /// Runs the entry program for `dir` on a crafted frame in the kernel
     /// (BPF_PROG_TEST_RUN), against the live maps. The packet's device is
@@ -427,6 +423,8 @@ impl Datapath {
             links: self.links()?,
             vlans: self.vlans().into_iter().collect(),
             local: self.local_nets().into_iter().collect(),
+            global: self.global_settings()?,
+            failsafe: self.failsafe().into_iter().collect(),
         })
     }
 
@@ -434,6 +432,9 @@ impl Datapath {
     pub fn execute(&self, action: &crate::reconcile::Action) -> Result<()> {
         use crate::reconcile::Action as A;
         match *action {
+            A::SetGlobal(s) => self.set_global(s),
+            A::AddFailsafe(f) => self.add_failsafe(f),
+            A::RemoveFailsafe(f) => self.remove_failsafe(f),
             A::AddLocal(net) => self.add_local(net),
             A::RemoveLocal(net) => self.remove_local(net),
             A::SetLink(i, flags) => self.set_link(i, flags),
@@ -444,5 +445,22 @@ impl Datapath {
             A::MoveToFront(i, d) => self.move_to_front(i, d),
             A::Detach(i, d) => self.detach(i, d),
         }
+    }
+}
+
+/// The kernel calls the executor (`crate::execute`) needs: the seam where
+/// tests inject faults (`FaultyKernel`, feature `testing`).
+pub trait Kernel: Sync {
+    fn actual(&self) -> Result<crate::reconcile::Actual>;
+    fn execute(&self, action: &crate::reconcile::Action) -> Result<()>;
+}
+
+impl Kernel for Datapath {
+    fn actual(&self) -> Result<crate::reconcile::Actual> {
+        Datapath::actual(self)
+    }
+
+    fn execute(&self, action: &crate::reconcile::Action) -> Result<()> {
+        Datapath::execute(self, action)
     }
 }
