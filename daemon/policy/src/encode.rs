@@ -51,11 +51,13 @@ type Hit = (u8, u32);
 ///   other address, only entries not inside the block can match. The lengths
 ///   in use are listed in `meta`, longest first.
 /// - **Rules**, per (identity, direction, protocol): a head entry with the
-///   port prefix lengths in use below it and the result when no port prefix
-///   matches (the protocol-wide entry, else the any-protocol one); the port
-///   prefixes, possibly expanded into fewer distinct lengths (controlled
-///   prefix expansion: a /12 becomes sixteen /16s); the any-protocol entry of
-///   (identity, direction) for protocols without a head.
+///   port prefix lengths in use below it, the 1024-port blocks they reach,
+///   and the result when no port prefix matches (the protocol-wide entry,
+///   else the any-protocol one); block entries where probing all lengths
+///   would cost more ([`block_details`]); the port prefixes, possibly
+///   expanded into fewer distinct lengths (controlled prefix expansion: a
+///   /12 becomes sixteen /16s); the any-protocol entry of (identity,
+///   direction) for protocols without a head.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyMaps {
     pub ident4: Vec<(l::Ident4Key, u32)>,
