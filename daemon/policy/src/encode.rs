@@ -54,7 +54,7 @@ type Hit = (u8, u32);
 ///   port prefix lengths in use below it, the 1024-port blocks they reach,
 ///   and the result when no port prefix matches (the protocol-wide entry,
 ///   else the any-protocol one); block entries where probing all lengths
-///   would cost more ([`block_details`]); the port prefixes, possibly
+///   would cost more (`block_details`); the port prefixes, possibly
 ///   expanded into fewer distinct lengths (controlled prefix expansion: a
 ///   /12 becomes sixteen /16s); the any-protocol entry of (identity,
 ///   direction) for protocols without a head.
