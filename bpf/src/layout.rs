@@ -44,6 +44,14 @@ pub const LOCAL_NETS_MAX_ENTRIES: u32 = 16384;
 pub const RK_PROTO: u8 = 0x80;
 /// `hf_rule_key.kind` of the any-protocol entry of (identity, direction).
 pub const RK_ANY: u8 = 0x81;
+/// A head's `port_blocks` has one bit per `1 << PORT_BLOCK_SHIFT` ports
+/// (`HF_PORT_BLOCK_SHIFT`).
+pub const PORT_BLOCK_SHIFT: u32 = 10;
+/// A block entry's `port_blocks` has one bit per `1 << PORT_GRANULE_SHIFT`
+/// ports of its block (`HF_PORT_GRANULE_SHIFT`).
+pub const PORT_GRANULE_SHIFT: u32 = 4;
+/// `hf_rule_key.kind` of a head's detail of one port block (`port`: the block).
+pub const RK_BLOCK: u8 = 0x82;
 
 pub const CT_SYN_SENT: u8 = 1;
 pub const CT_ESTABLISHED: u8 = 2;
@@ -132,7 +140,7 @@ pod! {
     Ident4Key = "hf_ident4_key" { gen: u8, plen: u8, pad: [u8; 2], addr: [u8; 4] }
     Ident6Key = "hf_ident6_key" { gen: u8, plen: u8, pad: [u8; 2], addr: [u8; 16] }
     RuleKey = "hf_rule_key" { identity: u32, gen: u8, dir: u8, proto: u8, kind: u8, port: u16, pad: [u8; 2] }
-    RuleVal = "hf_rule_val" { rule_id: u32, action: u8, pad: u8, port_lens: u16 }
+    RuleVal = "hf_rule_val" { rule_id: u32, action: u8, pad: u8, port_lens: u16, port_blocks: u64, port_detail: u64 }
     FailsafeKey = "hf_failsafe_key" { dir: u8, proto: u8, port: u16 }
     Ct4Key = "hf_ct4_key" { addr_a: [u8; 4], addr_b: [u8; 4], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }
     Ct6Key = "hf_ct6_key" { addr_a: [u8; 16], addr_b: [u8; 16], port_a: u16, port_b: u16, proto: u8, pad: [u8; 3] }

@@ -6,6 +6,7 @@
 //!   images are random, not compiled: nested and overlapping prefixes, IPv6
 //!   prefixes covering the IPv4-mapped block, identity 0, rules of every
 //!   shape (the compiler's own tests check images against rule sets);
+//! - a head's port blocks at their edges, against fixed verdicts;
 //! - the link table: a configured link is enforced and an unconfigured one
 //!   passed, on both sides of the array/hash split by ifindex.
 
@@ -224,6 +225,83 @@ fn kernel_lookups_agree_with_the_image() {
         allowed > 300 && denied > 150 && unmatched > 300 && mapped > 20,
         "allowed {allowed}, denied {denied}, no match {unmatched}, mapped {mapped}"
     );
+}
+
+/// A head's 1024-port blocks in the kernel: ports on both sides of a block
+/// edge (1023/1024), 0 and 65535, a /5 (two blocks) with a clear block on
+/// each side, and 16-port granules of a block entry (block 6, 6144..7167:
+/// 6200/16 sets granule 3, 6656/7 granules 32..63); a port
+/// in a clear block or granule gets the head's own answer without a probe,
+/// which is no match, or the protocol-wide deny once there is one.
+#[test]
+fn port_blocks_decide_like_the_probes() {
+    let mut dp = TestDp::load("blocks", AttachModeChoice::Auto);
+    dp.enforce(1);
+    dp.add_host_addr(ip(HOST4)).unwrap();
+    let events = EventReader::open(dp.paths()).unwrap();
+    let remote = ip("192.0.2.7");
+    let tcp = |port: Option<(u16, u8)>, action, rule_id| RuleEntry {
+        identity: 0,
+        direction: Direction::Ingress,
+        proto: Some(6),
+        port,
+        action,
+        rule_id,
+    };
+    let mut image = MapImage {
+        enforce_ingress: true,
+        enforce_egress: true,
+        identities: Vec::new(),
+        rules: vec![
+            tcp(Some((0, 16)), Action::Allow, 1),
+            tcp(Some((1023, 16)), Action::Allow, 2),
+            tcp(Some((8192, 5)), Action::Deny, 3), // 8192..=10239
+            tcp(Some((65535, 16)), Action::Allow, 4),
+            tcp(Some((6656, 7)), Action::Deny, 6), // 6656..=7167
+            tcp(Some((6200, 16)), Action::Allow, 7),
+        ],
+    };
+    let ports = [
+        0u16, 1, 1023, 1024, 2047, 6143, 6144, 6191, 6192, 6199, 6200, 6201, 6207, 6208, 6655, 6656, 7167, 7168, 8191, 8192, 10239,
+        10240, 64511, 64512, 65534, 65535,
+    ];
+    for proto_wide in [false, true] {
+        if proto_wide {
+            image.rules.push(tcp(None, Action::Deny, 5));
+        }
+        dp.apply_policy(&image).unwrap();
+        for port in ports {
+            let want = match port {
+                0 => Verdict::Allow(1),
+                1023 => Verdict::Allow(2),
+                8192..=10239 => Verdict::Deny(3),
+                65535 => Verdict::Allow(4),
+                6656..=7167 => Verdict::Deny(6),
+                6200 => Verdict::Allow(7),
+                _ if proto_wide => Verdict::Deny(5),
+                _ => Verdict::NoMatch,
+            };
+            assert_eq!(image.evaluate(remote, Direction::Ingress, 6, port), want, "reference, port {port}");
+            let f = Frame::tcp(remote, ip(HOST4), 40000, port, TcpFlags::SYN).build();
+            dp.flush_flows().unwrap();
+            let before = (dp.drops(DropReason::PolicyDenyRule), dp.drops(DropReason::PolicyDenied));
+            let ret = dp.test_run(Direction::Ingress, &f, 1).unwrap().retval;
+            let after = (dp.drops(DropReason::PolicyDenyRule), dp.drops(DropReason::PolicyDenied));
+            let what = format!("port {port}, protocol-wide deny {proto_wide}: expected {want:?}");
+            match want {
+                Verdict::Allow(_) => assert_eq!((ret, after), (PASS, before), "{what}"),
+                Verdict::Deny(id) => {
+                    assert_eq!((ret, after), (DROP, (before.0 + 1, before.1)), "{what}");
+                    let ev = events.poll(Duration::from_millis(100)).unwrap();
+                    assert_eq!(ev.iter().map(|e| e.rule_id).collect::<Vec<_>>(), vec![id], "{what}");
+                }
+                _ => {
+                    assert_eq!((ret, after), (DROP, (before.0, before.1 + 1)), "{what}");
+                    assert_eq!(events.poll(Duration::from_millis(100)).unwrap().len(), 1, "{what}");
+                }
+            }
+        }
+    }
 }
 
 /// The program as loaded by the daemon, run on a frame that arrives on

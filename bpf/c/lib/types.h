@@ -108,6 +108,7 @@ struct hf_ident6_key {
  * without a head. */
 #define HF_RK_PROTO 0x80 /* head of (identity, dir, proto); port 0 */
 #define HF_RK_ANY 0x81   /* any-protocol entry of (identity, dir); proto, port 0 */
+#define HF_RK_BLOCK 0x82 /* a head's detail of one port block; port: the block */
 /* kind 1..16: a port prefix of that length */
 
 struct hf_rule_key {
@@ -120,11 +121,25 @@ struct hf_rule_key {
 	__u8 pad[2];
 };
 
+/* A head's port_blocks has one bit per 1 << HF_PORT_BLOCK_SHIFT ports, a
+ * block entry's one per 1 << HF_PORT_GRANULE_SHIFT ports of its block. */
+#define HF_PORT_BLOCK_SHIFT 10
+#define HF_PORT_GRANULE_SHIFT 4
+
 struct hf_rule_val {
 	__u32 rule_id;
 	__u8 action;     /* HF_ACTION_*; 0 in a head: no match without a port match */
 	__u8 pad;
-	__u16 port_lens; /* heads: bit n - 1 set when prefixes of length n exist */
+	/* Heads: bit n - 1 set when prefixes of length n exist; block
+	 * entries: when such prefixes reach into the block. */
+	__u16 port_lens;
+	/* Heads: bit b set when a port prefix below intersects ports
+	 * b * 1024 .. b * 1024 + 1023; block entries: bit g when one
+	 * intersects the block's ports g * 16 .. g * 16 + 15. A port in a
+	 * clear block or granule matches no prefix: no probe. */
+	__u64 port_blocks;
+	/* Heads: bit b set when block b has a block entry (HF_RK_BLOCK). */
+	__u64 port_detail;
 };
 
 struct hf_failsafe_key {

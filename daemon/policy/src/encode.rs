@@ -51,11 +51,13 @@ type Hit = (u8, u32);
 ///   other address, only entries not inside the block can match. The lengths
 ///   in use are listed in `meta`, longest first.
 /// - **Rules**, per (identity, direction, protocol): a head entry with the
-///   port prefix lengths in use below it and the result when no port prefix
-///   matches (the protocol-wide entry, else the any-protocol one); the port
-///   prefixes, possibly expanded into fewer distinct lengths (controlled
-///   prefix expansion: a /12 becomes sixteen /16s); the any-protocol entry of
-///   (identity, direction) for protocols without a head.
+///   port prefix lengths in use below it, the 1024-port blocks they reach,
+///   and the result when no port prefix matches (the protocol-wide entry,
+///   else the any-protocol one); block entries where probing all lengths
+///   would cost more (`block_details`); the port prefixes, possibly
+///   expanded into fewer distinct lengths (controlled prefix expansion: a
+///   /12 becomes sixteen /16s); the any-protocol entry of (identity,
+///   direction) for protocols without a head.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyMaps {
     pub ident4: Vec<(l::Ident4Key, u32)>,
@@ -164,17 +166,63 @@ fn rule_entries(image: &MapImage, gen: u8, expand: bool) -> Vec<(l::RuleKey, l::
     let key = |identity, dir, proto, kind, port| l::RuleKey { identity, gen, dir, proto, kind, port, pad: [0; 2] };
     let mut out = Vec::new();
     for ((identity, dir), &(action, rule_id)) in &any {
-        out.push((key(*identity, *dir, 0, l::RK_ANY, 0), l::RuleVal { rule_id, action, pad: 0, port_lens: 0 }));
+        out.push((key(*identity, *dir, 0, l::RK_ANY, 0), l::RuleVal { rule_id, action, ..l::RuleVal::default() }));
     }
     for (&(identity, dir, proto), head) in &heads {
         let (action, rule_id) = head.proto_wide.or_else(|| any.get(&(identity, dir)).copied()).unwrap_or((0, 0));
         let ports = expand_ports(&head.ports, expand);
         let port_lens = ports.keys().fold(0u16, |bits, &(len, _)| bits | 1 << (len - 1));
-        out.push((key(identity, dir, proto, l::RK_PROTO, 0), l::RuleVal { rule_id, action, pad: 0, port_lens }));
+        let port_blocks = ports.keys().fold(0u64, |bits, &(len, port)| bits | port_blocks(len, port));
+        let details = block_details(&ports, port_lens);
+        let port_detail = details.keys().fold(0u64, |bits, &block| bits | 1 << block);
+        let head = l::RuleVal { rule_id, action, port_lens, port_blocks, port_detail, ..l::RuleVal::default() };
+        out.push((key(identity, dir, proto, l::RK_PROTO, 0), head));
+        for (block, (port_lens, port_blocks)) in details {
+            let v = l::RuleVal { port_lens, port_blocks, ..l::RuleVal::default() };
+            out.push((key(identity, dir, proto, l::RK_BLOCK, block), v));
+        }
         for ((len, port), (action, rule_id)) in ports {
-            out.push((key(identity, dir, proto, len, port), l::RuleVal { rule_id, action, pad: 0, port_lens: 0 }));
+            out.push((key(identity, dir, proto, len, port), l::RuleVal { rule_id, action, ..l::RuleVal::default() }));
         }
     }
+    out
+}
+
+/// The bits of a head's `port_blocks` that the port prefix `port/len`
+/// (1..=16, `port` masked) reaches: one per block of `1 << PORT_BLOCK_SHIFT`
+/// ports it intersects, every block it spans when shorter than a block.
+fn port_blocks(len: u8, port: u16) -> u64 {
+    let last = port | (0xffffu32 >> len) as u16;
+    let (first, last) = (port >> l::PORT_BLOCK_SHIFT, last >> l::PORT_BLOCK_SHIFT);
+    // Bits first..=last; last is at most 63.
+    (u64::MAX >> (63 - last)) & (u64::MAX << first)
+}
+
+/// The block entries of a head whose (expanded) port prefixes have the
+/// lengths `head_lens`: block → (lengths reaching into it, its 16-port
+/// granules they reach). A port in a block with an entry costs one lookup
+/// more when a prefix matches, and one lookup instead of a probe per length
+/// when none does; so there are entries only where a head has 2 lengths or
+/// more, and not for a block whose only length is the head's longest (a
+/// match there takes one probe without the entry).
+fn block_details(ports: &BTreeMap<(u8, u16), Hit>, head_lens: u16) -> BTreeMap<u16, (u16, u64)> {
+    let mut out: BTreeMap<u16, (u16, u64)> = BTreeMap::new();
+    if head_lens.count_ones() < 2 {
+        return out;
+    }
+    let (block, granule) = (l::PORT_BLOCK_SHIFT, l::PORT_GRANULE_SHIFT);
+    for &(len, port) in ports.keys() {
+        let last = port | (0xffffu32 >> len) as u16;
+        for b in port >> block..=last >> block {
+            let (lo, hi) = (port.max(b << block), last.min(b << block | ((1 << block) - 1)));
+            let (g0, g1) = ((lo >> granule) & 63, (hi >> granule) & 63);
+            let e = out.entry(b).or_default();
+            e.0 |= 1 << (len - 1);
+            e.1 |= (u64::MAX >> (63 - g1)) & (u64::MAX << g0);
+        }
+    }
+    let longest = 1u16 << (15 - head_lens.leading_zeros());
+    out.retain(|_, &mut (lens, _)| lens != longest);
     out
 }
 
@@ -273,12 +321,22 @@ impl PolicyMaps {
 
         let rules: HashMap<_, _> = self.rules.iter().map(|(k, v)| ((k.identity, k.dir, k.proto, k.kind, k.port), *v)).collect();
         match rules.get(&(identity, dir, proto, l::RK_PROTO, 0)) {
-            Some(head) => (1..=16u8)
-                .rev()
-                .filter(|&n| head.port_lens & 1 << (n - 1) != 0)
-                .find_map(|n| rules.get(&(identity, dir, proto, n, port & (prefix_mask(n, 16) as u16))))
-                .or((head.action != 0).then_some(head))
-                .map(|v| (v.action, v.rule_id)),
+            Some(head) => {
+                let block = port >> l::PORT_BLOCK_SHIFT;
+                let mut lens = if head.port_blocks & 1 << block != 0 { head.port_lens } else { 0 };
+                if lens != 0 && head.port_detail & 1 << block != 0 {
+                    lens = match rules.get(&(identity, dir, proto, l::RK_BLOCK, block)) {
+                        Some(b) if b.port_blocks & 1 << ((port >> l::PORT_GRANULE_SHIFT) & 63) != 0 => b.port_lens,
+                        _ => 0,
+                    };
+                }
+                (1..=16u8)
+                    .rev()
+                    .filter(|&n| lens & 1 << (n - 1) != 0)
+                    .find_map(|n| rules.get(&(identity, dir, proto, n, port & (prefix_mask(n, 16) as u16))))
+                    .or((head.action != 0).then_some(head))
+                    .map(|v| (v.action, v.rule_id))
+            }
             None => rules.get(&(identity, dir, 0, l::RK_ANY, 0)).map(|v| (v.action, v.rule_id)),
         }
     }
@@ -430,6 +488,108 @@ mod tests {
         let at = |p: u16| out.get(&(15, p)).copied();
         assert_eq!(out.len(), 4, "{out:?}");
         assert_eq!((at(8000), at(8002), at(8004), at(8006)), (Some(allow), Some(allow), Some(deny), Some(allow)));
+    }
+
+    /// The head's block bits at the edges: the last port of a block and
+    /// the first of the next, ports 0 and 65535, a prefix wider than a
+    /// block (/5: two blocks) and one of exactly a block (/6); a port in a
+    /// clear block gets the head's own answer, as after every probe missed.
+    #[test]
+    fn port_blocks_at_the_edges() {
+        assert_eq!(port_blocks(16, 0), 1);
+        assert_eq!(port_blocks(16, 1023), 1);
+        assert_eq!(port_blocks(16, 1024), 1 << 1);
+        assert_eq!(port_blocks(16, 65535), 1 << 63);
+        assert_eq!(port_blocks(6, 1024), 1 << 1);
+        assert_eq!(port_blocks(5, 8192), 0b11 << 8);
+        assert_eq!(port_blocks(1, 0x8000), u64::MAX << 32);
+        assert_eq!(port_blocks(1, 0), u64::MAX >> 32);
+
+        let tcp = |port: Option<(u16, u8)>, action, rule_id| RuleEntry {
+            identity: 0,
+            direction: Direction::Ingress,
+            proto: Some(6),
+            port,
+            action,
+            rule_id,
+        };
+        let mut image = MapImage {
+            enforce_ingress: true,
+            enforce_egress: true,
+            identities: Vec::new(),
+            rules: vec![
+                tcp(Some((0, 16)), Action::Allow, 1),
+                tcp(Some((1023, 16)), Action::Allow, 2),
+                tcp(Some((8192, 5)), Action::Deny, 3), // 8192..=10239
+                tcp(Some((65535, 16)), Action::Allow, 4),
+            ],
+        };
+        let ports = [0, 1, 1022, 1023, 1024, 2047, 8191, 8192, 9216, 10239, 10240, 64511, 64512, 65534, 65535];
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        for proto_wide in [None, Some(Action::Deny)] {
+            if let Some(action) = proto_wide {
+                image.rules.push(tcp(None, action, 5));
+            }
+            let reference = image.lookup();
+            for expand in [true, false] {
+                let maps = PolicyMaps::new(&image, 1, if expand { RULE_CAPACITY } else { 0 });
+                let head = maps.rules.iter().find(|(k, _)| k.kind == l::RK_PROTO).map(|(_, v)| *v).unwrap();
+                assert_eq!(head.port_blocks, 1 | 1 << 8 | 1 << 9 | 1 << 63, "expand {expand}");
+                for port in ports {
+                    let want = expected(reference.evaluate(remote, Direction::Ingress, 6, port));
+                    let hit = |action, id| Some((action, id));
+                    let own = match port {
+                        0 => hit(l::ACTION_ALLOW, 1),
+                        1023 => hit(l::ACTION_ALLOW, 2),
+                        8192..=10239 => hit(l::ACTION_DENY, 3),
+                        65535 => hit(l::ACTION_ALLOW, 4),
+                        _ => proto_wide.map(|_| (l::ACTION_DENY, 5)),
+                    };
+                    assert_eq!(want, own, "reference, port {port}");
+                    assert_eq!(maps.lookup(remote, l::DIR_INGRESS, 6, port), want, "port {port}, expand {expand}");
+                }
+            }
+        }
+    }
+
+    /// Block entries: the bench's shape (TCP/443 and 100 ranges of 58
+    /// ports, 2000..=11957, six prefix lengths) gets one for every block
+    /// the ranges reach, none for block 0 (only 443/16, the longest
+    /// length); a port between two ranges falls in a clear granule; every
+    /// port gets the image's verdict.
+    #[test]
+    fn block_entries_narrow_the_probes() {
+        let tcp = |port: (u16, u8), rule_id| RuleEntry {
+            identity: 0,
+            direction: Direction::Ingress,
+            proto: Some(6),
+            port: Some(port),
+            action: if rule_id % 10 == 9 { Action::Deny } else { Action::Allow },
+            rule_id,
+        };
+        let mut rules = vec![tcp((443, 16), 1)];
+        for r in 0..100u16 {
+            let first = 2000 + r * 100;
+            rules.extend(crate::compiler::port_prefixes(first, first + 57).into_iter().map(|p| tcp(p, 100 + u32::from(r))));
+        }
+        let image = MapImage { enforce_ingress: true, enforce_egress: true, identities: Vec::new(), rules };
+        let reference = image.lookup();
+        let remote: IpAddr = "192.0.2.1".parse().unwrap();
+        for expand in [true, false] {
+            let maps = PolicyMaps::new(&image, 0, if expand { RULE_CAPACITY } else { 0 });
+            let entry = |kind, port| maps.rules.iter().find(|(k, _)| k.kind == kind && k.port == port).map(|(_, v)| *v);
+            let head = entry(l::RK_PROTO, 0).unwrap();
+            assert!(head.port_lens.count_ones() >= 2, "expand {expand}: {:#x}", head.port_lens);
+            assert_eq!(head.port_blocks, 1 | (0x7ff << 1), "expand {expand}");
+            assert_eq!(head.port_detail, 0x7ff << 1, "expand {expand}");
+            let block9 = entry(l::RK_BLOCK, 9).unwrap();
+            assert_eq!(block9.port_blocks & 1 << ((9999 >> 4) & 63), 0, "expand {expand}");
+            assert_ne!(block9.port_blocks & 1 << ((9950 >> 4) & 63), 0, "expand {expand}");
+            for port in 0..=u16::MAX {
+                let want = expected(reference.evaluate(remote, Direction::Ingress, 6, port));
+                assert_eq!(maps.lookup(remote, l::DIR_INGRESS, 6, port), want, "port {port}, expand {expand}");
+            }
+        }
     }
 
     /// Where the datapath has a bound, the writer stays inside it.
