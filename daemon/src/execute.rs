@@ -30,6 +30,11 @@
 //! - `Attach` and `MoveToFront` wait for `SetGlobal` and `AddFailsafe` of
 //!   this pass: a program never starts without its audit switch and
 //!   failsafe ports.
+//! - After a failed attach, the state is read back and every tag still open
+//!   towards a device without programs in both directions is closed (a
+//!   close that failed earlier, then a new device with the same VID: the
+//!   plan has no `AllowVlan` to hold back). The next pass opens it again
+//!   once the device is attached.
 //!
 //! Attaches wait for an RCU grace period in the kernel, so `Attach` and
 //! `MoveToFront` run in parallel batches; a batch finishes before any action
@@ -221,11 +226,14 @@ pub struct Held {
 pub struct Outcome {
     pub failed: Vec<Failed>,
     pub held: Vec<Held>,
+    /// Tags closed after the pass because the device behind them is not
+    /// attached (`action` the `DisallowVlan`, `because` the failed attach).
+    pub closed: Vec<Held>,
 }
 
 impl Outcome {
     pub fn is_clean(&self) -> bool {
-        self.failed.is_empty() && self.held.is_empty()
+        self.failed.is_empty() && self.held.is_empty() && self.closed.is_empty()
     }
 
     /// Links not running as configured: a failed or held-back action. A
@@ -265,6 +273,9 @@ impl Outcome {
         }
         for h in self.held.iter().filter(|h| pick(&h.action)) {
             out.push(format!("{} held back: {}{} failed; retrying", what(&h.action), link(&h.because), h.because));
+        }
+        for h in self.closed.iter().filter(|h| pick(&h.action)) {
+            out.push(format!("{} done, the tag was open towards a device that is not attached ({}{} failed); retrying", what(&h.action), link(&h.because), h.because));
         }
         out
     }
@@ -329,7 +340,43 @@ pub fn execute<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], deps: &Deps) 
             Some(Status::Done) | None => {}
         }
     }
+    close_unguarded(kernel, deps, &mut out);
     out
+}
+
+/// After a failed attach: a tag that was already open (the plan had no
+/// `AllowVlan` to hold back, e.g. its earlier close failed and a new device
+/// took the VID) must not stay open towards a device without programs.
+/// Read back, and close every such tag; the next pass opens it again once
+/// the device is attached.
+fn close_unguarded<K: Kernel + ?Sized>(kernel: &K, deps: &Deps, out: &mut Outcome) {
+    let attaches: Vec<Action> = out.failed.iter().map(|f| f.action).filter(|a| matches!(a, Action::Attach(..) | Action::MoveToFront(..))).collect();
+    let Some(&first) = attaches.first() else { return };
+    let actual = match kernel.actual() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "reading the kernel state after a failed attach");
+            return;
+        }
+    };
+    for (&(lower, vid), (place, _)) in &deps.vlans {
+        let unguarded = Direction::ALL.iter().any(|d| !actual.attachments.contains_key(&(*place, *d)));
+        if !actual.vlans.contains(&(lower, vid)) || !unguarded {
+            continue;
+        }
+        let close = Action::DisallowVlan(lower, vid);
+        let because = attaches.iter().copied().find(|a| a.ifindex() == Some(*place)).unwrap_or(first);
+        match kernel.execute(&close) {
+            Ok(()) => {
+                tracing::warn!(action = %close, because = %because, "closed a tag open towards a device that is not attached");
+                out.closed.push(Held { action: close, because });
+            }
+            Err(e) => {
+                tracing::error!(action = %close, error = %e, "closing a tag open towards a device that is not attached");
+                out.failed.push(Failed { action: close, error: e.to_string() });
+            }
+        }
+    }
 }
 
 fn run_one<K: Kernel + ?Sized>(kernel: &K, actions: &[Action], k: usize, errors: &Mutex<BTreeMap<usize, String>>) -> Status {
@@ -370,7 +417,7 @@ mod tests {
     use crate::datapath;
     use crate::reconcile::Actual;
     use crate::datapath::Direction::{Egress as Eg, Ingress as In};
-    use crate::reconcile::tests::{materialize, mutate, open_paths, pipeline, random_cfg, random_topo, step, unconfigured, PROGS};
+    use crate::reconcile::tests::{materialize, mutate, open_paths, pipeline, pos, random_cfg, random_topo, step, unconfigured, PROGS};
     use crate::reconcile::plan;
     use crate::select::topo::*;
     use hostfwd_policy::test_rng::Rng;
@@ -430,6 +477,28 @@ mod tests {
         // The next pass repairs.
         let out = execute(&Model::new(s.clone(), []), &plan(&d, &s), &Deps::from_table(&t.t));
         assert!(out.is_clean());
+    }
+
+    #[test]
+    fn a_tag_already_open_towards_a_device_whose_attach_fails_is_closed() {
+        // bond0.1000 (5) lost its programs while VID 1000 stayed open on
+        // bond0 (4): a close that failed, then a new device with the VID.
+        let t = Topo::reference();
+        let d = pipeline(&t, &cfg(&["bond0"], &[], &[]), &[]);
+        let mut a = materialize(&d);
+        a.attachments.retain(|(i, _), _| *i != 5);
+        let p = plan(&d, &a);
+        assert!(!p.iter().any(|x| matches!(x, Action::AllowVlan(..))), "nothing to hold back: {p:?}");
+        let k = Model::new(a, [Action::Attach(5, Eg)]);
+        let out = execute(&k, &p, &Deps::from_table(&t.t));
+        assert_eq!(out.closed, vec![Held { action: Action::DisallowVlan(4, 1000), because: Action::Attach(5, Eg) }]);
+        assert!(!k.state().vlans.contains(&(4, 1000)));
+        assert!(out.problems(|i| format!("if{i}")).iter().any(|l| l.contains("disallow VLAN 1000 on link 4 done")), "{out:?}");
+        // Attached on the next pass, the tag opens again.
+        let s = k.state();
+        let p = plan(&d, &s);
+        assert!(pos(&p, Action::Attach(5, Eg)) < pos(&p, Action::AllowVlan(4, 1000)));
+        assert!(execute(&Model::new(s, []), &p, &Deps::from_table(&t.t)).is_clean());
     }
 
     #[test]

@@ -83,7 +83,7 @@ pub(crate) fn materialize(d: &Desired) -> Actual {
     a
 }
 
-fn pos(plan: &[Action], a: Action) -> usize {
+pub(crate) fn pos(plan: &[Action], a: Action) -> usize {
     plan.iter().position(|x| *x == a).unwrap_or_else(|| panic!("{a} not in plan {plan:?}"))
 }
 
