@@ -105,10 +105,8 @@ fn import_graph(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
         let mut edges = BTreeSet::new();
         for (prefix, base) in [("crate::", Vec::new()), ("super::", me[..me.len().saturating_sub(1)].to_vec())] {
             for (i, _) in text.match_indices(prefix) {
-                // `super::` of a mod.rs is its parent's sibling level.
-                let base = if prefix == "super::" && p.ends_with("mod.rs") { me[..me.len().saturating_sub(1)].to_vec() } else { base.clone() };
                 let rest: String = text[i + prefix.len()..].chars().take_while(|c| c.is_alphanumeric() || *c == '_' || *c == ':').collect();
-                let mut path = base;
+                let mut path = base.clone();
                 path.extend(rest.split("::").filter(|s| !s.is_empty() && s.chars().next().is_some_and(char::is_lowercase)).map(str::to_string));
                 if let Some(m) = resolve(path) {
                     // A module and its own parent or children are one unit.

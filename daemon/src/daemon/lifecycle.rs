@@ -352,7 +352,6 @@ impl Daemon {
         self.save_record();
         self.api.notify(Notice::PolicyApplied { revision: self.policies.revision });
         tracing::info!(revision = self.policies.revision, "reloaded");
-        self.reconcile();
         Ok(())
     }
 }
